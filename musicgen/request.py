@@ -1,0 +1,115 @@
+"""One prediction's inputs as a frozen dataclass, and the one function that validates them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicgen.errors import InputError
+
+MODEL_VERSIONS = ("melody", "large", "encode-decode")
+NORMALIZATION_STRATEGIES = ("loudness", "clip", "peak", "rms")
+OUTPUT_FORMATS = ("wav", "mp3")
+MIN_DURATION = 1  # seconds
+MAX_DURATION = 60  # seconds; past 30 s generation runs in overlapping windows
+MAX_CLASSIFIER_FREE_GUIDANCE = 30
+MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1  # like None: draw a random seed
+
+
+@dataclass(frozen=True)
+class Request:
+    """Every input of one prediction, as declared in predict.py (same names and defaults)."""
+
+    model_version: str = "melody"
+    prompt: str | None = None
+    input_audio: Path | None = None  # any audio file ffmpeg can decode
+    duration: int = 8  # seconds of NEW audio (a continuation's prompt window comes on top)
+    continuation: bool = False
+    continuation_start: int = 0  # seconds into input_audio
+    continuation_end: int | None = None  # seconds into input_audio; None or -1: end of file
+    multi_band_diffusion: bool = False
+    normalization_strategy: str = "loudness"
+    top_k: int = 250  # 0: no top-k restriction
+    top_p: float = 0.0  # 0: top-k sampling is used
+    temperature: float = 1.0  # 0: greedy decoding
+    classifier_free_guidance: int = 3
+    output_format: str = "wav"
+    seed: int | None = None  # None or -1: random
+
+    @property
+    def mode(self) -> str:
+        """What the request asks for: text, melody, continuation or encode-decode."""
+        if self.model_version == "encode-decode":
+            return "encode-decode"
+        if self.input_audio is None:
+            return "text"
+        return "continuation" if self.continuation else "melody"
+
+    @property
+    def wants_random_seed(self) -> bool:
+        return self.seed is None or self.seed == RANDOM_SEED
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}.")
+
+
+def _check_range(name: str, value: float, low: float, high: float | None) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name}={value!r} must be a finite number.")
+    if value < low or (high is not None and value > high):
+        allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InputError(f"{name}={value!r} is out of range; it must be {allowed}.")
+
+
+def validate(request: Request) -> None:
+    """Raise InputError for the first caller mistake found; return None for a valid request."""
+    _check_choice("model_version", request.model_version, MODEL_VERSIONS)
+    _check_choice("normalization_strategy", request.normalization_strategy, NORMALIZATION_STRATEGIES)
+    _check_choice("output_format", request.output_format, OUTPUT_FORMATS)
+    _check_range("duration", request.duration, MIN_DURATION, MAX_DURATION)
+    _check_range("top_k", request.top_k, 0, None)
+    _check_range("top_p", request.top_p, 0.0, 1.0)
+    _check_range("temperature", request.temperature, 0.0, None)
+    _check_range("classifier_free_guidance", request.classifier_free_guidance, 0, MAX_CLASSIFIER_FREE_GUIDANCE)
+    if not request.wants_random_seed:
+        if request.seed < 0:
+            raise InputError(
+                f"seed={request.seed} is not allowed; use an integer from 0 to {MAX_SEED}, "
+                f"or -1 / leave it out for a random seed."
+            )
+        _check_range("seed", request.seed, 0, MAX_SEED)
+
+    if request.model_version == "encode-decode":
+        if request.input_audio is None:
+            raise InputError("input_audio is required when model_version='encode-decode'.")
+        return
+    if request.continuation:
+        _validate_continuation_window(request)
+    elif request.input_audio is not None and request.model_version == "large":
+        raise InputError(
+            "model_version='large' has no melody conditioning, so input_audio with continuation=False "
+            "is not supported; use model_version='melody', or set continuation=True to continue the audio."
+        )
+    if not request.prompt and request.input_audio is None:
+        raise InputError(
+            f"prompt is empty and no input_audio was given; model_version={request.model_version!r} "
+            f"needs a prompt, an input_audio, or both."
+        )
+
+
+def _validate_continuation_window(request: Request) -> None:
+    """The parts of the continuation window that can be checked before the audio is read."""
+    if request.input_audio is None:
+        raise InputError("input_audio is required when continuation=True: it is the audio to continue.")
+    if request.continuation_start < 0:
+        raise InputError(f"continuation_start={request.continuation_start} must be 0 or more seconds.")
+    end = request.continuation_end
+    if end is not None and end != -1 and end <= request.continuation_start:
+        raise InputError(
+            f"continuation_end={end} must be greater than continuation_start={request.continuation_start} "
+            f"(or -1 / left out for the end of the file)."
+        )
