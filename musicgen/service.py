@@ -1,0 +1,57 @@
+"""One prediction end to end: validate, seed, generate, normalize, write into its own folder."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from musicgen import audio
+from musicgen.generate import generate
+from musicgen.models import LoadedModels, load_models
+from musicgen.request import MAX_SEED, Request, validate
+
+log = logging.getLogger(__name__)
+
+
+def draw_seed() -> int:
+    """A random seed for callers who gave None or -1; it is logged so they can reproduce."""
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+class MusicGenService:
+    """Holds the loaded models; turns one Request into one output file."""
+
+    def __init__(self, models: LoadedModels):
+        self.models = models
+        self.last_seed: int | None = None
+        self._last_output_dir: Path | None = None
+
+    @classmethod
+    def load(cls, fine_tuned: str | None = None) -> MusicGenService:
+        return cls(load_models())
+
+    def predict(self, request: Request) -> Path:
+        validate(request)
+        seed = draw_seed() if request.wants_random_seed else request.seed
+        log.info("seed %d (model_version=%s, mode=%s)", seed, request.model_version, request.mode)
+        self.last_seed = seed
+        self._remove_previous_output()
+        output_dir = Path(tempfile.mkdtemp(prefix="musicgen-"))
+        try:
+            wav, sample_rate = generate(request, self.models, seed)
+            wav = audio.normalize(wav, sample_rate, request.normalization_strategy)
+            path = audio.write_wav(wav, sample_rate, output_dir / f"musicgen-{request.model_version}-{seed}.wav")
+        except BaseException:
+            shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+        self._last_output_dir = output_dir
+        return path
+
+    def _remove_previous_output(self) -> None:
+        """The server has sent the previous file by now; keep one prediction's output at most."""
+        if self._last_output_dir is not None:
+            shutil.rmtree(self._last_output_dir, ignore_errors=True)
+            self._last_output_dir = None
