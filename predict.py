@@ -3,15 +3,13 @@
 Cog builds the HTTP schema by statically parsing this file, so every Input(...) stays literal.
 """
 
-from typing import Optional
-
 from cog import BasePredictor, Input, Path
 
 from musicgen.request import Request
 
 
 class Predictor(BasePredictor):
-    def setup(self, weights: Optional[str] = None) -> None:
+    def setup(self, weights: str | None = None) -> None:
         """Load the melody and large models once, onto CUDA (float16) when present, else CPU."""
         from musicgen.service import MusicGenService
 
@@ -24,11 +22,11 @@ class Predictor(BasePredictor):
             default="melody",
             choices=["melody", "large", "encode-decode"],
         ),
-        prompt: Optional[str] = Input(
+        prompt: str | None = Input(
             description="A description of the music you want to generate.",
             default=None,
         ),
-        input_audio: Optional[Path] = Input(
+        input_audio: Path | None = Input(
             description="An audio file that will influence the generated music. If `continuation` is `True`, the generated music will be a continuation of the audio file. Otherwise, the generated music will mimic the audio file's melody.",
             default=None,
         ),
@@ -45,7 +43,7 @@ class Predictor(BasePredictor):
             description="Start time of the audio file to use for continuation.",
             default=0,
         ),
-        continuation_end: Optional[int] = Input(
+        continuation_end: int | None = Input(
             description="End time of the audio file to use for continuation. If -1 or None, will default to the end of the audio clip.",
             default=None,
         ),
@@ -79,7 +77,7 @@ class Predictor(BasePredictor):
             default="wav",
             choices=["wav", "mp3"],
         ),
-        seed: Optional[int] = Input(
+        seed: int | None = Input(
             description="Seed for random number generator. If None or -1, a random seed will be used.",
             default=None,
         ),

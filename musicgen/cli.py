@@ -107,8 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser("predict", help="run one prediction through predict.py's Predictor")
-    predict.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
-                         help="an input of the schema, as with `cog predict` (repeat for each input)")
+    predict.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input of the schema, as with `cog predict` (repeat for each input)",
+    )
     predict.add_argument("-o", "--output", help="where to copy the output file (default: ./<output name>)")
     predict.set_defaults(run=run_predict)
 

@@ -7,8 +7,11 @@ import random
 import numpy as np
 import torch
 
-from musicgen import offline  # noqa: F401  (before audiocraft)
+# isort: off
+from musicgen import offline  # noqa: F401  (configures the hub cache before audiocraft loads)
 from audiocraft.models import MusicGen
+
+# isort: on
 from musicgen.errors import InputError
 from musicgen.models import LoadedModels
 from musicgen.request import Request

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import torch
 
-from musicgen import offline  # noqa: F401  (before audiocraft)
+# isort: off
+from musicgen import offline  # noqa: F401  (configures the hub cache before audiocraft loads)
 from audiocraft.models import MusicGen
+
+# isort: on
 from musicgen import weights
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,10 @@ AUDIO = Path("song.wav")  # validation does not read the file
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_version": "small"}, "model_version='small' is not allowed; choose one of: melody, large, encode-decode"),
+        (
+            {"model_version": "small"},
+            "model_version='small' is not allowed; choose one of: melody, large, encode-decode",
+        ),
         ({"duration": 0}, "duration=0 is out of range; it must be between 1 and 60"),
         ({"duration": 61}, "duration=61 is out of range; it must be between 1 and 60"),
         ({"top_k": -1}, "top_k=-1 is out of range; it must be at least 0"),
@@ -21,7 +24,10 @@ AUDIO = Path("song.wav")  # validation does not read the file
         ({"top_p": float("nan")}, "top_p=nan must be a finite number"),
         ({"temperature": -0.1}, "temperature=-0.1 is out of range; it must be at least 0.0"),
         ({"classifier_free_guidance": -1}, "classifier_free_guidance=-1 is out of range; it must be between 0 and 30"),
-        ({"normalization_strategy": "lufs"}, "normalization_strategy='lufs' is not allowed; choose one of: loudness, clip, peak, rms"),
+        (
+            {"normalization_strategy": "lufs"},
+            "normalization_strategy='lufs' is not allowed; choose one of: loudness, clip, peak, rms",
+        ),
         ({"output_format": "ogg"}, "output_format='ogg' is not allowed; choose one of: wav, mp3"),
         ({"seed": -2}, "seed=-2 is not allowed; use an integer from 0 to 4294967295"),
         ({"seed": 2**32}, "seed=4294967296 is out of range; it must be between 0 and 4294967295"),
@@ -29,9 +35,14 @@ AUDIO = Path("song.wav")  # validation does not read the file
         ({"model_version": "encode-decode"}, "input_audio is required when model_version='encode-decode'"),
         ({"continuation": True}, "input_audio is required when continuation=True"),
         ({"model_version": "large", "input_audio": AUDIO}, "model_version='large' has no melody conditioning"),
-        ({"continuation": True, "input_audio": AUDIO, "continuation_start": -1}, "continuation_start=-1 must be 0 or more seconds"),
-        ({"continuation": True, "input_audio": AUDIO, "continuation_start": 5, "continuation_end": 3},
-         "continuation_end=3 must be greater than continuation_start=5"),
+        (
+            {"continuation": True, "input_audio": AUDIO, "continuation_start": -1},
+            "continuation_start=-1 must be 0 or more seconds",
+        ),
+        (
+            {"continuation": True, "input_audio": AUDIO, "continuation_start": 5, "continuation_end": 3},
+            "continuation_end=3 must be greater than continuation_start=5",
+        ),
     ],
 )
 def test_each_mistake_is_named(changes, message):
