@@ -3,13 +3,15 @@
 Cog builds the HTTP schema by statically parsing this file, so every Input(...) stays literal.
 """
 
+from typing import Optional
+
 from cog import BasePredictor, Input, Path
 
 from musicgen.request import Request
 
 
 class Predictor(BasePredictor):
-    def setup(self, weights: str | None = None) -> None:
+    def setup(self, weights: Optional[str] = None) -> None:
         """Load the melody and large models once, onto CUDA (float16) when present, else CPU."""
         from musicgen.service import MusicGenService
 
@@ -22,11 +24,11 @@ class Predictor(BasePredictor):
             default="melody",
             choices=["melody", "large", "encode-decode"],
         ),
-        prompt: str | None = Input(
+        prompt: Optional[str] = Input(
             description="A description of the music you want to generate.",
             default=None,
         ),
-        input_audio: Path | None = Input(
+        input_audio: Optional[Path] = Input(
             description="An audio file that will influence the generated music. If `continuation` is `True`, the generated music will be a continuation of the audio file. Otherwise, the generated music will mimic the audio file's melody.",
             default=None,
         ),
@@ -43,7 +45,7 @@ class Predictor(BasePredictor):
             description="Start time of the audio file to use for continuation.",
             default=0,
         ),
-        continuation_end: int | None = Input(
+        continuation_end: Optional[int] = Input(
             description="End time of the audio file to use for continuation. If -1 or None, will default to the end of the audio clip.",
             default=None,
         ),
@@ -77,7 +79,7 @@ class Predictor(BasePredictor):
             default="wav",
             choices=["wav", "mp3"],
         ),
-        seed: int | None = Input(
+        seed: Optional[int] = Input(
             description="Seed for random number generator. If None or -1, a random seed will be used.",
             default=None,
         ),
