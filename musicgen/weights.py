@@ -9,13 +9,19 @@ Layout under the root (default `weights/` in the repository, `MUSICGEN_WEIGHTS` 
     multiband-diffusion/mbd_musicgen_32khz.th   MultiBand Diffusion decoder (loaded lazily)
     huggingface/                                HF_HOME: hub/models--t5-base/... (T5 encoder + tokenizer)
     torch/                                      TORCH_HOME: hub/checkpoints/<htdemucs file> (melody stems)
+    .verified/                                  the downloader's records (size, sha256) of verified files
 
-Everything the engine reads is under the root, and loading never touches the network.
+Everything the engine reads is under the root, and loading never touches the network. Which files
+each model_version needs, and where they come from, is listed once, in musicgen.manifest;
+`python -m musicgen download` (musicgen.download) fetches them.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,6 +40,11 @@ HF_DIR = "huggingface"
 TORCH_DIR = "torch"
 # demucs.pretrained.get_model("htdemucs") reads this file from the torch hub cache.
 HTDEMUCS_FILE = "955717e8-8726e21a.th"
+RECORD_DIR = ".verified"  # <root>/.verified/<dest>.json: what the downloader verified (size, sha256)
+PARTIAL_SUFFIX = ".part"  # a download in progress; renamed to the final name once verified
+DOWNLOAD_ON_SETUP_ENV = "MUSICGEN_DOWNLOAD_ON_SETUP"  # "1": setup() may fetch missing weights
+
+log = logging.getLogger(__name__)
 
 
 def weights_root() -> Path:
@@ -70,28 +81,123 @@ def htdemucs_path(root: Path | None = None) -> Path:
     return torch_home(root) / "hub" / "checkpoints" / HTDEMUCS_FILE
 
 
-def required_files(version: str, root: Path | None = None) -> list[Path]:
-    """Every file that must exist before `version` can be loaded."""
-    root = root or weights_root()
-    files = [model_dir(version, root) / LM_FILE, model_dir(version, root) / CODEC_FILE]
-    files += [t5_snapshot(root) / "config.json"]
-    if version == "melody":
-        files.append(htdemucs_path(root))
-    return files
+def record_path(dest: str, root: Path | None = None) -> Path:
+    """The downloader's record of a verified file (size, sha256), kept outside the loaders' folders."""
+    return (root or weights_root()) / RECORD_DIR / f"{dest}.json"
 
 
-def check_present(versions: list[str], root: Path | None = None) -> None:
-    """Raise WeightsError naming every missing file and the commands that provide them."""
+def _loader_path(artifact, root: Path) -> Path:
+    """Where the loader reads a manifest file: Hugging Face cache files through `refs/main`."""
+    if artifact.hub_ref:
+        ref = root / artifact.hub_ref
+        if ref.is_file():
+            return ref.parent.parent / "snapshots" / ref.read_text().strip() / artifact.path
+    return root / artifact.dest
+
+
+def required_files(version: str, root: Path | None = None, manifest=None) -> list[Path]:
+    """Every file that must exist before `version` (a model_version, or "mbd") can be loaded.
+
+    Derived from musicgen.manifest (or `manifest`): the same entries the downloader fetches. Files
+    in the Hugging Face cache are looked up in the snapshot `refs/main` names (the demo weights use
+    their own).
+    """
+    from musicgen.manifest import MANIFEST
+
     root = root or weights_root()
-    missing = [path for version in versions for path in required_files(version, root)]
-    missing = [path for path in dict.fromkeys(missing) if not path.is_file()]
-    if missing:
-        listing = "\n".join(f"  {path}" for path in missing)
+    files: list[Path] = []
+    for artifact in (manifest or MANIFEST).artifacts([version]):
+        if artifact.hub_ref:
+            files.append(root / artifact.hub_ref)
+        files.append(_loader_path(artifact, root))
+    return list(dict.fromkeys(files))
+
+
+def _problem(path: Path, artifact, root: Path) -> str | None:
+    """Why a required file is unusable, or None. Only stat() calls: this runs in milliseconds."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    if not path.is_file():
+        if partial.is_file():
+            return f"incomplete: an interrupted download left {partial.stat().st_size} bytes in {partial.name}"
+        return "missing"
+    if artifact is not None and path == root / artifact.dest:
+        record = record_path(artifact.dest, root)
+        if record.is_file():
+            try:
+                expected = json.loads(record.read_text())["size"]
+            except (ValueError, KeyError, TypeError):
+                return None
+            size = path.stat().st_size
+            if size != expected:
+                return f"{size} bytes, but {expected} were downloaded and verified: truncated or replaced since"
+    return None
+
+
+def download_command(versions: list[str], root: Path | None = None) -> str:
+    """The exact `python -m musicgen download ...` command that provides `versions` under `root`."""
+    command = f"python -m musicgen download {' '.join(dict.fromkeys(versions))}"
+    if root is not None and Path(root).resolve() != weights_root():
+        command += f" --root {shlex.quote(str(root))}"
+    return command
+
+
+def check_present(versions: list[str], root: Path | None = None, manifest=None) -> None:
+    """Raise WeightsError naming every missing or partial file and the command that provides them.
+
+    Never touches the network and never waits: a fast, clear failure instead of a retry loop.
+    """
+    from musicgen.manifest import MANIFEST
+
+    root = root or weights_root()
+    manifest = manifest or MANIFEST
+    problems: dict[Path, str] = {}
+    for version in versions:
+        artifacts = manifest.artifacts([version])
+        by_path = {_loader_path(artifact, root): artifact for artifact in artifacts}
+        for path in required_files(version, root, manifest):
+            problem = _problem(path, by_path.get(path), root)
+            if problem:
+                problems.setdefault(path, problem)
+    if problems:
+        listing = "\n".join(f"  {path}: {problem}" for path, problem in problems.items())
         raise WeightsError(
-            f"Missing weights under {root}:\n{listing}\n"
-            f"Fetch the real checkpoints with `python -m musicgen download {' '.join(versions)}`, "
-            f"or write tiny random demo checkpoints with `python -m musicgen demo-weights {root}`."
+            f"Weights missing or incomplete under {root}:\n{listing}\n"
+            f"Fetch them with:\n  {download_command(versions, root)}\n"
+            f"(or set {DOWNLOAD_ON_SETUP_ENV}=1 to let setup() fetch them; for tests, write tiny random demo "
+            f"checkpoints with `python -m musicgen demo-weights {root}`)."
         )
+
+
+def download_allowed() -> bool:
+    """The operator's switch: may setup() download missing weights? Off unless set to 1/true/yes."""
+    return os.environ.get(DOWNLOAD_ON_SETUP_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def ensure_weights(
+    versions: list[str], root: Path | None = None, allow_download: bool | None = None, manifest=None
+) -> None:
+    """Make sure `versions` can load: present -> return at once; missing -> download when the
+    operator allows it ($MUSICGEN_DOWNLOAD_ON_SETUP=1, or allow_download=True), else raise the
+    WeightsError of check_present() immediately, without touching the network.
+    """
+    from musicgen.manifest import MANIFEST
+
+    root = root or weights_root()
+    manifest = manifest or MANIFEST
+    try:
+        check_present(versions, root, manifest)
+        return
+    except WeightsError:
+        if not (download_allowed() if allow_download is None else allow_download):
+            raise
+    from musicgen.download import DownloadError, download
+
+    log.info("weights missing under %s; downloading %s (%s=1)", root, ", ".join(versions), DOWNLOAD_ON_SETUP_ENV)
+    try:
+        download(versions, root=root, manifest=manifest)
+    except DownloadError as error:
+        raise WeightsError(f"{error}\nRetry (it resumes) with:\n  {download_command(versions, root)}") from None
+    check_present(versions, root, manifest)
 
 
 def configure_offline_environment(root: Path | None = None) -> Path:

@@ -1,0 +1,233 @@
+"""Every checkpoint file the service can need: where it comes from, where it goes, how to verify it.
+
+One entry per file. Destinations are built from the layout constants in musicgen.weights, so the
+manifest, the presence checks and the loaders cannot drift apart. Sizes and SHA-256 sums are the
+values the source publishes (for Hugging Face LFS files: the pointer's `oid sha256:` and `size`);
+None means the source publishes none, and the downloader then checks what it can and records the
+SHA-256 it computed (see musicgen.download) so later runs still detect corruption.
+
+Where each value was read (November 2026, from the hub's public pages):
+- facebook/musicgen-melody @ 53d5f640: tree page lists both files; state_dict.bin blob page
+  (sha256 4dda87e5...) and a duplicate's LFS pointer (size 2771415924); compression_state_dict.bin
+  from commit fee00967 "Upload compression_state_dict.bin" (pointer: sha256 37d256b5..., 236001935).
+- facebook/musicgen-large @ c19300a6: tree page lists both files; LFS pointers (sha256 + size) from
+  a byte-for-byte mirror commit (audo/MusicGen 1516f729) and duplicates' blob pages; the codec
+  pointer is identical to melody's.
+- google-t5/t5-base @ fe6d9bf2 ("Adding `safetensors` variant", the commit that added
+  model.safetensors): model.safetensors sha256 from its blob page; its exact byte size, and every
+  value of the two small non-LFS files (config.json, tokenizer.json), are not published: None.
+- facebook/multiband-diffusion @ aaf67058 ("Upload mbd_musicgen_32khz.th"): pointer in the commit
+  diff (sha256 2df3fff4..., 1647495659).
+- htdemucs: demucs 4.1's remote/files.txt + pretrained.ROOT_URL give the URL; torch hub's
+  convention puts a SHA-256 prefix in the file name (955717e8-8726e21a.th -> "8726e21a"), which is
+  all that is published (no full digest, no size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from musicgen import weights
+
+HF_ENDPOINT = "https://huggingface.co"  # overridden by $HF_ENDPOINT, as huggingface_hub does
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file: its source, its place under the weights root, and what verifies it."""
+
+    name: str  # short label for progress bars and errors, e.g. "musicgen-melody LM"
+    dest: str  # POSIX path relative to the weights root, exactly where the loader reads it
+    repo_id: str | None = None  # Hugging Face repo; None for a plain URL
+    revision: str | None = None  # pinned 40-hex commit of repo_id
+    path: str | None = None  # the file's path inside repo_id
+    url: str | None = None  # full URL, for files not on the hub
+    size: int | None = None  # bytes, as the source publishes; None = unpublished
+    sha256: str | None = None  # hex digest, as the source publishes; None = unpublished
+    sha256_prefix: str | None = None  # torch hub's file-name convention: leading hex of the digest
+    approx_size: int | None = None  # the hub page's rounded size, for --help only; never verified
+    hub_ref: str | None = None  # Hugging Face cache `refs/main` (relative to the root) to point at revision
+
+    def source_url(self, endpoint: str | None = None) -> str:
+        """Where to GET the file: the hub's resolve endpoint for a pinned revision, or the URL."""
+        if self.url:
+            return self.url
+        base = (endpoint or HF_ENDPOINT).rstrip("/")
+        return f"{base}/{self.repo_id}/resolve/{self.revision}/{self.path}"
+
+    @property
+    def source(self) -> str:
+        """The source in words, for error messages."""
+        if self.url:
+            return self.url
+        return f"{self.repo_id}@{self.revision} {self.path}"
+
+    @property
+    def display_size(self) -> int | None:
+        return self.size if self.size is not None else self.approx_size
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Download targets (model versions and `mbd`) and the files each one needs."""
+
+    targets: Mapping[str, tuple[Artifact, ...]]
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def artifacts(self, names: Iterable[str] | None = None) -> list[Artifact]:
+        """The files the named targets need (all targets when None), each file once, in order."""
+        names = list(self.targets) if names is None else list(names)
+        unknown = [name for name in names if name not in self.targets]
+        if unknown:
+            raise KeyError(f"unknown download target(s) {unknown}; the targets are: {', '.join(self.targets)}")
+        unique: dict[str, Artifact] = {}
+        for name in names:
+            for artifact in self.targets[name]:
+                unique.setdefault(artifact.dest, artifact)
+        return list(unique.values())
+
+    def needed_by(self, artifact: Artifact) -> list[str]:
+        """The targets that need this file."""
+        return [name for name, files in self.targets.items() if artifact in files]
+
+    def size_summary(self, name: str) -> str:
+        """'3.90 GB' or '3.90 GB + 1 file of unpublished size', for --help."""
+        files = self.targets[name]
+        total = sum(f.display_size for f in files if f.display_size is not None)
+        unknown = sum(1 for f in files if f.display_size is None)
+        text = f"{total / 1e9:.2f} GB"
+        if any(f.size is None and f.approx_size is not None for f in files):
+            text = "about " + text
+        if unknown:
+            text += f" + {unknown} file{'s' if unknown > 1 else ''} of unpublished size"
+        return text
+
+
+def _root_relative(path) -> str:
+    """A layout path from musicgen.weights, relative to the root, in POSIX form."""
+    return PurePosixPath(*path.relative_to(_LAYOUT_ROOT).parts).as_posix()
+
+
+# The layout functions of musicgen.weights, evaluated on a placeholder root, give the destinations.
+_LAYOUT_ROOT = weights.DEFAULT_ROOT.parent / "<root>"
+
+MELODY_REPO = "facebook/musicgen-melody"
+MELODY_REVISION = "53d5f6400fc8aec99b9bbbf0589493a8073c51fe"
+LARGE_REPO = "facebook/musicgen-large"
+LARGE_REVISION = "c19300a6b2b62d29b345ae9eb7b163278e65238a"
+T5_REPO = "google-t5/t5-base"  # the hub's canonical id of `t5-base`, the name audiocraft loads
+T5_REVISION = "fe6d9bf207cd3337512ca838a8b453f87a9178ef"
+MBD_REPO = "facebook/multiband-diffusion"
+MBD_REVISION = "aaf67058af16d7f889cc2f24ef74c2d174ce051f"
+HTDEMUCS_URL = f"https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/{weights.HTDEMUCS_FILE}"
+
+# The 32 kHz EnCodec: one file, byte-identical in musicgen-medium, -melody and -large (the same LFS
+# sha256 and size in each repo, and in musicgen-style/-stem), so every target that needs "the codec"
+# uses melody's copy. musicgen-small's pointer was not found; its 236 MB file is, per audiocraft, the
+# same 32 kHz EnCodec every MusicGen model is trained over.
+CODEC_SHA256 = "37d256b525d4117f8bbf790ab448a8e9f4746cd401900fe1ae72e154b1513a30"
+CODEC_SIZE = 236001935
+
+MELODY_LM = Artifact(
+    name="musicgen-melody LM",
+    dest=_root_relative(weights.model_dir("melody", _LAYOUT_ROOT) / weights.LM_FILE),
+    repo_id=MELODY_REPO,
+    revision=MELODY_REVISION,
+    path=weights.LM_FILE,
+    size=2771415924,
+    sha256="4dda87e5dfafc1b59351131d9610002b06fbecc50793a0e3c8ab2e534176cd7f",
+)
+MELODY_CODEC = Artifact(
+    name="musicgen-melody EnCodec",
+    dest=_root_relative(weights.model_dir("melody", _LAYOUT_ROOT) / weights.CODEC_FILE),
+    repo_id=MELODY_REPO,
+    revision=MELODY_REVISION,
+    path=weights.CODEC_FILE,
+    size=CODEC_SIZE,
+    sha256=CODEC_SHA256,
+)
+LARGE_LM = Artifact(
+    name="musicgen-large LM",
+    dest=_root_relative(weights.model_dir("large", _LAYOUT_ROOT) / weights.LM_FILE),
+    repo_id=LARGE_REPO,
+    revision=LARGE_REVISION,
+    path=weights.LM_FILE,
+    size=6514108999,
+    sha256="1f0cf17b5e65c5dd8ba71767371c377f174e4ce1db44bc4d6657825769f26ffd",
+)
+LARGE_CODEC = Artifact(
+    name="musicgen-large EnCodec",
+    dest=_root_relative(weights.model_dir("large", _LAYOUT_ROOT) / weights.CODEC_FILE),
+    repo_id=LARGE_REPO,
+    revision=LARGE_REVISION,
+    path=weights.CODEC_FILE,
+    size=CODEC_SIZE,
+    sha256=CODEC_SHA256,
+)
+
+# T5: the files transformers 5 reads offline for T5Tokenizer / T5EncoderModel.from_pretrained("t5-base")
+# (measured: config.json, model.safetensors, tokenizer.json; spiece.model, tokenizer_config.json and
+# generation_config.json are looked up but optional), in the Hugging Face cache layout.
+_T5_CACHE = weights.hf_home(_LAYOUT_ROOT) / "hub" / f"models--{weights.T5_NAME}"
+T5_REF = _root_relative(_T5_CACHE / "refs" / "main")
+
+
+def _t5_file(path: str, name: str, sha256: str | None = None, approx_size: int | None = None) -> Artifact:
+    return Artifact(
+        name=name,
+        dest=_root_relative(_T5_CACHE / "snapshots" / T5_REVISION / path),
+        repo_id=T5_REPO,
+        revision=T5_REVISION,
+        path=path,
+        sha256=sha256,
+        approx_size=approx_size,
+        hub_ref=T5_REF,
+    )
+
+
+T5_CONFIG = _t5_file("config.json", "T5-base config", approx_size=1_210)
+T5_WEIGHTS = _t5_file(
+    "model.safetensors",
+    "T5-base encoder weights",
+    sha256="a90903540cc02cbeb7ff9f823f1a80eb778c7e22426a0e620b01c77a5ec8f5b4",
+    approx_size=892_000_000,
+)
+T5_TOKENIZER = _t5_file("tokenizer.json", "T5-base tokenizer", approx_size=1_390_000)
+T5_FILES = (T5_CONFIG, T5_WEIGHTS, T5_TOKENIZER)
+
+HTDEMUCS = Artifact(
+    name="HT-Demucs (melody stems)",
+    dest=_root_relative(weights.htdemucs_path(_LAYOUT_ROOT)),
+    url=HTDEMUCS_URL,
+    sha256_prefix=weights.HTDEMUCS_FILE.rsplit("-", 1)[1].split(".")[0],  # "8726e21a"
+)
+
+# MultiBand Diffusion for MusicGen. audiocraft's get_mbd_musicgen() pairs it with
+# facebook/musicgen-small's compression_state_dict.bin, the 32 kHz EnCodec every MusicGen model
+# shares (see CODEC_SHA256), so the mbd target reuses musicgen-melody/compression_state_dict.bin.
+MBD = Artifact(
+    name="MultiBand Diffusion",
+    dest=_root_relative(weights.mbd_path(_LAYOUT_ROOT)),
+    repo_id=MBD_REPO,
+    revision=MBD_REVISION,
+    path=weights.MBD_FILE,
+    size=1647495659,
+    sha256="2df3fff4035c7e3be1e6b3b1dc3268a79d03238b17877e29a1dd62e4407f022c",
+)
+
+MANIFEST = Manifest(
+    targets={
+        "melody": (MELODY_LM, MELODY_CODEC, *T5_FILES, HTDEMUCS),
+        "large": (LARGE_LM, LARGE_CODEC, *T5_FILES),
+        "encode-decode": (MELODY_CODEC,),
+        "mbd": (MBD, MELODY_CODEC),
+    },
+    descriptions={
+        "melody": "facebook/musicgen-melody (1.5 B, text + melody) + T5-base + HT-Demucs",
+        "large": "facebook/musicgen-large (3.3 B, text only) + T5-base",
+        "encode-decode": "the 32 kHz EnCodec alone (musicgen-melody's)",
+        "mbd": "MultiBand Diffusion decoder + the 32 kHz EnCodec",
+    },
+)
