@@ -102,6 +102,41 @@ def run_demo_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from musicgen.server import serve
+
+    serve(args.host, args.port, args.upload_url)  # replaces this process with the server
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from musicgen.download import DownloadError, download
+    from musicgen.manifest import MANIFEST
+
+    targets = list(MANIFEST.targets) if args.all else args.models
+    unknown = [name for name in targets if name not in MANIFEST.targets]
+    if unknown or not targets:
+        raise InputError(f"download: name models to fetch ({', '.join(MANIFEST.targets)}) or give --all.")
+    root = Path(args.root).resolve() if args.root else weights_root()
+    try:
+        results = download(targets, root=root, workers=args.workers)
+    except DownloadError as error:
+        raise WeightsError(str(error)) from None
+    fetched = sum(result.status == "downloaded" for result in results)
+    print(f"{len(results)} files verified under {root} ({fetched} downloaded, {len(results) - fetched} already there)")
+    return 0
+
+
+def download_help() -> str:
+    """The models `download` knows, with what they fetch and how big it is (for --help)."""
+    from musicgen.manifest import MANIFEST
+
+    lines = ["models:"]
+    for name, description in MANIFEST.descriptions.items():
+        lines.append(f"  {name:<14} {MANIFEST.size_summary(name):<44} {description}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m musicgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -121,6 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-weights", help="write tiny random checkpoints in the released formats")
     demo.add_argument("directory", nargs="?", default=None, help="the weights root (default: the configured one)")
     demo.set_defaults(run=run_demo_weights)
+
+    fetch = commands.add_parser(
+        "download",
+        help="fetch the real checkpoints into the weights root (verified, resumable)",
+        description="Fetch the checkpoints into the weights root, in the layout the loaders read: in parallel, "
+        "resumable, each file verified (size, sha256) and renamed into place only when complete. "
+        "The hub endpoint is $HF_ENDPOINT (default https://huggingface.co).",
+        epilog=download_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fetch.add_argument("models", nargs="*", metavar="MODEL", help="models to fetch (listed below)")
+    fetch.add_argument("--all", action="store_true", help="fetch every model")
+    fetch.add_argument("--root", help="the weights root (default: $MUSICGEN_WEIGHTS or weights/)")
+    fetch.add_argument("--workers", type=int, default=4, help="files fetched at once (default: 4)")
+    fetch.set_defaults(run=run_download)
+
+    serve = commands.add_parser("serve", help="start the real Cog HTTP server on predict.py, as the container does")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    serve.add_argument("--upload-url", help="PUT output files to this URL/ instead of returning data: URIs")
+    serve.set_defaults(run=run_serve)
     return parser
 
 

@@ -1,0 +1,207 @@
+"""musicgen.schema writes the schema `cog build` would, and it agrees with predict.py and the seeds."""
+
+import json
+import textwrap
+import typing
+
+import pytest
+from test_schema import EXPECTED_ORDER, load_seeds, squash
+
+from musicgen import schema
+from musicgen.cli import load_predictor_class
+
+SEED_OUTPUT = {"format": "uri", "title": "Output", "type": "string"}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict:
+    return json.loads(schema.generate())
+
+
+def properties_of(source: str) -> tuple[dict, dict]:
+    """Input properties and the whole document for a small predict.py source."""
+    fields, output = schema.read_inputs(textwrap.dedent(source))
+    document = json.loads(schema.go_json(schema.openapi_document(fields, output, "0.0.0")))
+    return document["components"]["schemas"]["Input"]["properties"], document
+
+
+def test_committed_schema_file_is_current():
+    """.cog/openapi_schema.json is what the container (and `serve`) hands the runtime."""
+    assert schema.SCHEMA_FILE.is_file(), "run `python -m musicgen.schema` to write .cog/openapi_schema.json"
+    assert schema.SCHEMA_FILE.read_text() == schema.generate(), (
+        "predict.py and .cog/openapi_schema.json disagree: run `python -m musicgen.schema`"
+    )
+
+
+def test_schema_agrees_with_predict_py_as_python_sees_it(document):
+    """The static reading (no import) and the imported Predictor give the same inputs."""
+    properties = document["components"]["schemas"]["Input"]["properties"]
+    components = document["components"]["schemas"]
+    predict = load_predictor_class().predict
+    hints = typing.get_type_hints(predict)
+    parameters = [p for p in __import__("inspect").signature(predict).parameters.values() if p.name != "self"]
+    assert list(properties) == [p.name for p in parameters]
+    for order, parameter in enumerate(parameters):
+        info, prop = parameter.default, properties[parameter.name]
+        assert prop["x-order"] == order
+        assert prop["description"] == info.description, parameter.name
+        assert prop.get("default") == info.default and "default" in prop, parameter.name
+        optional = type(None) in typing.get_args(hints[parameter.name])
+        assert prop.get("nullable", False) is optional, parameter.name
+        assert prop.get("maximum") == info.le and prop.get("minimum") == info.ge, parameter.name
+        if info.choices:
+            assert prop["allOf"] == [{"$ref": f"#/components/schemas/{parameter.name}"}]
+            assert components[parameter.name]["enum"] == info.choices
+        else:
+            assert "allOf" not in prop and parameter.name not in components
+
+
+def test_schema_shows_the_seeds(document):
+    components = document["components"]["schemas"]
+    properties = components["Input"]["properties"]
+    assert list(properties) == EXPECTED_ORDER
+    assert "required" not in components["Input"]  # every input has a default
+    assert components["Output"] == SEED_OUTPUT
+    json_types = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
+    for seed in load_seeds():
+        for field in seed:
+            prop = properties[field["name"]]
+            assert squash(prop["description"]) == field["description"], field["name"]
+            kind = prop.get("type") or components[field["name"]]["type"]
+            if field["type"].split(" ")[0] in json_types:
+                assert kind == json_types[field["type"].split(" ")[0]], field["name"]
+            if field["default"] is None:
+                assert prop["default"] is None and prop["nullable"] is True, field["name"]
+            else:
+                assert str(prop["default"]).lower() == field["default"].lower(), field["name"]
+            if field["choices"]:
+                assert components[field["name"]]["enum"] == field["choices"]
+    assert {name: prop["maximum"] for name, prop in properties.items() if "maximum" in prop} == {"duration": 60}
+    assert not any("minimum" in prop for prop in properties.values())
+    assert components["model_version"]["enum"] == ["melody", "large", "encode-decode"]
+    assert properties["input_audio"]["format"] == "uri"
+
+
+def test_document_frame_is_cogs(document):
+    assert document["openapi"] == "3.0.2"
+    assert document["info"] == {"title": "Cog", "version": schema.cog_version()}
+    assert list(document["paths"]) == ["/", "/health-check", "/predictions", "/predictions/{prediction_id}/cancel"]
+    assert list(document["components"]["schemas"]) == [
+        "Input",
+        "Output",
+        "model_version",
+        "normalization_strategy",
+        "output_format",
+        "PredictionRequest",
+        "PredictionResponse",
+        "Status",
+        "HTTPValidationError",
+        "ValidationError",
+    ]
+
+
+def test_json_is_written_the_way_go_writes_it():
+    text = schema.generate()
+    assert "\n" not in text and ": " not in text.split('"description"')[0]  # compact
+    assert text.startswith('{"components":{"schemas":{"Input":{"properties":{"model_version":{"allOf":')
+    assert '"top_p":{"default":0,' in text and '"temperature":{"default":1,' in text
+    assert '"maximum":60,' in text
+    go = schema.go_json
+    assert go({"b": 1, "a": [0.0, 1.5, 1e21, 1e-7, 1e16, -0.0, 0.000001]}) == (
+        '{"a":[0,1.5,1e+21,1e-7,10000000000000000,-0,0.000001],"b":1}'
+    )
+    assert go(schema.Ordered(b=True, a=None)) == '{"b":true,"a":null}'
+    assert go("<a & b>\u2028é\n") == '"\\u003ca \\u0026 b\\u003e\\u2028é\\n"'
+
+
+def test_fragments_cog_build_writes_for_the_same_declarations():
+    """Exact substrings cog's own integration tests expect from `cog build` for such inputs."""
+    _, document = properties_of("""
+        from cog import BasePredictor, Input, Path
+        class Predictor(BasePredictor):
+            def predict(self, data: dict, items: list[dict] = None, text: str = "hello",
+                        count: int = Input(description="n", default=5, ge=1, le=2),
+                        mode: str = Input(default="fast", choices=["fast", "good"]), image: Path = None) -> str:
+                pass
+        """)
+    text = schema.go_json(document)
+    assert '"data":{"title":"Data","type":"object","x-order":0}' in text
+    assert '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}' in text
+    assert '"default":"hello"' in text and '"default":5' in text and '"maximum":2' in text
+    assert '"enum":["fast","good"]' in text
+    assert '"required":["data","items","image"]' in text  # a None default on a non-Optional type
+
+
+def test_optional_none_and_required_rules():
+    properties, document = properties_of("""
+        import typing
+        import cog
+        from cog import Input as In
+        class Predictor(cog.BasePredictor):
+            def predict(self, a: int = In(default=None), b: typing.Optional[int] = In(default=None),
+                        c: "int | None" = None, d: typing.Union[None, str] = None, e: int | None = In()) -> cog.Path:
+                pass
+        """)
+    assert document["components"]["schemas"]["Input"]["required"] == ["a"]
+    assert "default" not in properties["a"] and "nullable" not in properties["a"]
+    for name in "bcd":
+        assert properties[name]["default"] is None and properties[name]["nullable"] is True
+    assert "default" not in properties["e"] and properties["e"]["nullable"] is True
+    assert document["components"]["schemas"]["Output"] == SEED_OUTPUT
+
+
+def test_module_constants_resolve_like_cog():
+    properties, document = properties_of("""
+        from cog import BasePredictor, Input
+        MODES = ["a", "b"]
+        SIZES = {"small": 1, "big": 2}
+        HELP = "from a constant"
+        LIMIT = 9
+        DEFAULT = "b"
+        class Predictor(BasePredictor):
+            def run(self, mode: str = Input(default=DEFAULT, choices=MODES + ["c"], description=HELP),
+                    size: str = Input(default="big", choices=list(SIZES.keys())),
+                    n: int = Input(default=1, le=LIMIT), x: int = Input(default=len(MODES))) -> str:
+                pass
+            def predict(self, ignored: int) -> str:
+                pass
+        """)
+    schemas = document["components"]["schemas"]
+    assert list(properties) == ["mode", "size", "n", "x"]  # run() wins over predict()
+    assert schemas["mode"]["enum"] == ["a", "b", "c"] and properties["mode"]["default"] == "b"
+    assert properties["mode"]["description"] == "from a constant"
+    assert schemas["size"]["enum"] == ["small", "big"]
+    assert "maximum" not in properties["n"]  # cog reads ge/le from literals only
+    assert schemas["Input"]["required"] == ["x"]  # an unresolvable Input default counts as None
+
+
+def test_strings_are_taken_as_written():
+    properties, _ = properties_of(r"""
+        from cog import BasePredictor, Input
+        class Predictor(BasePredictor):
+            def predict(self, s: str = Input(default="a\tb", description='it\'s')) -> str:
+                pass
+        """)
+    assert properties["s"]["default"] == "a\\tb" and properties["s"]["description"] == "it\\'s"
+
+
+@pytest.mark.parametrize(
+    "declaration, message",
+    [
+        ("x: int = compute()", "cannot be statically resolved"),
+        ("x: int = Input(default_factory=list)", "default_factory"),
+        ("x: set = None", "not supported"),
+        ("x = 3", "no type annotation"),
+        ("x: str = Input(choices=pick())", "choices expression"),
+        ("x: int = Input(accept='audio/*')", "accept is only valid"),
+        ("x: int = cog.Input(default=1)", "cannot be statically resolved"),  # cog matches `Input` by name
+    ],
+)
+def test_what_cog_build_would_refuse_is_refused(declaration, message):
+    with pytest.raises(schema.SchemaError, match=message):
+        properties_of(f"""
+            from cog import BasePredictor, Input
+            class Predictor(BasePredictor):
+                def predict(self, {declaration}) -> str:
+                    pass
+            """)
