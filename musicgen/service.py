@@ -43,7 +43,9 @@ class MusicGenService:
         try:
             wav, sample_rate = generate(request, self.models, seed)
             wav = audio.normalize(wav, sample_rate, request.normalization_strategy)
-            path = audio.write_wav(wav, sample_rate, output_dir / f"musicgen-{request.model_version}-{seed}.wav")
+            metadata = {"model_version": request.model_version, "seed": str(seed)}
+            stem = f"musicgen-{request.model_version}-{seed}"
+            path = audio.write_output(wav, sample_rate, output_dir, stem, request.output_format, metadata)
         except BaseException:
             shutil.rmtree(output_dir, ignore_errors=True)
             raise

@@ -20,7 +20,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 stamp=.venv/.musicgen-installed
-want=$(cat scripts/setup.sh requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+want=$(cat scripts/setup.sh requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0  # already installed from these exact pins
 fi
@@ -38,6 +38,8 @@ fi
 "${PIP[@]}" install -r requirements.txt -r requirements-dev.txt
 # audiocraft pins torch==2.1.0 and friends it does not need at run time: install it alone.
 "${PIP[@]}" install --no-deps "audiocraft==${AUDIOCRAFT_VERSION}"
+# This repository itself, editable, so `python -m musicgen` works from any folder.
+"${PIP[@]}" install --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import torch, torchaudio, audiocraft, demucs, transformers, cog"
 echo "$want" > "$stamp"
 echo "setup: done"
