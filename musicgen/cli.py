@@ -83,7 +83,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = predictor_class()
     predictor.setup()
     result = Path(predictor.predict(**values))
-    output = Path(args.output) if args.output else Path.cwd() / result.name
+    output = Path(args.output).resolve() if args.output else Path.cwd() / result.name
     if output.suffix.lower() != result.suffix.lower():
         raise InputError(f"-o {args.output}: the output is {result.suffix} audio; name the file *{result.suffix}.")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,79 @@
+"""`python -m musicgen`: the same Predictor as Cog, with `cog predict`'s -i key=value syntax."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from musicgen.cli import input_fields, load_predictor_class, parse_inputs
+from musicgen.errors import InputError
+
+
+def run_cli(*args: str, cwd: Path, weights: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUSICGEN_WEIGHTS": str(weights)}
+    return subprocess.run(
+        [sys.executable, "-m", "musicgen", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_help_lists_the_commands(tmp_path, demo_weights):
+    result = run_cli("--help", cwd=tmp_path, weights=demo_weights)
+    assert result.returncode == 0
+    for command in ("predict", "serve", "download", "demo-weights"):
+        assert command in result.stdout
+
+
+def test_predict_writes_the_output_and_prints_path_and_seed(tmp_path, demo_weights):
+    args = ("predict", "-i", "prompt=calm piano", "-i", "duration=1", "-i", "seed=11", "-i", "top_p=0.9")
+    first = run_cli(*args, "-o", "first.wav", cwd=tmp_path, weights=demo_weights)
+    assert first.returncode == 0, first.stderr
+    assert f"output: {tmp_path / 'first.wav'}" in first.stdout
+    assert "seed: 11" in first.stdout
+    info = soundfile.info(str(tmp_path / "first.wav"))
+    assert (info.samplerate, info.frames) == (32000, 32000)
+    second = run_cli(*args, "-o", "second.wav", cwd=tmp_path, weights=demo_weights)
+    assert (tmp_path / "first.wav").read_bytes() == (tmp_path / "second.wav").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.wav", "second.wav"]
+    assert second.returncode == 0
+
+
+def test_a_caller_mistake_exits_non_zero_with_the_message_and_no_traceback(tmp_path, demo_weights):
+    result = run_cli("predict", "-i", "prompt=x", "-i", "duration=61", cwd=tmp_path, weights=demo_weights)
+    assert result.returncode == 2
+    assert "error: duration=61 is out of range; it must be between 1 and 60" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_values_are_parsed_by_the_schema_types(tmp_path):
+    fields = input_fields(load_predictor_class())
+    audio = tmp_path / "in.wav"
+    audio.write_bytes(b"RIFF")
+    values = parse_inputs(
+        ["duration=12", "top_p=0.5", "continuation=true", "input_audio=" + str(audio), "prompt=a=b"], fields
+    )
+    assert values["duration"] == 12 and type(values["duration"]) is int
+    assert values["top_p"] == 0.5 and type(values["top_p"]) is float
+    assert values["continuation"] is True
+    assert Path(values["input_audio"]) == audio and type(values["input_audio"]).__name__ == "Path"
+    assert values["prompt"] == "a=b"
+    assert values["model_version"] == "melody" and values["seed"] is None  # untouched defaults
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("duration=ten", "duration='ten' is not a valid int"),
+        ("continuation=maybe", "continuation='maybe' is not a valid bool"),
+        ("tempo=120", "unknown input 'tempo'; the inputs are: model_version, prompt"),
+        ("input_audio=/no/such/file.wav", "input_audio='/no/such/file.wav': no such file"),
+        ("duration", "-i 'duration' must be written key=value"),
+    ],
+)
+def test_bad_pairs_are_named(pair, message):
+    with pytest.raises(InputError) as raised:
+        parse_inputs([pair], input_fields(load_predictor_class()))
+    assert message in str(raised.value)
