@@ -13,10 +13,12 @@ import av
 import numpy as np
 import soundfile
 import torch
+import torchaudio
 
 # isort: off
 from musicgen import offline  # noqa: F401  (configures the hub cache before audiocraft loads)
 from audiocraft.data.audio_utils import convert_audio, convert_audio_channels, normalize_audio
+from musicgen import iir
 from musicgen.errors import InputError
 
 # isort: on
@@ -36,6 +38,8 @@ INPUT_DEMUXERS = "wav,w64,mp3,flac,ogg,mov,aac,aiff,matroska,caf,au,wv"
 _OPEN_OPTIONS = {"format_whitelist": INPUT_DEMUXERS, "protocol_whitelist": "file"}
 
 OUTPUT_FORMATS = ("wav", "mp3")
+MAX_LOUDNESS_CHANNELS = 5  # torchaudio's BS.1770 channel weights: L, R, C, Ls, Rs
+LOUDNESS_ENERGY_FLOOR = 2e-3  # RMS under which audiocraft's loudness step applies no gain
 MP3_BITRATE = "320k"  # audiocraft's own MP3 bitrate
 FFMPEG_TIMEOUT = 600  # seconds; encoding a minute of audio takes well under one
 METADATA_TAG = "musicgen"  # first word of the comment that write_output stores
@@ -238,18 +242,36 @@ def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tenso
     mono mix at -18 dB then clip to [-1, 1]; loudness: -14 LUFS (ITU-R BS.1770) then clip,
     left unscaled when the RMS is below 2e-3. Where audiocraft would divide by zero (silence for
     peak; a zero mono mix for rms) or cannot measure (loudness on less than one 400 ms
-    BS.1770 block) the level is left as is and only the clipping step applies. Never modifies
-    `wav` in place.
+    BS.1770 block, or of audio that BS.1770 filters away entirely, such as a DC offset) the level
+    is left as is and only the clipping step applies. Loudness is defined for at most
+    MAX_LOUDNESS_CHANNELS channels: more raise InputError. Never modifies `wav` in place.
+    Loudness filters through `musicgen.iir` where torchaudio lacks its compiled loop.
     """
+    iir.install()
     wav = wav.clone()
+    if strategy == "loudness" and wav.shape[0] > MAX_LOUDNESS_CHANNELS:
+        raise InputError(
+            f"normalization_strategy='loudness' measures at most {MAX_LOUDNESS_CHANNELS} channels (ITU-R BS.1770), "
+            f"but this audio has {wav.shape[0]} (encode-decode keeps input_audio's channels); "
+            f"use normalization_strategy 'peak', 'rms' or 'clip'."
+        )
     unmeasurable = (
         (strategy == "peak" and not wav.abs().max() > 0)
         or (strategy == "rms" and not wav.mean(dim=0).pow(2).mean() > 0)
-        or (strategy == "loudness" and wav.shape[-1] < 0.4 * sample_rate)
+        or (strategy == "loudness" and not _loudness_is_measurable(wav, sample_rate))
     )
     if unmeasurable:
         return wav.clamp(-1, 1)
     return normalize_audio(wav, normalize=True, strategy=strategy, sample_rate=sample_rate)
+
+
+def _loudness_is_measurable(wav: torch.Tensor, sample_rate: int) -> bool:
+    """Whether audiocraft's loudness step can scale `wav` [C, T] to a finite level."""
+    if wav.shape[-1] < 0.4 * sample_rate:  # shorter than one BS.1770 block
+        return False
+    if wav.pow(2).mean().sqrt() < LOUDNESS_ENERGY_FLOOR:  # audiocraft leaves it unscaled anyway
+        return True
+    return math.isfinite(torchaudio.functional.loudness(wav, sample_rate).item())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ MAX_CONTEXT = 30  # seconds the LM attends to; a continuation window may not be 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
 CODEC_CHUNK = 30  # seconds of audio per EnCodec pass in encode-decode (bounds the memory)
 CODEC_OVERLAP = 1  # seconds shared by neighbouring chunks, cross-faded
+MIN_WINDOW = 0.1  # seconds: the shortest continuation prompt (5 token frames)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,24 +60,47 @@ def text_to_music(model: MusicGen, request: Request) -> tuple[torch.Tensor, torc
 
 
 def melody_to_music(model: MusicGen, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text + the melody (chroma of the stems without drums and bass) of input_audio."""
+    """Text + the melody of input_audio, through audiocraft's own `generate_with_chroma`.
+
+    The model's ChromaStemConditioner separates the stems with HT-Demucs, keeps vocals + other
+    (drops drums and bass) and takes a 12-bin chroma; get_pretrained set `match_len_on_eval`, so
+    the chroma is cut or repeated to the 30 s context, and past 30 s audiocraft tiles the melody
+    over the windows. The melody is cut to `duration` + MAX_CONTEXT seconds first: nothing later
+    can reach the output, and it bounds the stem separation of a long file.
+    """
     melody, sample_rate = audio.load_audio(request.input_audio)
+    melody = melody[..., : int((request.duration + MAX_CONTEXT) * sample_rate)]
+    melody = audio.convert(melody, sample_rate, model.sample_rate, model.audio_channels)
     set_generation_params(model, request, request.duration)
-    return model.generate_with_chroma([request.prompt], [melody], sample_rate, return_tokens=True)
+    return model.generate_with_chroma([request.prompt], [melody], model.sample_rate, return_tokens=True)
 
 
 def continuation(model: MusicGen, request: Request) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompt window (re-decoded) followed by `duration` seconds of new audio."""
+    """The prompt window (re-decoded) followed by `duration` seconds of new audio.
+
+    The window is cut to whole token frames, so the output is exactly that many frames plus
+    duration * sample_rate samples. audiocraft's own steps (encode the prompt, generate with its
+    extend mechanism past 30 s, decode) with one addition: a window that fills the whole context
+    (exactly MAX_CONTEXT s) leaves the LM no room in its first window, which audiocraft asserts
+    against; it is continued from its last MAX_CONTEXT - EXTEND_STRIDE seconds, exactly what
+    audiocraft's extend loop does after a window that generated nothing. The steps are the ones
+    `MusicGen.generate_continuation` calls (`_prepare_tokens_and_attributes`, `_generate_tokens`,
+    `generate_audio`; audiocraft is pinned), so the result is bit for bit audiocraft's.
+    """
     wav, sample_rate = audio.load_audio(request.input_audio)
     window = continuation_window(wav, sample_rate, request)
     window = audio.convert(window, sample_rate, model.sample_rate, model.audio_channels)
     hop = model.sample_rate // model.frame_rate  # samples per token frame
     frames = window.shape[-1] // hop
-    window = window[..., : frames * hop]  # whole frames, so the output length is exact
-    total_frames = frames + request.duration * model.frame_rate
+    attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], window[None, :, : frames * hop])
+    head = prompt[..., :0]  # prompt frames kept in the output but no longer in the LM's context
+    if frames >= MAX_CONTEXT * model.frame_rate:
+        head, prompt = prompt[..., : EXTEND_STRIDE * model.frame_rate], prompt[..., EXTEND_STRIDE * model.frame_rate :]
+    new_frames = prompt.shape[-1] + request.duration * model.frame_rate
     # audiocraft counts frames as int(duration * frame_rate): half a frame more keeps it exact.
-    set_generation_params(model, request, (total_frames + 0.5) / model.frame_rate)
-    return model.generate_continuation(window[None], model.sample_rate, [request.prompt], return_tokens=True)
+    set_generation_params(model, request, (new_frames + 0.5) / model.frame_rate)
+    tokens = torch.cat([head, model._generate_tokens(attributes, prompt)], dim=-1)
+    return model.generate_audio(tokens), tokens
 
 
 def continuation_window(wav: torch.Tensor, sample_rate: int, request: Request) -> torch.Tensor:
@@ -84,6 +108,7 @@ def continuation_window(wav: torch.Tensor, sample_rate: int, request: Request) -
     length = wav.shape[-1] / sample_rate
     start = request.continuation_start
     end = length if request.continuation_end in (None, -1) else request.continuation_end
+    named_end = "end of file" if request.continuation_end in (None, -1) else request.continuation_end
     if start >= length:
         raise InputError(
             f"continuation_start={start} is past the end of input_audio ({length:.2f} s long); "
@@ -96,9 +121,13 @@ def continuation_window(wav: torch.Tensor, sample_rate: int, request: Request) -
         )
     if end - start > MAX_CONTEXT:
         raise InputError(
-            f"the continuation window continuation_start={start} to continuation_end="
-            f"{request.continuation_end if request.continuation_end not in (None, -1) else 'end of file'} "
+            f"the continuation window continuation_start={start} to continuation_end={named_end} "
             f"is {end - start:.2f} s long; it may be at most {MAX_CONTEXT} s (the model's context)."
+        )
+    if end - start < MIN_WINDOW:
+        raise InputError(
+            f"the continuation window continuation_start={start} to continuation_end={named_end} "
+            f"is {end - start:.3f} s long; it must be at least {MIN_WINDOW} s of input_audio."
         )
     return wav[..., int(start * sample_rate) : int(end * sample_rate)]
 
@@ -139,8 +168,10 @@ def process_in_chunks(
 def encode_decode(models: LoadedModels, path: Path, multi_band_diffusion: bool) -> torch.Tensor:
     """input_audio at the codec's rate through EnCodec and back, each channel on its own.
 
-    Long files go through in CODEC_CHUNK-second pieces cross-faded over CODEC_OVERLAP seconds,
-    so memory stays bounded. Returns [C, T]: the input's channels and length at the codec's rate.
+    The codec is mono: every channel of the input (mono, stereo, 5.1, ...) is encoded and decoded
+    separately and the output keeps the input's channels in their order. Long files go through
+    in CODEC_CHUNK-second pieces cross-faded over CODEC_OVERLAP seconds, so memory stays bounded.
+    Returns [C, T]: the input's channels and length at the codec's rate.
     """
     codec = models.codec
     wav, sample_rate = audio.load_audio(path)
@@ -150,7 +181,10 @@ def encode_decode(models: LoadedModels, path: Path, multi_band_diffusion: bool) 
     def roundtrip(chunk: torch.Tensor) -> torch.Tensor:
         codes, scale = codec.encode(chunk)
         assert scale is None, "MusicGen's EnCodec does not renormalize"
-        decoded = models.mbd.tokens_to_wav(codes) if multi_band_diffusion else codec.decode(codes)
+        if multi_band_diffusion:  # one channel at a time: MBD matches its EQ over the whole batch
+            decoded = torch.cat([models.mbd.tokens_to_wav(channel[None]) for channel in codes])
+        else:
+            decoded = codec.decode(codes)
         return decoded[..., : chunk.shape[-1]]
 
     rate = codec.sample_rate
@@ -159,6 +193,8 @@ def encode_decode(models: LoadedModels, path: Path, multi_band_diffusion: bool) 
 
 def generate(request: Request, models: LoadedModels, seed: int) -> tuple[torch.Tensor, int]:
     """Run the request's mode; return (audio [C, T] float32 on CPU, sample rate in Hz)."""
+    if request.multi_band_diffusion:
+        models.mbd  # noqa: B018  (loads it on first use, before seeding: loading draws random numbers)
     seed_everything(seed)
     with torch.inference_mode():
         if request.mode == "encode-decode":
