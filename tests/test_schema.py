@@ -90,8 +90,10 @@ def parse_list_seed(text: str) -> list[dict]:
 
 
 def load_seeds() -> list[list[dict]]:
+    paths = sorted(SEEDS.glob("*.txt"))
+    assert len(paths) == 2, f"expected the two published schemas in {SEEDS} (../shared/seeds beside the clone)"
     seeds = []
-    for path in sorted(SEEDS.glob("*.txt")):
+    for path in paths:
         text = path.read_text()
         seeds.append(parse_table_seed(text) if "|---|" in text else parse_list_seed(text))
     return seeds
