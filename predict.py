@@ -12,9 +12,15 @@ from musicgen.request import Request
 
 class Predictor(BasePredictor):
     def setup(self, weights: Optional[str] = None) -> None:
-        """Load the melody and large models once, onto CUDA (float16) when present, else CPU."""
+        """Load the melody and large models once, onto CUDA (float16) when present, else CPU.
+
+        `weights` (Cog's `COG_WEIGHTS`): a fine-tuned LM checkpoint, a path or URL, served in
+        place of the base model it matches (README.md, "Fine-tuned checkpoints").
+        """
+        from musicgen.logs import configure_logging
         from musicgen.service import MusicGenService
 
+        configure_logging()
         self.service = MusicGenService.load(fine_tuned=weights)
 
     def predict(

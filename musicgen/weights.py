@@ -10,6 +10,7 @@ Layout under the root (default `weights/` in the repository, `MUSICGEN_WEIGHTS` 
     huggingface/                                HF_HOME: hub/models--t5-base/... (T5 encoder + tokenizer)
     torch/                                      TORCH_HOME: hub/checkpoints/<htdemucs file> (melody stems)
     .verified/                                  the downloader's records (size, sha256) of verified files
+    fine-tuned/<key>/<file>                     fine-tuned LM checkpoints fetched from a URL (setup(weights=URL))
 
 Everything the engine reads is under the root, and loading never touches the network. Which files
 each model_version needs, and where they come from, is listed once, in musicgen.manifest;
@@ -18,11 +19,13 @@ each model_version needs, and where they come from, is listed once, in musicgen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shlex
 import sys
+import urllib.parse
 from pathlib import Path
 
 from musicgen.errors import WeightsError
@@ -43,6 +46,8 @@ HTDEMUCS_FILE = "955717e8-8726e21a.th"
 RECORD_DIR = ".verified"  # <root>/.verified/<dest>.json: what the downloader verified (size, sha256)
 PARTIAL_SUFFIX = ".part"  # a download in progress; renamed to the final name once verified
 DOWNLOAD_ON_SETUP_ENV = "MUSICGEN_DOWNLOAD_ON_SETUP"  # "1": setup() may fetch missing weights
+FINE_TUNED_DIR = "fine-tuned"  # <root>/fine-tuned/<sha256 of the URL, 16 hex>/<file name in the URL>
+URL_SCHEMES = ("http://", "https://")
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +203,45 @@ def ensure_weights(
     except DownloadError as error:
         raise WeightsError(f"{error}\nRetry (it resumes) with:\n  {download_command(versions, root)}") from None
     check_present(versions, root, manifest)
+
+
+def fine_tuned_checkpoint(source: str | os.PathLike, root: Path | None = None) -> Path:
+    """The local file of a fine-tuned LM checkpoint given as a path or an http(s) URL.
+
+    A path names the checkpoint file, or a folder holding `state_dict.bin` (the layout of the
+    released models). A URL is downloaded once into `<root>/fine-tuned/<key>/<its file name>`
+    (`<key>`: the first 16 hex digits of the URL's SHA-256) by musicgen.download: resumable,
+    verified, renamed into place only when complete; later setups reuse it without the network.
+    """
+    root = root or weights_root()
+    text = os.fspath(source).strip()
+    if not text.startswith(URL_SCHEMES):
+        path = Path(text).expanduser()
+        if path.is_dir():
+            path = path / LM_FILE
+        if not path.is_file():
+            raise WeightsError(
+                f"fine-tuned checkpoint {text!r}: no such file (a checkpoint file, or a folder holding {LM_FILE})"
+            )
+        return path.resolve()
+
+    from musicgen.download import DownloadError, download
+    from musicgen.manifest import Artifact, Manifest
+
+    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(text).path)).name
+    if name in ("", ".", ".."):
+        name = LM_FILE
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    artifact = Artifact(name=f"fine-tuned LM {name}", dest=f"{FINE_TUNED_DIR}/{key}/{name}", url=text)
+    path = root / artifact.dest
+    if path.is_file() and _problem(path, artifact, root) is None and record_path(artifact.dest, root).is_file():
+        return path
+    log.info("downloading the fine-tuned checkpoint %s to %s", text, path)
+    try:
+        download(["fine-tuned"], root=root, manifest=Manifest(targets={"fine-tuned": (artifact,)}), progress=False)
+    except DownloadError as error:
+        raise WeightsError(f"fine-tuned checkpoint: {error}") from None
+    return path
 
 
 def configure_offline_environment(root: Path | None = None) -> Path:

@@ -1,0 +1,397 @@
+"""Loading: the same models as audiocraft's get_pretrained, each loaded once, the memory report,
+fine-tuned checkpoints (served in place of their base, or refused with a clear error).
+
+Runs in-process on the session's demo weights (conftest.py points the caches there before import).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import omegaconf
+import pytest
+import torch
+
+from musicgen import weights
+from musicgen.errors import WeightsError
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SEED = 1234
+PROMPT = "calm piano"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine spinning workers make tiny models crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def loaded(demo_weights):
+    from musicgen.models import load_models
+
+    return load_models()
+
+
+def tokens(model, seed: int = SEED, melody: torch.Tensor | None = None) -> torch.Tensor:
+    """The tokens [1, K, S] of 0.5 s generated with `seed`, text only or with a melody [1, 1, T]."""
+    torch.manual_seed(seed)
+    model.set_generation_params(duration=0.5)
+    with torch.inference_mode():
+        if melody is None:
+            return model.generate([PROMPT], return_tokens=True)[1]
+        return model.generate_with_chroma([PROMPT], melody, 32000, return_tokens=True)[1]
+
+
+def sine(seconds: float = 1.0, hz: float = 440.0) -> torch.Tensor:
+    t = torch.arange(int(seconds * 32000)) / 32000
+    return (0.5 * torch.sin(2 * math.pi * hz * t)).view(1, 1, -1)
+
+
+def assert_same_tensors(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == reference.keys()
+    for key, tensor in reference.items():
+        mine = ours[key]
+        assert (mine.dtype, mine.device, mine.shape) == (tensor.dtype, tensor.device, tensor.shape), key
+        assert torch.equal(mine, tensor), key
+
+
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, non-persistent buffers included (the state dict leaves those out)."""
+    return {**dict(module.named_parameters()), **{f"buffer:{k}": v for k, v in module.named_buffers()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Same models as audiocraft's own get_pretrained.
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loads_exactly_what_get_pretrained_loads(demo_weights, device: str) -> None:
+    from audiocraft.models import MusicGen
+
+    from musicgen.models import load_models
+
+    ours = load_models(device=device)
+    for version in ("melody", "large"):
+        reference = MusicGen.get_pretrained(str(weights.model_dir(version)), device=device)
+        model = ours.generator(version)
+        assert_same_tensors(model.lm.state_dict(), reference.lm.state_dict())
+        assert_same_tensors(module_tensors(model.lm), module_tensors(reference.lm))
+        assert_same_tensors(module_tensors(model.compression_model), module_tensors(reference.compression_model))
+        assert not model.lm.training and not model.compression_model.training
+        assert model.lm.cfg == reference.lm.cfg
+        assert (model.max_duration, model.sample_rate, model.frame_rate) == (
+            reference.max_duration,
+            reference.sample_rate,
+            reference.frame_rate,
+        )
+        for name, conditioner in reference.lm.condition_provider.conditioners.items():
+            mine = model.lm.condition_provider.conditioners[name]
+            assert vars(mine).keys() == vars(conditioner).keys()
+            for attribute in ("match_len_on_eval", "_use_masking", "device", "name", "finetune"):
+                assert getattr(mine, attribute, None) == getattr(conditioner, attribute, None)
+            for outside in ("t5", "demucs"):  # held outside the LM's state dict
+                if outside in vars(conditioner):
+                    assert_same_tensors(module_tensors(vars(mine)[outside]), module_tensors(vars(conditioner)[outside]))
+                    assert vars(mine)[outside].training == vars(conditioner)[outside].training
+        assert torch.equal(tokens(model), tokens(reference))
+        if version == "melody":
+            assert torch.equal(tokens(model, melody=sine()), tokens(reference, melody=sine()))
+
+
+def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None:
+    import demucs.pretrained
+    from audiocraft.models import loaders
+    from audiocraft.modules import conditioners
+    from transformers import T5EncoderModel, T5Tokenizer
+
+    from musicgen import models as module
+
+    calls: dict[str, list] = {"t5": [], "tokenizer": [], "demucs": [], "lm": [], "codec": []}
+
+    def counting(kind: str, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            calls[kind].append(args[0])
+            return function(*args, **kwargs)
+
+        return staticmethod(wrapper) if kind in ("t5", "tokenizer") else wrapper
+
+    monkeypatch.setattr(T5EncoderModel, "from_pretrained", counting("t5", T5EncoderModel.from_pretrained))
+    monkeypatch.setattr(T5Tokenizer, "from_pretrained", counting("tokenizer", T5Tokenizer.from_pretrained))
+    monkeypatch.setattr(demucs.pretrained, "get_model", counting("demucs", demucs.pretrained.get_model))
+    monkeypatch.setattr(loaders, "load_lm_model", counting("lm", loaders.load_lm_model))
+    monkeypatch.setattr(loaders, "load_compression_model", counting("codec", loaders.load_compression_model))
+
+    random_init = torch.nn.init.normal_
+    models = module.load_models()
+    assert calls["t5"] == ["t5-base"] and calls["tokenizer"] == ["t5-base"]
+    assert calls["demucs"] == ["htdemucs"]  # the melody LM's chroma conditioner; large has none
+    assert sorted(calls["lm"]) == sorted(str(path) for path in models.checkpoints.values())
+    assert len(calls["codec"]) == 1
+
+    melody, large = models.generator("melody"), models.generator("large")
+    t5 = [model.lm.condition_provider.conditioners["description"] for model in (melody, large)]
+    assert t5[0].t5 is t5[1].t5 and t5[0].t5_tokenizer is t5[1].t5_tokenizer
+    assert "t5" not in dict(melody.lm.named_children()) and not any("t5" in k for k in melody.lm.state_dict())
+    assert melody.compression_model is large.compression_model is models.codec
+
+    # The loading hooks are gone once setup is over.
+    assert conditioners.T5EncoderModel is T5EncoderModel and conditioners.T5Tokenizer is T5Tokenizer
+    assert loaders.load_lm_model_ckpt.__module__ == "audiocraft.models.loaders"
+    assert torch.nn.init.normal_ is random_init
+
+
+def test_random_init_is_skipped_only_where_asked() -> None:
+    from musicgen import models as module
+
+    with module.fast_loading():
+        filled = torch.nn.init.normal_(torch.zeros(1000))
+        assert filled.abs().sum() > 0  # outside _skipping_random_init: initialised as usual
+        with module._skipping_random_init():
+            assert torch.equal(torch.nn.init.normal_(torch.zeros(1000)), torch.zeros(1000))
+            other: list[torch.Tensor] = []
+            thread = threading.Thread(target=lambda: other.append(torch.nn.init.normal_(torch.zeros(1000))))
+            thread.start()
+            thread.join()
+            assert other[0].abs().sum() > 0  # another thread is not affected
+
+
+def test_codec_is_loaded_once_per_distinct_file(demo_weights, tmp_path) -> None:
+    from musicgen.models import load_codecs
+
+    root = tmp_path / "root"
+    for version in ("melody", "large"):
+        folder = weights.model_dir(version, root)
+        folder.mkdir(parents=True)
+        shutil.copyfile(weights.model_dir(version) / weights.CODEC_FILE, folder / weights.CODEC_FILE)
+    codecs = load_codecs(("melody", "large"), "cpu", root)
+    assert codecs["melody"] is codecs["large"]
+
+    package = torch.load(weights.model_dir("large", root) / weights.CODEC_FILE, weights_only=True)
+    package["best_state"]["decoder.model.0.conv.conv.bias"] += 1  # a different codec
+    torch.save(package, weights.model_dir("large", root) / weights.CODEC_FILE)
+    codecs = load_codecs(("melody", "large"), "cpu", root)
+    assert codecs["melody"] is not codecs["large"]
+
+
+def test_missing_weights_fail_fast_with_the_command(tmp_path) -> None:
+    from musicgen.models import load_models
+
+    with pytest.raises(WeightsError, match="python -m musicgen download melody large"):
+        load_models(root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory report.
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in module.parameters()}
+    storages |= {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in module.buffers()}
+    return sum(storages.values())
+
+
+def test_memory_report_counts_each_component_once(loaded) -> None:
+    from musicgen.models import memory_report
+
+    report = memory_report(loaded)
+    assert set(report) == {"lm:melody", "lm:large", "codec", "t5", "demucs", "process_rss"}
+    melody, large = loaded.generator("melody"), loaded.generator("large")
+    assert report["lm:melody"] == tensor_bytes(melody.lm) and report["lm:large"] == tensor_bytes(large.lm)
+    assert report["codec"] == tensor_bytes(loaded.codec)
+    assert report["t5"] == tensor_bytes(melody.lm.condition_provider.conditioners["description"].t5)
+    assert report["demucs"] == tensor_bytes(melody.lm.condition_provider.conditioners["self_wav"].demucs)
+    components = sum(size for name, size in report.items() if name != "process_rss")
+    assert report["process_rss"] > components > 0
+
+
+def test_memory_report_adds_mbd_once_loaded(demo_weights, caplog) -> None:
+    from musicgen.models import load_models, memory_report
+
+    models = load_models(("large",))
+    assert "mbd" not in memory_report(models)
+    with caplog.at_level("INFO", logger="musicgen"):
+        mbd = models.mbd
+    assert models.mbd is mbd and mbd.codec_model is models.codec
+    report = memory_report(models)
+    assert report["mbd"] == sum(tensor_bytes(p.model) + tensor_bytes(p.schedule.sample_processor) for p in mbd.DPs)
+    assert "memory with MultiBand Diffusion" in caplog.text
+
+
+def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
+    """Cog's worker has no logging handler: setup() adds one on stderr (once)."""
+    code = (
+        "from musicgen.cli import load_predictor_class\n"
+        "predictor = load_predictor_class()()\n"
+        "predictor.setup()\n"
+        "from musicgen.logs import configure_logging\n"
+        "configure_logging()\n"
+        "import logging; logging.getLogger('musicgen.test').info('once')\n"
+    )
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("INFO musicgen.test: once") == 1
+    assert "INFO musicgen.models: loaded melody, large on cpu in" in result.stderr
+    assert result.stderr.count("INFO musicgen.models: memory after setup: lm:melody") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuned checkpoints.
+
+
+def fine_tune(version: str, destination: Path, edit=None) -> Path:
+    """A stand-in for a fine-tuned export of the demo `version` LM: the same architecture and
+    format, every weight moved by a seeded random amount (or the package changed by `edit`)."""
+    package = torch.load(weights.model_dir(version) / weights.LM_FILE, weights_only=True)
+    generator = torch.Generator().manual_seed(7)
+    for key, tensor in package["best_state"].items():
+        if tensor.is_floating_point() and "chroma" not in key:
+            noise = torch.randn(tensor.shape, generator=generator) * 0.5
+            package["best_state"][key] = (tensor.float() + noise).to(tensor.dtype)
+    if edit is not None:
+        cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
+        edit(cfg, package)
+        package["xp.cfg"] = omegaconf.OmegaConf.to_yaml(cfg)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(package, destination)
+    return destination
+
+
+@pytest.mark.parametrize("version", ["melody", "large"])
+def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str) -> None:
+    from audiocraft.models import loaders
+
+    from musicgen.models import load_models
+
+    path = fine_tune(version, tmp_path / "my-finetune" / weights.LM_FILE)
+    models = load_models(fine_tuned=str(path.parent))  # a folder holding state_dict.bin works too
+    other = "large" if version == "melody" else "melody"
+    assert models.checkpoints == {version: path.resolve(), other: loaded.checkpoints[other]}
+
+    tuned, base = models.generator(version), loaded.generator(version)
+    reference = loaders.load_lm_model(str(path), device="cpu")  # audiocraft's own loader
+    assert_same_tensors(tuned.lm.state_dict(), reference.state_dict())
+    assert not torch.equal(tuned.lm.state_dict()["linears.0.weight"], base.lm.state_dict()["linears.0.weight"])
+    assert not torch.equal(tokens(tuned), tokens(base))
+    assert torch.equal(tokens(models.generator(other)), tokens(loaded.generator(other)))  # the other is the base
+    assert tuned.compression_model is models.generator(other).compression_model
+    if version == "melody":
+        conditioner = tuned.lm.condition_provider.conditioners["self_wav"]
+        assert conditioner.match_len_on_eval and not conditioner._use_masking
+
+
+def test_setup_serves_the_weights_argument(demo_weights, tmp_path) -> None:
+    from musicgen.cli import load_predictor_class
+
+    path = fine_tune("large", tmp_path / "large-tuned.bin")
+    predictor = load_predictor_class()()
+    predictor.setup(weights=str(path))
+    assert predictor.service.models.checkpoints["large"] == path.resolve()
+
+
+def set_key(dotted: str, value):
+    def edit(cfg, package):
+        omegaconf.OmegaConf.update(cfg, dotted, value, force_add=True)
+
+    return edit
+
+
+REFUSALS = {
+    "codebooks": (
+        set_key("transformer_lm.n_q", 8),
+        "transformer_lm.n_q \\(codebooks\\) is 8; the served EnCodec has 4",
+    ),
+    "codebook size": (set_key("transformer_lm.card", 1024), "transformer_lm.card \\(codebook size\\) is 1024"),
+    "sample rate": (set_key("sample_rate", 16000), "sample_rate is 16000; the served EnCodec has 32000"),
+    "stereo": (set_key("interleave_stereo_codebooks.use", True), "stereo model"),
+    "dimension": (
+        set_key("transformer_lm.dim", 128),
+        "its weight emb.0.weight is \\(2049, 64\\), its config .* says \\(2049, 128\\)",
+    ),
+    "layers": (set_key("transformer_lm.num_layers", 3), "it has 2 transformer layers, its config says 3"),
+    "text encoder": (set_key("conditioners.description.t5.name", "t5-large"), "its text encoder is 't5-large'"),
+    "fine-tuned T5": (set_key("conditioners.description.t5.finetune", True), "finetune: true"),
+    "conditioners": (
+        set_key("conditioners.genre", {"model": "lut", "lut": {"n_bins": 10}}),
+        "its conditioners are \\{'description': 't5', 'genre': 'lut'\\}",
+    ),
+    "not an LM": (set_key("lm_model", "transformer_lm_magnet"), "lm_model is 'transformer_lm_magnet'"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_fine_tuned_checkpoint_that_does_not_fit_is_refused(loaded, tmp_path, case: str) -> None:
+    from musicgen.models import check_fine_tuned
+
+    edit, message = REFUSALS[case]
+    path = fine_tune("large", tmp_path / "bad.bin", edit)
+    with pytest.raises(WeightsError, match=message):
+        check_fine_tuned(path, {"melody": loaded.codec, "large": loaded.codec})
+
+
+def test_files_that_are_not_lm_checkpoints_are_refused(loaded, tmp_path) -> None:
+    from musicgen.models import check_fine_tuned, load_models
+
+    codecs = {"melody": loaded.codec, "large": loaded.codec}
+    codec_file = weights.model_dir("large") / weights.CODEC_FILE  # an audiocraft export, but of EnCodec
+    with pytest.raises(WeightsError, match="lm_model is None; only MusicGen's 'transformer_lm' is served"):
+        check_fine_tuned(codec_file, codecs)
+
+    torch.save({"state_dict": {}}, tmp_path / "other.bin")
+    with pytest.raises(WeightsError, match="needs the keys 'xp.cfg' and 'best_state', it has \\['state_dict'\\]"):
+        check_fine_tuned(tmp_path / "other.bin", codecs)
+
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="is not a torch checkpoint"):
+        check_fine_tuned(tmp_path / "notes.txt", codecs)
+
+    training = {"best_state": {"model": {}}, "xp.cfg": omegaconf.OmegaConf.create({"lm_model": "transformer_lm"})}
+    torch.save(training, tmp_path / "checkpoint.th")  # what a training run saves: a pickled DictConfig
+    with pytest.raises(WeightsError, match="training checkpoint.*export_lm"):
+        check_fine_tuned(tmp_path / "checkpoint.th", codecs)
+
+    with pytest.raises(WeightsError, match="no such file"):
+        load_models(fine_tuned=str(tmp_path / "missing.bin"))
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """An HTTP server on a free loopback port serving tmp_path/served/."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fine_tuned_url_is_downloaded_once_into_the_weights_root(demo_weights, file_server, tmp_path) -> None:
+    served, url = file_server
+    source = fine_tune("melody", served / "tuned.bin")
+    root = tmp_path / "root"
+    path = weights.fine_tuned_checkpoint(f"{url}/tuned.bin", root)
+    assert path.parent.parent == root / weights.FINE_TUNED_DIR and path.name == "tuned.bin"
+    assert path.read_bytes() == source.read_bytes()
+    assert not list(path.parent.glob("*.part"))
+
+    source.unlink()  # the next setup finds the verified copy without the network
+    assert weights.fine_tuned_checkpoint(f"{url}/tuned.bin", root) == path
+
+    with pytest.raises(WeightsError, match="fine-tuned checkpoint: .*HTTP 404"):
+        weights.fine_tuned_checkpoint(f"{url}/missing.bin", root)
