@@ -6,6 +6,7 @@ import logging
 import random
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 from musicgen import audio
@@ -14,6 +15,11 @@ from musicgen.models import LoadedModels, load_models
 from musicgen.request import MAX_SEED, Request, validate
 
 log = logging.getLogger(__name__)
+
+
+def remove_folders(folders: list[Path]) -> None:
+    while folders:
+        shutil.rmtree(folders.pop(), ignore_errors=True)
 
 
 def draw_seed() -> int:
@@ -27,18 +33,23 @@ class MusicGenService:
     def __init__(self, models: LoadedModels):
         self.models = models
         self.last_seed: int | None = None
-        self._last_output_dir: Path | None = None
+        # The last prediction's folder: kept until the next prediction (the caller, or Cog, reads
+        # the file after predict() returns), removed then, or when the service goes away.
+        self._output_dirs: list[Path] = []
+        weakref.finalize(self, remove_folders, self._output_dirs)
 
     @classmethod
-    def load(cls, fine_tuned: str | None = None) -> MusicGenService:
-        return cls(load_models())
+    def load(cls, fine_tuned: str | Path | None = None) -> MusicGenService:
+        """Check the weights (or fetch them, when the operator allows it), then load the models
+        once; `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of its base."""
+        return cls(load_models(fine_tuned=fine_tuned or None))
 
     def predict(self, request: Request) -> Path:
         validate(request)
         seed = draw_seed() if request.wants_random_seed else request.seed
         log.info("seed %d (model_version=%s, mode=%s)", seed, request.model_version, request.mode)
         self.last_seed = seed
-        self._remove_previous_output()
+        remove_folders(self._output_dirs)
         output_dir = Path(tempfile.mkdtemp(prefix="musicgen-"))
         try:
             wav, sample_rate = generate(request, self.models, seed)
@@ -49,11 +60,5 @@ class MusicGenService:
         except BaseException:
             shutil.rmtree(output_dir, ignore_errors=True)
             raise
-        self._last_output_dir = output_dir
+        self._output_dirs.append(output_dir)
         return path
-
-    def _remove_previous_output(self) -> None:
-        """The server has sent the previous file by now; keep one prediction's output at most."""
-        if self._last_output_dir is not None:
-            shutil.rmtree(self._last_output_dir, ignore_errors=True)
-            self._last_output_dir = None

@@ -7,6 +7,7 @@ Text-to-music basics (format, seed replay, fresh folders) are in test_predict.py
 
 from __future__ import annotations
 
+import gc
 import inspect
 import math
 from dataclasses import dataclass
@@ -308,7 +309,10 @@ def test_mbd_is_loaded_on_first_use_then_kept(predictor):
     second = service.predict(Request(prompt="calm", duration=1, seed=1, multi_band_diffusion=True)).read_bytes()
     assert service.models._mbd is mbd
     assert first == second  # loading it did not shift the random numbers of the first prediction
-    service._remove_previous_output()
+    folder = service.predict(Request(prompt="calm", duration=1, seed=2)).parent
+    del service
+    gc.collect()
+    assert not folder.exists()  # the last output is removed with its service
 
 
 def test_mbd_decodes_the_same_tokens_differently(predictor):
