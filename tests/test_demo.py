@@ -9,17 +9,14 @@ imports musicgen lazily so that collecting this module configures nothing.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import math
 import os
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
-import omegaconf
 import pytest
 import torch
 
@@ -27,18 +24,6 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 # What torch.load(weights_only=True) must be allowed to rebuild from the MBD file's pickled configs
 # (omegaconf 2.4; musicgen.models keeps the production allow-list, a superset).
-MBD_SAFE_GLOBALS = [
-    omegaconf.DictConfig,
-    omegaconf.ListConfig,
-    omegaconf.base.ContainerMetadata,
-    omegaconf.base.Metadata,
-    omegaconf.nodes.AnyNode,
-    typing.Any,
-    dict,
-    list,
-    int,
-    collections.defaultdict,
-]
 
 
 def run_python(code: str, root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -172,6 +157,8 @@ def test_mbd_holds_pickled_configs_that_need_an_allow_list(demo_root: Path) -> N
     try:
         with pytest.raises(Exception, match="Unsupported global"):
             torch.load(path, weights_only=True)
+        from musicgen.models import MBD_SAFE_GLOBALS  # the production allow-list
+
         with torch.serialization.safe_globals(MBD_SAFE_GLOBALS):
             package = torch.load(path, weights_only=True)
     finally:
@@ -186,22 +173,13 @@ def test_mbd_holds_pickled_configs_that_need_an_allow_list(demo_root: Path) -> N
 
 
 def test_mbd_decodes_demo_tokens_through_audiocraft(demo_root: Path) -> None:
-    from audiocraft.models.loaders import load_compression_model, load_diffusion_models
-    from audiocraft.models.multibanddiffusion import DiffusionProcess, MultiBandDiffusion
-    from audiocraft.modules.diffusion_schedule import NoiseSchedule
+    from audiocraft.models.loaders import load_compression_model
 
     from musicgen import weights
+    from musicgen.models import load_mbd
 
-    with torch.serialization.safe_globals(MBD_SAFE_GLOBALS):
-        models, processors, cfgs = load_diffusion_models(str(weights.mbd_path(demo_root)), device="cpu")
     codec = load_compression_model(str(weights.model_dir("large", demo_root)), device="cpu")
-    processes = [
-        DiffusionProcess(
-            model=model.eval(), noise_schedule=NoiseSchedule(**cfg.schedule, sample_processor=proc, device="cpu")
-        )
-        for model, proc, cfg in zip(models, processors, cfgs, strict=True)
-    ]
-    mbd = MultiBandDiffusion(DPs=processes, codec_model=codec)
+    mbd = load_mbd(codec, "cpu", weights.mbd_path(demo_root))
     torch.manual_seed(0)
     tokens = torch.randint(0, 2048, (1, 4, 5))  # 0.1 s at 50 Hz
     threads = torch.get_num_threads()
