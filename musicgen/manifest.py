@@ -130,42 +130,39 @@ HTDEMUCS_URL = f"https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/{weigh
 CODEC_SHA256 = "37d256b525d4117f8bbf790ab448a8e9f4746cd401900fe1ae72e154b1513a30"
 CODEC_SIZE = 236001935
 
-MELODY_LM = Artifact(
-    name="musicgen-melody LM",
-    dest=_root_relative(weights.model_dir("melody", _LAYOUT_ROOT) / weights.LM_FILE),
-    repo_id=MELODY_REPO,
-    revision=MELODY_REVISION,
-    path=weights.LM_FILE,
+
+def _musicgen_file(version: str, filename: str, repo_id: str, revision: str, size: int, sha256: str) -> Artifact:
+    """One file of a released MusicGen repository, placed in `version`'s model folder."""
+    kind = "LM" if filename == weights.LM_FILE else "EnCodec"
+    return Artifact(
+        name=f"musicgen-{version} {kind}",
+        dest=_root_relative(weights.model_dir(version, _LAYOUT_ROOT) / filename),
+        repo_id=repo_id,
+        revision=revision,
+        path=filename,
+        size=size,
+        sha256=sha256,
+    )
+
+
+MELODY_LM = _musicgen_file(
+    "melody",
+    weights.LM_FILE,
+    MELODY_REPO,
+    MELODY_REVISION,
     size=2771415924,
     sha256="4dda87e5dfafc1b59351131d9610002b06fbecc50793a0e3c8ab2e534176cd7f",
 )
-MELODY_CODEC = Artifact(
-    name="musicgen-melody EnCodec",
-    dest=_root_relative(weights.model_dir("melody", _LAYOUT_ROOT) / weights.CODEC_FILE),
-    repo_id=MELODY_REPO,
-    revision=MELODY_REVISION,
-    path=weights.CODEC_FILE,
-    size=CODEC_SIZE,
-    sha256=CODEC_SHA256,
-)
-LARGE_LM = Artifact(
-    name="musicgen-large LM",
-    dest=_root_relative(weights.model_dir("large", _LAYOUT_ROOT) / weights.LM_FILE),
-    repo_id=LARGE_REPO,
-    revision=LARGE_REVISION,
-    path=weights.LM_FILE,
+MELODY_CODEC = _musicgen_file("melody", weights.CODEC_FILE, MELODY_REPO, MELODY_REVISION, CODEC_SIZE, CODEC_SHA256)
+LARGE_LM = _musicgen_file(
+    "large",
+    weights.LM_FILE,
+    LARGE_REPO,
+    LARGE_REVISION,
     size=6514108999,
     sha256="1f0cf17b5e65c5dd8ba71767371c377f174e4ce1db44bc4d6657825769f26ffd",
 )
-LARGE_CODEC = Artifact(
-    name="musicgen-large EnCodec",
-    dest=_root_relative(weights.model_dir("large", _LAYOUT_ROOT) / weights.CODEC_FILE),
-    repo_id=LARGE_REPO,
-    revision=LARGE_REVISION,
-    path=weights.CODEC_FILE,
-    size=CODEC_SIZE,
-    sha256=CODEC_SHA256,
-)
+LARGE_CODEC = _musicgen_file("large", weights.CODEC_FILE, LARGE_REPO, LARGE_REVISION, CODEC_SIZE, CODEC_SHA256)
 
 # T5: the files transformers 5 reads offline for T5Tokenizer / T5EncoderModel.from_pretrained("t5-base")
 # (measured: config.json, model.safetensors, tokenizer.json; spiece.model, tokenizer_config.json and
