@@ -38,6 +38,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class QuietServer(ThreadingHTTPServer):
+    """The stand-in's clients hang up mid-transfer on purpose: record those errors, print nothing
+    (a printed traceback would land in the stderr that the CLI tests read)."""
+
+    errors: list[BaseException] = []
+
+    def handle_error(self, request, client_address) -> None:
+        self.errors.append(sys.exc_info()[1])
+
+
 class StandInHub:
     """A loopback HTTP server answering like the hub's `/{repo}/resolve/{revision}/{path}`."""
 
@@ -100,7 +110,7 @@ class StandInHub:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
