@@ -27,6 +27,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import pickle
 import threading
 import time
@@ -49,10 +50,12 @@ from audiocraft.modules.diffusion_schedule import NoiseSchedule
 
 # isort: on
 from musicgen import weights
-from musicgen.errors import WeightsError
+from musicgen.errors import InputError, WeightsError
 
 log = logging.getLogger(__name__)
 
+VERSIONS_ENV = "MUSICGEN_MODEL_VERSIONS"  # the operator's choice of what setup() loads
+DEVICE_ENV = "MUSICGEN_DEVICE"  # "cpu" or "cuda[:N]", to override the automatic choice
 GENERATING_VERSIONS = ("melody", "large")  # loaded at setup; encode-decode reuses their codec
 # The released MultiBand Diffusion file pickles its OmegaConf configs. torch's safe loader
 # (weights_only=True) refuses any class not named here; safety is never switched off.
@@ -89,8 +92,21 @@ MB = 1e6
 
 
 def best_device() -> str:
-    """CUDA when present (the LM then runs in float16), else CPU in float32."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """$MUSICGEN_DEVICE if set; else CUDA when present (the LM then runs in float16), else CPU."""
+    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configured_versions() -> tuple[str, ...]:
+    """The model versions setup() loads: $MUSICGEN_MODEL_VERSIONS (e.g. "melody"), else both."""
+    text = os.environ.get(VERSIONS_ENV, "")
+    versions = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in versions if name not in GENERATING_VERSIONS]
+    if unknown:
+        raise WeightsError(
+            f"{VERSIONS_ENV}={text!r} names {', '.join(unknown)}; use a comma-separated subset of "
+            f"{', '.join(GENERATING_VERSIONS)} (encode-decode uses whichever model's codec is loaded)."
+        )
+    return versions or GENERATING_VERSIONS
 
 
 @dataclass
@@ -104,6 +120,11 @@ class LoadedModels:
     _mbd_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def generator(self, version: str) -> MusicGen:
+        if version not in self.generators:
+            raise InputError(
+                f"model_version={version!r} is not loaded by this deployment; it serves "
+                f"{', '.join(self.generators)} (the operator chooses with {VERSIONS_ENV})."
+            )
         return self.generators[version]
 
     @property

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from musicgen import audio
 from musicgen.generate import generate
-from musicgen.models import LoadedModels, load_models
+from musicgen.models import LoadedModels, configured_versions, load_models
 from musicgen.request import MAX_SEED, Request, validate
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class MusicGenService:
     def load(cls, fine_tuned: str | Path | None = None) -> MusicGenService:
         """Check the weights (or fetch them, when the operator allows it), then load the models
         once; `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of its base."""
-        return cls(load_models(fine_tuned=fine_tuned or None))
+        return cls(load_models(configured_versions(), fine_tuned=fine_tuned or None))
 
     def predict(self, request: Request) -> Path:
         validate(request)

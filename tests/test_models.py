@@ -395,3 +395,29 @@ def test_fine_tuned_url_is_downloaded_once_into_the_weights_root(demo_weights, f
 
     with pytest.raises(WeightsError, match="fine-tuned checkpoint: .*HTTP 404"):
         weights.fine_tuned_checkpoint(f"{url}/missing.bin", root)
+
+
+def test_the_operator_chooses_which_versions_setup_loads(demo_weights, monkeypatch):
+    from musicgen.errors import InputError
+    from musicgen.request import Request
+    from musicgen.service import MusicGenService
+
+    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "large")
+    monkeypatch.setenv("MUSICGEN_DEVICE", "cpu")
+    service = MusicGenService.load()
+    assert list(service.models.generators) == ["large"] and service.models.device == "cpu"
+    assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).is_file()
+    with pytest.raises(InputError) as refused:
+        service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0))
+    assert "model_version='melody' is not loaded by this deployment; it serves large" in str(refused.value)
+
+
+def test_an_unknown_version_in_the_operator_switch_is_named(monkeypatch):
+    from musicgen.models import configured_versions
+
+    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "melody, small")
+    with pytest.raises(WeightsError) as error:
+        configured_versions()
+    assert "MUSICGEN_MODEL_VERSIONS='melody, small' names small" in str(error.value)
+    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "")
+    assert configured_versions() == ("melody", "large")
