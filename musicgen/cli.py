@@ -137,6 +137,12 @@ def download_help() -> str:
     return "\n".join(lines)
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from musicgen.bench import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m musicgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     serve.add_argument("--upload-url", help="PUT output files to this URL/ instead of returning data: URIs")
     serve.set_defaults(run=run_serve)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time stock audiocraft and our Predictor side by side on random checkpoints",
+        description="Interleaved runs, each in a fresh process, of stock audiocraft (get_pretrained, generate, "
+        "audio_write) and predict.py's Predictor on the same random-weight checkpoints (built once under "
+        "<weights root>/bench/), with the same seed: times, memory, and whether the tokens are identical. "
+        "Exit status 1 when they are not.",
+    )
+    from musicgen.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=run_bench)
     return parser
 
 

@@ -394,11 +394,11 @@ def _cpu(config: dict) -> omegaconf.DictConfig:
     return cfg
 
 
-def _build_codec() -> torch.nn.Module:
-    """EnCodec from CODEC_CONFIG, with random codebooks (kmeans_init would leave them at zero until
-    it sees training data) marked as initialised, and no DC offset in its output."""
+def _build_codec(config: dict = CODEC_CONFIG) -> torch.nn.Module:
+    """EnCodec from `config` (default CODEC_CONFIG), with random codebooks (kmeans_init would leave
+    them at zero until it sees training data) marked as initialised, and no DC offset in its output."""
     torch.manual_seed(SEED + 1)
-    model = builders.get_compression_model(_cpu(CODEC_CONFIG))
+    model = builders.get_compression_model(_cpu(config))
     with torch.no_grad():
         for layer in model.quantizer.vq.layers:
             codebook = layer._codebook
@@ -461,8 +461,11 @@ def _build_lm(config: dict) -> LMModel:
     return lm.eval()
 
 
-def _write_t5(root: Path) -> None:
-    """A T5 encoder and tokenizer filed as `t5-base` in the Hugging Face cache under root."""
+def _write_t5(root: Path, dims: dict[str, int] | None = None) -> None:
+    """A T5 encoder and tokenizer filed as `t5-base` in the Hugging Face cache under root.
+
+    `dims` overrides the T5Config sizes (d_kv, d_ff, num_layers, num_heads, vocab_size); d_model
+    stays T5_DIM. The tokenizer is the same small vocabulary whatever the sizes."""
     torch.manual_seed(SEED + 3)
     # Unigram vocabulary: T5's special ids first (<pad>=0, </s>=1, <unk>=2), then whole words and
     # single characters so any lowercase prompt tokenizes.
@@ -471,9 +474,8 @@ def _write_t5(root: Path) -> None:
     vocab += [(char, -8.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789"]
     assert len(vocab) <= T5_VOCAB_SIZE
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
-    config = T5Config(
-        vocab_size=T5_VOCAB_SIZE, d_model=T5_DIM, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2
-    )
+    sizes = {"vocab_size": T5_VOCAB_SIZE, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 2, **(dims or {})}
+    config = T5Config(d_model=T5_DIM, num_decoder_layers=sizes["num_layers"], **sizes)
     model = T5EncoderModel(config).eval()
 
     repo = hf_home(root) / "hub" / f"models--{T5_NAME}"
