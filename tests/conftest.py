@@ -24,6 +24,17 @@ def demo_weights() -> Path:
     return WEIGHTS_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine spinning workers make tiny models crawl."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def predictor(demo_weights):
     """predict.py's Predictor after setup() on the demo weights, shared by the session."""

@@ -8,7 +8,6 @@ Decoding details (each format, each kind of damage) are in test_audio.py.
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
+from helpers import predict_with_defaults as predict
 
 from musicgen.audio import EncoderError, load_audio
 from musicgen.errors import InputError
@@ -27,19 +26,7 @@ from musicgen.weights import REPOSITORY
 RATE = 32000  # Hz, every output
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine spinning workers make tiny models crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def predict(predictor, **inputs) -> Path:
-    parameters = inspect.signature(predictor.predict).parameters
-    values = {name: parameter.default.default for name, parameter in parameters.items()}
-    return Path(predictor.predict(**{**values, **inputs}))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def refused(predictor, **inputs) -> str:

@@ -8,7 +8,6 @@ Text-to-music basics (format, seed replay, fresh folders) are in test_predict.py
 from __future__ import annotations
 
 import gc
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from helpers import predict_with_defaults
 
 from musicgen import audio, generate
 from musicgen.audio import convert, load_audio, read_metadata
@@ -33,13 +33,7 @@ PEAK = 10 ** (-1 / 20)  # -1 dBFS, audiocraft's peak/clip headroom
 LSB = 2**-15  # one 16-bit step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine spinning workers make tiny models crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass
@@ -59,9 +53,7 @@ class Output:
 
 
 def predict(predictor, **inputs) -> Output:
-    parameters = inspect.signature(predictor.predict).parameters
-    values = {name: parameter.default.default for name, parameter in parameters.items()}
-    path = Path(predictor.predict(**{**values, **inputs}))
+    path = predict_with_defaults(predictor, **inputs)
     if path.suffix == ".wav":
         samples, rate = soundfile.read(str(path), always_2d=True)
         info = soundfile.info(str(path))

@@ -1,23 +1,11 @@
 """Text-to-music through predict.py's Predictor on the demo weights: format, length, seeds."""
 
-import inspect
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile
+from helpers import predict_with_defaults as predict
 
 from musicgen.audio import read_metadata
-
-
-def defaults(predictor) -> dict:
-    """Every input at its declared default, as Cog fills them in."""
-    parameters = inspect.signature(predictor.predict).parameters
-    return {name: parameter.default.default for name, parameter in parameters.items()}
-
-
-def predict(predictor, **inputs) -> Path:
-    return Path(predictor.predict(**{**defaults(predictor), **inputs}))
 
 
 @pytest.mark.parametrize("model_version", ["melody", "large"])
