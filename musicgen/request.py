@@ -14,6 +14,8 @@ OUTPUT_FORMATS = ("wav", "mp3")
 MIN_DURATION = 1  # seconds
 MAX_DURATION = 60  # seconds; past 30 s generation runs in overlapping windows
 MAX_CLASSIFIER_FREE_GUIDANCE = 30
+MIN_SAMPLING_TEMPERATURE = 0.01  # below it logits / temperature overflow (float16 on GPU first)
+MAX_PROMPT_CHARACTERS = 2000  # about T5's 512-token context; longer prompts only cost time
 MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1  # like None: draw a random seed
 
@@ -74,6 +76,16 @@ def validate(request: Request) -> None:
     _check_range("top_k", request.top_k, 0, None)
     _check_range("top_p", request.top_p, 0.0, 1.0)
     _check_range("temperature", request.temperature, 0.0, None)
+    if 0 < request.temperature < MIN_SAMPLING_TEMPERATURE:
+        raise InputError(
+            f"temperature={request.temperature!r} is too small to sample with; use 0 for greedy decoding "
+            f"or a value of at least {MIN_SAMPLING_TEMPERATURE}."
+        )
+    if request.prompt is not None and len(request.prompt) > MAX_PROMPT_CHARACTERS:
+        raise InputError(
+            f"prompt is {len(request.prompt)} characters long; it may be at most {MAX_PROMPT_CHARACTERS} "
+            f"(the text encoder reads about 512 tokens)."
+        )
     _check_range("classifier_free_guidance", request.classifier_free_guidance, 0, MAX_CLASSIFIER_FREE_GUIDANCE)
     if not request.wants_random_seed:
         if request.seed < 0:

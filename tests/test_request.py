@@ -23,6 +23,11 @@ AUDIO = Path("song.wav")  # validation does not read the file
         ({"top_p": 1.5}, "top_p=1.5 is out of range; it must be between 0.0 and 1.0"),
         ({"top_p": float("nan")}, "top_p=nan must be a finite number"),
         ({"temperature": -0.1}, "temperature=-0.1 is out of range; it must be at least 0.0"),
+        (
+            {"temperature": 1e-38},
+            "temperature=1e-38 is too small to sample with; use 0 for greedy decoding or a value of at least 0.01",
+        ),
+        ({"prompt": "jazz " * 401}, "prompt is 2005 characters long; it may be at most 2000"),
         ({"classifier_free_guidance": -1}, "classifier_free_guidance=-1 is out of range; it must be between 0 and 30"),
         (
             {"normalization_strategy": "lufs"},
@@ -59,6 +64,8 @@ def test_each_mistake_is_named(changes, message):
         {"seed": 0},
         {"seed": -1},
         {"temperature": 0.0},
+        {"temperature": 0.01},
+        {"prompt": "x" * 2000},
         {"top_k": 0, "top_p": 0.9},
         {"duration": 60},
         {"model_version": "large", "input_audio": AUDIO, "continuation": True, "continuation_end": -1},
