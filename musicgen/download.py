@@ -246,7 +246,7 @@ def _check(
 
 def _verify(path: Path, artifact: Artifact, root: Path) -> tuple[str | None, str]:
     """Check a file already in place against the manifest and the download record."""
-    record = _read_record(artifact, root)
+    record = weights.read_record(artifact.dest, root)
     expected_size = artifact.size if artifact.size is not None else record.get("size")
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
@@ -339,14 +339,6 @@ def _response_total(response: requests.Response, start: int) -> int | None:
         return _content_range_total(response.headers.get("Content-Range", ""))
     length = response.headers.get("Content-Length")
     return int(length) + start if length and length.isdigit() else None
-
-
-def _read_record(artifact: Artifact, root: Path) -> dict:
-    path = weights.record_path(artifact.dest, root)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _write_record(artifact: Artifact, root: Path, size: int, digest: str) -> None:

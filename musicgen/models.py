@@ -25,7 +25,6 @@ import ctypes
 import filecmp
 import functools
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -226,11 +225,8 @@ def _same_file(a: Path, b: Path, root: Path) -> bool:
         return False
     digests = []
     for path in (a, b):
-        try:
-            record = json.loads(weights.record_path(path.relative_to(root).as_posix(), root).read_text())
-            digests.append(record["sha256"] if record["size"] == path.stat().st_size else None)
-        except (OSError, ValueError, KeyError, TypeError):
-            digests.append(None)
+        record = weights.read_record(path.relative_to(root).as_posix(), root)
+        digests.append(record.get("sha256") if record.get("size") == path.stat().st_size else None)
     if None not in digests:
         return digests[0] == digests[1]
     return filecmp.cmp(a, b, shallow=False)

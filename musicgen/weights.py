@@ -91,6 +91,15 @@ def record_path(dest: str, root: Path | None = None) -> Path:
     return (root or weights_root()) / RECORD_DIR / f"{dest}.json"
 
 
+def read_record(dest: str, root: Path | None = None) -> dict:
+    """The downloader's record of `dest` ({"size", "sha256", ...}); {} when there is none or it is unreadable."""
+    try:
+        record = json.loads(record_path(dest, root).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _loader_path(artifact, root: Path) -> Path:
     """Where the loader reads a manifest file: Hugging Face cache files through `refs/main`."""
     if artifact.hub_ref:
@@ -126,12 +135,8 @@ def _problem(path: Path, artifact, root: Path) -> str | None:
             return f"incomplete: an interrupted download left {partial.stat().st_size} bytes in {partial.name}"
         return "missing"
     if artifact is not None and path == root / artifact.dest:
-        record = record_path(artifact.dest, root)
-        if record.is_file():
-            try:
-                expected = json.loads(record.read_text())["size"]
-            except (ValueError, KeyError, TypeError):
-                return None
+        expected = read_record(artifact.dest, root).get("size")
+        if isinstance(expected, int):
             size = path.stat().st_size
             if size != expected:
                 return f"{size} bytes, but {expected} were downloaded and verified: truncated or replaced since"
