@@ -20,10 +20,10 @@ from musicgen import offline  # noqa: F401  (configures the hub cache before aud
 from audiocraft.data.audio_utils import convert_audio, convert_audio_channels, normalize_audio
 from musicgen import iir
 from musicgen.errors import InputError
+from musicgen.request import OUTPUT_FORMATS
 
 # isort: on
 
-SAMPLE_RATE = 32000  # Hz, MusicGen's output rate
 
 MIN_INPUT_SECONDS = 0.1  # shorter inputs carry no usable melody or prompt
 MAX_INPUT_SECONDS = 20 * 60  # 20 minutes; checked from the container metadata before decoding
@@ -37,7 +37,6 @@ INPUT_FORMATS = "WAV, MP3, FLAC, OGG (Vorbis or Opus), M4A/AAC, AIFF, WebM/Matro
 INPUT_DEMUXERS = "wav,w64,mp3,flac,ogg,mov,aac,aiff,matroska,caf,au,wv"
 _OPEN_OPTIONS = {"format_whitelist": INPUT_DEMUXERS, "protocol_whitelist": "file"}
 
-OUTPUT_FORMATS = ("wav", "mp3")
 MAX_LOUDNESS_CHANNELS = 5  # torchaudio's BS.1770 channel weights: L, R, C, Ls, Rs
 LOUDNESS_ENERGY_FLOOR = 2e-3  # RMS under which audiocraft's loudness step applies no gain
 MP3_BITRATE = "320k"  # audiocraft's own MP3 bitrate

@@ -30,7 +30,6 @@ MAX_CONTEXT = 30  # seconds the LM attends to; a continuation window may not be 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
 CODEC_CHUNK = 30  # seconds of audio per EnCodec pass in encode-decode (bounds the memory)
 CODEC_OVERLAP = 1  # seconds shared by neighbouring chunks, cross-faded
-MIN_WINDOW = 0.1  # seconds: the shortest continuation prompt (5 token frames)
 
 
 def seed_everything(seed: int) -> None:
@@ -124,10 +123,10 @@ def continuation_window(wav: torch.Tensor, sample_rate: int, request: Request) -
             f"the continuation window continuation_start={start} to continuation_end={named_end} "
             f"is {end - start:.2f} s long; it may be at most {MAX_CONTEXT} s (the model's context)."
         )
-    if end - start < MIN_WINDOW:
+    if end - start < audio.MIN_INPUT_SECONDS:
         raise InputError(
             f"the continuation window continuation_start={start} to continuation_end={named_end} "
-            f"is {end - start:.3f} s long; it must be at least {MIN_WINDOW} s of input_audio."
+            f"is {end - start:.3f} s long; it must be at least {audio.MIN_INPUT_SECONDS} s of input_audio."
         )
     return wav[..., int(start * sample_rate) : int(end * sample_rate)]
 
