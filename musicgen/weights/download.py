@@ -30,8 +30,9 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from musicgen import weights
-from musicgen.manifest import HF_ENDPOINT, MANIFEST, Artifact, Manifest
+from musicgen import files
+from musicgen.weights import layout
+from musicgen.weights.manifest import HF_ENDPOINT, MANIFEST, Artifact, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ class _Transient(Exception):
 class Result:
     artifact: Artifact
     status: str  # "present" (already verified in place) or "downloaded"
-    sha256: str
 
 
 def endpoint() -> str:
@@ -77,7 +77,7 @@ def download(
 
     Raises DownloadError listing every file that failed, after the others have finished.
     """
-    root = Path(root or weights.weights_root())
+    root = Path(root or layout.weights_root())
     artifacts = manifest.artifacts(targets)
     hub = hub or endpoint()
     bar = _Progress(artifacts, progress)
@@ -103,7 +103,7 @@ def download(
 
 def _fetch_one(artifact: Artifact, root: Path, hub: str, bar: _Progress, attempts: int, retry_wait: float) -> Result:
     dest = root / artifact.dest
-    part = _Part(dest.with_name(dest.name + weights.PARTIAL_SUFFIX))
+    part = _Part(dest.with_name(dest.name + layout.PARTIAL_SUFFIX))
     try:
         if dest.is_file():
             bar.skip(artifact)
@@ -111,10 +111,10 @@ def _fetch_one(artifact: Artifact, root: Path, hub: str, bar: _Progress, attempt
             if problem is None:
                 part.remove()
                 _write_record(artifact, root, dest.stat().st_size, digest)
-                return Result(artifact, "present", digest)
+                return Result(artifact, "present")
             log.warning("%s: %s is corrupt (%s); fetching it again", artifact.name, dest, problem)
             dest.unlink()
-            weights.record_path(artifact.dest, root).unlink(missing_ok=True)
+            layout.record_path(artifact.dest, root).unlink(missing_ok=True)
             bar.unskip(artifact)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part.open()
@@ -127,7 +127,7 @@ def _fetch_one(artifact: Artifact, root: Path, hub: str, bar: _Progress, attempt
     finally:
         part.close()
     log.info("%s: %s (%d bytes, sha256 %s)", artifact.name, dest, dest.stat().st_size, digest)
-    return Result(artifact, "downloaded", digest)
+    return Result(artifact, "downloaded")
 
 
 def _download_into(part: _Part, artifact: Artifact, hub: str, bar: _Progress, attempts: int, retry_wait: float) -> str:
@@ -191,7 +191,7 @@ def _transfer(url: str, headers: dict[str, str], part: _Part, artifact: Artifact
             if status == 404:
                 raise DownloadError(
                     f"{artifact.name}: {artifact.source} does not exist (HTTP 404 from {url}). "
-                    f"Check the repository, revision and file name in musicgen/manifest.py."
+                    f"Check the repository, revision and file name in musicgen/weights/manifest.py."
                 )
             if status in (401, 403):
                 raise DownloadError(
@@ -246,7 +246,7 @@ def _check(
 
 def _verify(path: Path, artifact: Artifact, root: Path) -> tuple[str | None, str]:
     """Check a file already in place against the manifest and the download record."""
-    record = weights.read_record(artifact.dest, root)
+    record = layout.read_record(artifact.dest, root)
     expected_size = artifact.size if artifact.size is not None else record.get("size")
     size = path.stat().st_size
     if expected_size is not None and size != expected_size:
@@ -300,10 +300,8 @@ class _Part:
 
     def commit(self, dest: Path) -> None:
         """Make the complete, verified file visible under its final name in one atomic step."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.path, dest)
+        files.replace(self.path, dest)
 
     def close(self) -> None:
         """Close after success or failure; an empty .part (nothing to resume) is removed."""
@@ -348,7 +346,7 @@ def _write_record(artifact: Artifact, root: Path, size: int, digest: str) -> Non
         "sha256": digest,
         "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_atomic(weights.record_path(artifact.dest, root), json.dumps(record, indent=1) + "\n")
+    files.write_text(layout.record_path(artifact.dest, root), json.dumps(record, indent=1) + "\n")
 
 
 def _write_hub_refs(artifacts: list[Artifact], results: list[Result], root: Path) -> None:
@@ -358,19 +356,9 @@ def _write_hub_refs(artifacts: list[Artifact], results: list[Result], root: Path
     for artifact in artifacts:
         if artifact.hub_ref:
             refs.setdefault(artifact.hub_ref, []).append(artifact)
-    for ref, files in refs.items():
-        if all(file.dest in done for file in files):
-            _write_atomic(root / ref, files[0].revision)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    for ref, snapshot in refs.items():
+        if all(artifact.dest in done for artifact in snapshot):
+            files.write_text(root / ref, snapshot[0].revision)
 
 
 class _Progress:

@@ -4,7 +4,7 @@ One entry per file. Destinations are built from the layout constants in musicgen
 manifest, the presence checks and the loaders cannot drift apart. Sizes and SHA-256 sums are the
 values the source publishes (for Hugging Face LFS files: the pointer's `oid sha256:` and `size`);
 None means the source publishes none, and the downloader then checks what it can and records the
-SHA-256 it computed (see musicgen.download) so later runs still detect corruption.
+SHA-256 it computed (see musicgen.weights.download) so later runs still detect corruption.
 
 Where each value was read (November 2026, from the hub's public pages):
 - facebook/musicgen-melody @ 53d5f640: tree page lists both files; state_dict.bin blob page
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from musicgen import weights
+from musicgen.weights import layout
 
 HF_ENDPOINT = "https://huggingface.co"  # overridden by $HF_ENDPOINT, as huggingface_hub does
 
@@ -88,10 +88,6 @@ class Manifest:
                 unique.setdefault(artifact.dest, artifact)
         return list(unique.values())
 
-    def needed_by(self, artifact: Artifact) -> list[str]:
-        """The targets that need this file."""
-        return [name for name, files in self.targets.items() if artifact in files]
-
     def size_summary(self, name: str) -> str:
         """'3.90 GB' or '3.90 GB + 1 file of unpublished size', for --help."""
         files = self.targets[name]
@@ -111,7 +107,7 @@ def _root_relative(path) -> str:
 
 
 # The layout functions of musicgen.weights, evaluated on a placeholder root, give the destinations.
-_LAYOUT_ROOT = weights.DEFAULT_ROOT.parent / "<root>"
+_LAYOUT_ROOT = layout.DEFAULT_ROOT.parent / "<root>"
 
 MELODY_REPO = "facebook/musicgen-melody"
 MELODY_REVISION = "53d5f6400fc8aec99b9bbbf0589493a8073c51fe"
@@ -121,7 +117,7 @@ T5_REPO = "google-t5/t5-base"  # the hub's canonical id of `t5-base`, the name a
 T5_REVISION = "fe6d9bf207cd3337512ca838a8b453f87a9178ef"
 MBD_REPO = "facebook/multiband-diffusion"
 MBD_REVISION = "aaf67058af16d7f889cc2f24ef74c2d174ce051f"
-HTDEMUCS_URL = f"https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/{weights.HTDEMUCS_FILE}"
+HTDEMUCS_URL = f"https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/{layout.HTDEMUCS_FILE}"
 
 # The 32 kHz EnCodec: one file, byte-identical in musicgen-medium, -melody and -large (the same LFS
 # sha256 and size in each repo, and in musicgen-style/-stem), so every target that needs "the codec"
@@ -133,10 +129,10 @@ CODEC_SIZE = 236001935
 
 def _musicgen_file(version: str, filename: str, repo_id: str, revision: str, size: int, sha256: str) -> Artifact:
     """One file of a released MusicGen repository, placed in `version`'s model folder."""
-    kind = "LM" if filename == weights.LM_FILE else "EnCodec"
+    kind = "LM" if filename == layout.LM_FILE else "EnCodec"
     return Artifact(
         name=f"musicgen-{version} {kind}",
-        dest=_root_relative(weights.model_dir(version, _LAYOUT_ROOT) / filename),
+        dest=_root_relative(layout.model_dir(version, _LAYOUT_ROOT) / filename),
         repo_id=repo_id,
         revision=revision,
         path=filename,
@@ -147,27 +143,27 @@ def _musicgen_file(version: str, filename: str, repo_id: str, revision: str, siz
 
 MELODY_LM = _musicgen_file(
     "melody",
-    weights.LM_FILE,
+    layout.LM_FILE,
     MELODY_REPO,
     MELODY_REVISION,
     size=2771415924,
     sha256="4dda87e5dfafc1b59351131d9610002b06fbecc50793a0e3c8ab2e534176cd7f",
 )
-MELODY_CODEC = _musicgen_file("melody", weights.CODEC_FILE, MELODY_REPO, MELODY_REVISION, CODEC_SIZE, CODEC_SHA256)
+MELODY_CODEC = _musicgen_file("melody", layout.CODEC_FILE, MELODY_REPO, MELODY_REVISION, CODEC_SIZE, CODEC_SHA256)
 LARGE_LM = _musicgen_file(
     "large",
-    weights.LM_FILE,
+    layout.LM_FILE,
     LARGE_REPO,
     LARGE_REVISION,
     size=6514108999,
     sha256="1f0cf17b5e65c5dd8ba71767371c377f174e4ce1db44bc4d6657825769f26ffd",
 )
-LARGE_CODEC = _musicgen_file("large", weights.CODEC_FILE, LARGE_REPO, LARGE_REVISION, CODEC_SIZE, CODEC_SHA256)
+LARGE_CODEC = _musicgen_file("large", layout.CODEC_FILE, LARGE_REPO, LARGE_REVISION, CODEC_SIZE, CODEC_SHA256)
 
 # T5: the files transformers 5 reads offline for T5Tokenizer / T5EncoderModel.from_pretrained("t5-base")
 # (measured: config.json, model.safetensors, tokenizer.json; spiece.model, tokenizer_config.json and
 # generation_config.json are looked up but optional), in the Hugging Face cache layout.
-_T5_CACHE = weights.hf_home(_LAYOUT_ROOT) / "hub" / f"models--{weights.T5_NAME}"
+_T5_CACHE = layout.hf_home(_LAYOUT_ROOT) / "hub" / f"models--{layout.T5_NAME}"
 T5_REF = _root_relative(_T5_CACHE / "refs" / "main")
 
 
@@ -196,9 +192,9 @@ T5_FILES = (T5_CONFIG, T5_WEIGHTS, T5_TOKENIZER)
 
 HTDEMUCS = Artifact(
     name="HT-Demucs (melody stems)",
-    dest=_root_relative(weights.htdemucs_path(_LAYOUT_ROOT)),
+    dest=_root_relative(layout.htdemucs_path(_LAYOUT_ROOT)),
     url=HTDEMUCS_URL,
-    sha256_prefix=weights.HTDEMUCS_FILE.rsplit("-", 1)[1].split(".")[0],  # "8726e21a"
+    sha256_prefix=layout.HTDEMUCS_FILE.rsplit("-", 1)[1].split(".")[0],  # "8726e21a"
 )
 
 # MultiBand Diffusion for MusicGen. audiocraft's get_mbd_musicgen() pairs it with
@@ -206,10 +202,10 @@ HTDEMUCS = Artifact(
 # shares (see CODEC_SHA256), so the mbd target reuses musicgen-melody/compression_state_dict.bin.
 MBD = Artifact(
     name="MultiBand Diffusion",
-    dest=_root_relative(weights.mbd_path(_LAYOUT_ROOT)),
+    dest=_root_relative(layout.mbd_path(_LAYOUT_ROOT)),
     repo_id=MBD_REPO,
     revision=MBD_REVISION,
-    path=weights.MBD_FILE,
+    path=layout.MBD_FILE,
     size=1647495659,
     sha256="2df3fff4035c7e3be1e6b3b1dc3268a79d03238b17877e29a1dd62e4407f022c",
 )
