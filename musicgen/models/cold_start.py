@@ -1,0 +1,141 @@
+"""Cold start: hooks around audiocraft's loaders, installed only while setup() loads.
+
+Every checkpoint is memory-mapped instead of read into a CPU copy first, the random initialisation
+of modules whose weights the checkpoint overwrites is skipped, and T5 is loaded once for both LMs.
+The result is the very model `MusicGen.get_pretrained` returns (same weights, buffers, dtypes,
+devices; tests/test_models.py checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from audiocraft.models import loaders
+from audiocraft.modules import conditioners
+
+from musicgen.weights.layout import CODEC_FILE, LM_FILE
+
+# torch.nn.init functions that fill a tensor with random numbers: skipped while building a module
+# whose every parameter the checkpoint then overwrites (load_state_dict is strict).
+RANDOM_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "orthogonal_",
+)
+
+
+_thread = threading.local()  # .skip_init: this thread is building modules a checkpoint overwrites
+
+
+@contextlib.contextmanager
+def fast_loading() -> Iterator[None]:
+    """While loading: memory-map checkpoints, allow skipping random init, share T5.
+
+    - audiocraft's `load_lm_model_ckpt` / `load_compression_model_ckpt` read the file with
+      `torch.load(mmap=True)`: tensors are read from the page cache straight into the model's
+      parameters (on the model's device, in its dtype) instead of into a full CPU copy first.
+    - torch.nn.init's random fills become no-ops in threads inside skipping_random_init();
+      elsewhere (other threads, T5's own loading) they run as usual.
+    - `T5EncoderModel.from_pretrained` / `T5Tokenizer.from_pretrained`, as audiocraft's
+      conditioners module calls them, load each name once and hand every T5Conditioner the same
+      object (the conditioner keeps it outside its state dict, so nothing writes into it).
+
+    Everything is restored on exit. Not reentrant across threads: call it from one thread.
+    """
+    with contextlib.ExitStack() as stack:
+        for name, filename in (
+            ("load_lm_model_ckpt", LM_FILE),
+            ("load_compression_model_ckpt", CODEC_FILE),
+        ):
+            stack.enter_context(_patched(loaders, name, _local_checkpoint(getattr(loaders, name), filename)))
+        for name in RANDOM_INIT_FUNCTIONS:
+            stack.enter_context(_patched(torch.nn.init, name, _skippable(getattr(torch.nn.init, name))))
+        stack.enter_context(_patched(conditioners, "T5EncoderModel", LoadOnce(conditioners.T5EncoderModel)))
+        stack.enter_context(_patched(conditioners, "T5Tokenizer", LoadOnce(conditioners.T5Tokenizer)))
+        yield
+
+
+@contextlib.contextmanager
+def _patched(owner: object, name: str, value: object) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    """torch.load of an audiocraft checkpoint, memory-mapped, safe unpickling only."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+def _local_checkpoint(original: Callable, filename: str) -> Callable:
+    """audiocraft's `load_*_ckpt(file_or_url_or_id, cache_dir)` with local files memory-mapped;
+    anything else (a hub id, a URL) still goes to audiocraft's own function."""
+
+    def load_ckpt(file_or_url_or_id: Path | str, cache_dir: str | None = None) -> dict:
+        path = Path(file_or_url_or_id)
+        if path.is_dir():
+            path = path / filename
+        if path.is_file():
+            return read_checkpoint(path)
+        return original(file_or_url_or_id, cache_dir=cache_dir)
+
+    return load_ckpt
+
+
+def _skippable(init: Callable) -> Callable:
+    @functools.wraps(init)
+    def maybe_init(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if getattr(_thread, "skip_init", False):
+            return tensor
+        return init(tensor, *args, **kwargs)
+
+    return maybe_init
+
+
+@contextlib.contextmanager
+def _random_init(skip: bool) -> Iterator[None]:
+    previous = getattr(_thread, "skip_init", False)
+    _thread.skip_init = skip
+    try:
+        yield
+    finally:
+        _thread.skip_init = previous
+
+
+def skipping_random_init():
+    """In this thread, modules are built with uninitialised weights. Only around loaders whose
+    strict load_state_dict then overwrites every parameter and buffer: audiocraft's LM and EnCodec
+    loaders, and demucs' load_model that the melody conditioner calls (T5 goes through LoadOnce,
+    which initialises as usual). tests/test_models.py compares every tensor with get_pretrained."""
+    return _random_init(skip=True)
+
+
+class LoadOnce:
+    """Stands in for a transformers class during setup: `from_pretrained` loads each name once
+    (with normal initialisation) and returns the same object to every caller, in any thread."""
+
+    def __init__(self, cls: type):
+        self.cls = cls
+        self.loaded: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def from_pretrained(self, name: str, *args, **kwargs):
+        key = (name, args, tuple(sorted(kwargs.items())))
+        with self._lock:
+            if key not in self.loaded:
+                with _random_init(skip=False):
+                    self.loaded[key] = self.cls.from_pretrained(name, *args, **kwargs)
+            return self.loaded[key]

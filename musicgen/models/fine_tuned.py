@@ -1,0 +1,103 @@
+"""Fine-tuned LM checkpoints: which served model one replaces, or why it cannot replace any."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import omegaconf
+import torch
+
+from musicgen.errors import WeightsError
+from musicgen.models.cold_start import read_checkpoint
+from musicgen.weights.layout import T5_NAME
+
+LM_KEYS = ("xp.cfg", "best_state")
+
+
+def check_fine_tuned(path: Path, codecs: dict[str, torch.nn.Module]) -> str:
+    """The base version ("melody" or "large") the fine-tuned LM checkpoint at `path` replaces.
+
+    Raises WeightsError unless it is an audiocraft LM export (`xp.cfg` + `best_state`) of a
+    MusicGen transformer LM whose conditioners are those of melody (chroma + T5 text) or of large
+    (T5 text only), with the T5 we hold, over the codec we serve (codebooks, codebook size, sample
+    rate, channels), and whose weights have the dimensions its config states.
+    """
+    try:
+        package = read_checkpoint(path)
+    except pickle.UnpicklingError:
+        raise WeightsError(
+            f"{path} holds pickled objects: it looks like a training checkpoint. Export the LM first with "
+            f"audiocraft.utils.export.export_lm (an 'xp.cfg' YAML string and 'best_state')."
+        ) from None
+    except Exception as error:  # not a torch.save archive at all
+        raise WeightsError(f"{path} is not a torch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(package, dict) or any(key not in package for key in LM_KEYS):
+        keys = sorted(map(str, package)) if isinstance(package, dict) else type(package).__name__
+        raise WeightsError(
+            f"{path} is not an audiocraft LM checkpoint: it needs the keys 'xp.cfg' and 'best_state', it has {keys}"
+        )
+    state = package["best_state"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: its 'best_state' is a {type(state).__name__}, not a state dict")
+    if "model" in state and isinstance(state["model"], dict):
+        raise WeightsError(f"{path} is a training checkpoint; export it with audiocraft.utils.export.export_lm")
+    try:
+        cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
+        return _fine_tuned_version(cfg, state, codecs)
+    except (omegaconf.errors.OmegaConfBaseException, AttributeError, KeyError, TypeError) as error:
+        raise WeightsError(f"{path}: its 'xp.cfg' is not a MusicGen LM config ({error})") from None
+    except _Unfit as error:
+        raise WeightsError(f"{path} cannot replace a served model: {error}") from None
+
+
+class _Unfit(Exception):
+    """Why a fine-tuned checkpoint does not fit, in words."""
+
+
+def _fine_tuned_version(cfg: omegaconf.DictConfig, state: dict, codecs: dict[str, torch.nn.Module]) -> str:
+    if cfg.get("lm_model") != "transformer_lm":
+        raise _Unfit(f"lm_model is {cfg.get('lm_model')!r}; only MusicGen's 'transformer_lm' is served")
+    kinds = {str(name): str(cond.model) for name, cond in (cfg.get("conditioners") or {}).items() if name != "args"}
+    if kinds == {"self_wav": "chroma_stem", "description": "t5"}:
+        version = "melody"
+    elif kinds == {"description": "t5"}:
+        version = "large"
+    else:
+        raise _Unfit(
+            f"its conditioners are {kinds}; melody has {{'self_wav': 'chroma_stem', 'description': 't5'}}, "
+            f"large has {{'description': 't5'}}"
+        )
+    t5 = cfg.conditioners.description.t5
+    if t5.name != T5_NAME:
+        raise _Unfit(f"its text encoder is {t5.name!r}; the weights root holds {T5_NAME!r}")
+    if t5.get("finetune", False):
+        raise _Unfit("its T5 was fine-tuned with it (finetune: true); only LMs over the shared, frozen T5 are served")
+    if version not in codecs:
+        raise _Unfit(f"it replaces {version}, which is not being loaded")
+    codec = codecs[version]
+    lm = cfg.transformer_lm
+    if cfg.get("interleave_stereo_codebooks", {}).get("use", False):
+        raise _Unfit("it is a stereo model (interleaved codebooks); the served EnCodec is mono")
+    expected = {
+        "transformer_lm.n_q (codebooks)": (lm.n_q, codec.num_codebooks),
+        "transformer_lm.card (codebook size)": (lm.card, codec.cardinality),
+        "sample_rate": (cfg.sample_rate, codec.sample_rate),
+        "channels": (cfg.channels, codec.channels),
+    }
+    if cfg.get("compression_model_n_q") is not None:
+        expected["compression_model_n_q"] = (cfg.compression_model_n_q, codec.num_codebooks)
+    for what, (value, served) in expected.items():
+        if value != served:
+            raise _Unfit(f"{what} is {value}; the served EnCodec has {served}")
+    shapes = {"emb.0.weight": (lm.card + 1, lm.dim), "linears.0.weight": (lm.card, lm.dim)}
+    shapes |= {f"linears.{q}.weight": (lm.card, lm.dim) for q in range(lm.n_q)}
+    for key, shape in shapes.items():
+        tensor = state.get(key)
+        if tensor is None or tuple(tensor.shape) != shape:
+            found = "missing" if tensor is None else tuple(tensor.shape)
+            raise _Unfit(f"its weight {key} is {found}, its config (dim {lm.dim}, card {lm.card}) says {shape}")
+    layers = {key.split(".")[2] for key in state if key.startswith("transformer.layers.")}
+    if len(layers) != lm.num_layers:
+        raise _Unfit(f"it has {len(layers)} transformer layers, its config says {lm.num_layers}")
+    return version
