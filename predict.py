@@ -18,9 +18,13 @@ class Predictor(BasePredictor):
         place of the base model it matches (README.md, "Fine-tuned checkpoints").
         """
         from musicgen.logs import configure_logging
-        from musicgen.service import MusicGenService
+        from musicgen.weights.layout import configure_hub
 
         configure_logging()
+        configure_hub()  # before the service imports audiocraft: Hugging Face reads its paths once
+
+        from musicgen.service import MusicGenService
+
         self.service = MusicGenService.load(fine_tuned=weights)
 
     def predict(
@@ -107,4 +111,4 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
         )
-        return Path(self.service.predict(request))
+        return Path(self.service.predict(request).path)

@@ -1,8 +1,13 @@
-"""One prediction's inputs as a frozen dataclass, and the one function that validates them."""
+"""One prediction's inputs as a frozen dataclass, and every rule that refuses a caller's mistake.
+
+The rules run in two steps, both before any model work: validate() on the request and what the
+deployment serves; validate_input_audio() once input_audio is decoded (its length and channels).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,11 @@ MIN_SAMPLING_TEMPERATURE = 0.01  # below it logits / temperature overflow (float
 MAX_PROMPT_CHARACTERS = 2000  # about T5's 512-token context; longer prompts only cost time
 MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1  # like None: draw a random seed
+MAX_CONTEXT = 30  # seconds the LM attends to; a continuation window may not be longer
+MIN_INPUT_SECONDS = 0.1  # shorter inputs carry no usable melody or prompt
+MAX_LOUDNESS_CHANNELS = 5  # torchaudio's BS.1770 channel weights: L, R, C, Ls, Rs
+MAX_MP3_CHANNELS = 2  # MP3 holds mono or stereo
+VERSIONS_ENV = "MUSICGEN_MODEL_VERSIONS"  # the operator's choice of what setup() loads
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,12 @@ def _check_range(name: str, value: float, low: float, high: float | None) -> Non
         raise InputError(f"{name}={value!r} is out of range; it must be {allowed}.")
 
 
-def validate(request: Request) -> None:
-    """Raise InputError for the first caller mistake found; return None for a valid request."""
+def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
+    """Raise InputError for the first caller mistake found; return None for a valid request.
+
+    `served`: the deployment's generating model versions, each with its codebook size (top_k's
+    upper bound); None checks only what the request itself says.
+    """
     _check_choice("model_version", request.model_version, MODEL_VERSIONS)
     _check_choice("normalization_strategy", request.normalization_strategy, NORMALIZATION_STRATEGIES)
     _check_choice("output_format", request.output_format, OUTPUT_FORMATS)
@@ -99,6 +113,8 @@ def validate(request: Request) -> None:
         if request.input_audio is None:
             raise InputError("input_audio is required when model_version='encode-decode'.")
         return
+    if served is not None:
+        _validate_served(request, served)
     if request.continuation:
         _validate_continuation_window(request)
     elif request.input_audio is not None and request.model_version == "large":
@@ -125,3 +141,63 @@ def _validate_continuation_window(request: Request) -> None:
             f"continuation_end={end} must be greater than continuation_start={request.continuation_start} "
             f"(or -1 / left out for the end of the file)."
         )
+
+
+def _validate_served(request: Request, served: Mapping[str, int]) -> None:
+    """What depends on the loaded models: the version must be served, top_k within its codebook."""
+    if request.model_version not in served:
+        raise InputError(
+            f"model_version={request.model_version!r} is not loaded by this deployment; it serves "
+            f"{', '.join(served)} (the operator chooses with {VERSIONS_ENV})."
+        )
+    card = served[request.model_version]
+    if request.top_k > card:
+        raise InputError(f"top_k={request.top_k} is out of range; it must be between 0 and {card}.")
+
+
+def validate_input_audio(request: Request, channels: int, seconds: float) -> None:
+    """The rules that need the decoded input_audio: its length (continuation window) and channels
+    (encode-decode keeps them, so the output format and normalization must hold that many)."""
+    if request.mode == "continuation":
+        continuation_bounds(request, seconds)
+    if request.mode != "encode-decode":
+        return
+    if request.normalization_strategy == "loudness" and channels > MAX_LOUDNESS_CHANNELS:
+        raise InputError(
+            f"normalization_strategy='loudness' measures at most {MAX_LOUDNESS_CHANNELS} channels (ITU-R BS.1770), "
+            f"but this audio has {channels} (encode-decode keeps input_audio's channels); "
+            f"use normalization_strategy 'peak', 'rms' or 'clip'."
+        )
+    if request.output_format == "mp3" and channels > MAX_MP3_CHANNELS:
+        raise InputError(
+            f"output_format='mp3' holds mono or stereo audio, but this audio has {channels} channels "
+            f"(encode-decode keeps input_audio's channels); use output_format='wav'."
+        )
+
+
+def continuation_bounds(request: Request, seconds: float) -> tuple[float, float]:
+    """The continuation window [start, end) in seconds, checked against input_audio's length."""
+    start = request.continuation_start
+    end = seconds if request.continuation_end in (None, -1) else request.continuation_end
+    named_end = "end of file" if request.continuation_end in (None, -1) else request.continuation_end
+    if start >= seconds:
+        raise InputError(
+            f"continuation_start={start} is past the end of input_audio ({seconds:.2f} s long); "
+            f"it must be less than {seconds:.2f}."
+        )
+    if end > seconds:
+        raise InputError(
+            f"continuation_end={request.continuation_end} is past the end of input_audio ({seconds:.2f} s long); "
+            f"use a value up to {math.floor(seconds)}, or -1 for the end of the file."
+        )
+    if end - start > MAX_CONTEXT:
+        raise InputError(
+            f"the continuation window continuation_start={start} to continuation_end={named_end} "
+            f"is {end - start:.2f} s long; it may be at most {MAX_CONTEXT} s (the model's context)."
+        )
+    if end - start < MIN_INPUT_SECONDS:
+        raise InputError(
+            f"the continuation window continuation_start={start} to continuation_end={named_end} "
+            f"is {end - start:.3f} s long; it must be at least {MIN_INPUT_SECONDS} s of input_audio."
+        )
+    return start, end

@@ -1,0 +1,96 @@
+"""Levels and formats: resampling and channel conversion, and audiocraft's four normalizations."""
+
+from __future__ import annotations
+
+import math
+
+import av
+import numpy as np
+import torch
+import torchaudio
+from audiocraft.data.audio_utils import convert_audio, convert_audio_channels, normalize_audio
+
+from musicgen.audio import iir
+from musicgen.request import MAX_LOUDNESS_CHANNELS
+
+LOUDNESS_ENERGY_FLOOR = 2e-3  # RMS under which audiocraft's loudness step applies no gain
+# Largest julius (audiocraft's resampler) kernel we build: rates whose ratio does not reduce to
+# small integers (44056 -> 32000 is 5507/4000) take seconds to gigabytes; those go through
+# ffmpeg's swresample instead.
+_MAX_JULIUS_PHASES = 2000
+_MAX_JULIUS_KERNEL = 2_000_000  # float32 elements
+
+iir.install()  # once, here: loudness filters through it where torchaudio lacks its compiled loop
+
+
+def convert(wav: torch.Tensor, from_rate: int, to_rate: int, channels: int) -> torch.Tensor:
+    """Resample [C, T] audio from `from_rate` to `to_rate` (Hz) with `channels` channels out.
+
+    Channels follow audiocraft's `convert_audio_channels`: same count = unchanged; to mono = mean
+    of all channels; mono to N = the one channel repeated; C > N = the first N channels (for
+    stereo from 5.1/7.1 in ffmpeg's order: front left and right; centre, LFE and surrounds are
+    dropped); 1 < C < N raises ValueError. Resampling is audiocraft's (julius sinc); rate pairs
+    whose ratio does not reduce to small integers go through ffmpeg's swresample instead.
+    Returns [channels, floor(T * to_rate / from_rate)].
+    """
+    from_rate, to_rate = int(from_rate), int(to_rate)
+    wav = convert_audio_channels(wav, channels)  # before resampling: fewer channels to filter
+    if _julius_is_cheap(from_rate, to_rate):
+        wav = convert_audio(wav, from_rate, to_rate, channels)
+    else:
+        wav = torch.cat([_swresample(channel, from_rate, to_rate) for channel in wav])
+    return wav.contiguous()
+
+
+def _julius_is_cheap(from_rate: int, to_rate: int) -> bool:
+    gcd = math.gcd(from_rate, to_rate)
+    old, new = from_rate // gcd, to_rate // gcd
+    width = math.ceil(24 * old / (min(old, new) * 0.945))  # julius.ResampleFrac's defaults
+    return new <= _MAX_JULIUS_PHASES and new * (2 * width + old) <= _MAX_JULIUS_KERNEL
+
+
+def _swresample(channel: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """ffmpeg's swresample on one channel [T] -> [1, T'], T' as julius would give it."""
+    samples = np.ascontiguousarray(channel.detach().cpu().float().numpy()[None])
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+    frame.sample_rate = from_rate
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=to_rate)
+    chunks = [out.to_ndarray() for out in [*resampler.resample(frame), *resampler.resample(None)]]
+    out = torch.from_numpy(np.concatenate(chunks, axis=1)) if chunks else torch.zeros(1, 0)
+    length = channel.shape[-1] * to_rate // from_rate
+    out = torch.nn.functional.pad(out[:, :length], (0, max(0, length - out.shape[-1])))
+    return out.to(channel.device)
+
+
+def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tensor:
+    """Apply one of audiocraft's `audio_write` strategies with its default headrooms.
+
+    wav: [C, T] float. peak: peak at -1 dBFS; clip: clamp to -1 dBFS, no gain; rms: RMS of the
+    mono mix at -18 dB then clip to [-1, 1]; loudness: -14 LUFS (ITU-R BS.1770) then clip,
+    left unscaled when the RMS is below 2e-3. Where audiocraft would divide by zero (silence for
+    peak; a zero mono mix for rms) or cannot measure (loudness on less than one 400 ms
+    BS.1770 block, or of audio that BS.1770 filters away entirely, such as a DC offset) the level
+    is left as is and only the clipping step applies. Loudness is defined for at most
+    MAX_LOUDNESS_CHANNELS channels (musicgen.request refuses more before any model runs).
+    Never modifies `wav` in place.
+    """
+    if strategy == "loudness" and wav.shape[0] > MAX_LOUDNESS_CHANNELS:
+        raise ValueError(f"loudness is defined for at most {MAX_LOUDNESS_CHANNELS} channels, got {wav.shape[0]}")
+    wav = wav.clone()
+    unmeasurable = (
+        (strategy == "peak" and not wav.abs().max() > 0)
+        or (strategy == "rms" and not wav.mean(dim=0).pow(2).mean() > 0)
+        or (strategy == "loudness" and not _loudness_is_measurable(wav, sample_rate))
+    )
+    if unmeasurable:
+        return wav.clamp(-1, 1)
+    return normalize_audio(wav, normalize=True, strategy=strategy, sample_rate=sample_rate)
+
+
+def _loudness_is_measurable(wav: torch.Tensor, sample_rate: int) -> bool:
+    """Whether audiocraft's loudness step can scale `wav` [C, T] to a finite level."""
+    if wav.shape[-1] < 0.4 * sample_rate:  # shorter than one BS.1770 block
+        return False
+    if wav.pow(2).mean().sqrt() < LOUDNESS_ENERGY_FLOOR:  # audiocraft leaves it unscaled anyway
+        return True
+    return math.isfinite(torchaudio.functional.loudness(wav, sample_rate).item())
