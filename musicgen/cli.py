@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import logging
 import shutil
 import sys
-import types
-import typing
 from pathlib import Path
 
+from musicgen.audio.encode import read_metadata
+from musicgen.dev.bench import report as bench
 from musicgen.errors import InputError, WeightsError
-from musicgen.weights import REPOSITORY, weights_root
+from musicgen.logs import FORMAT, quiet_libraries
+from musicgen.predictor import input_fields, load_predictor_class
+from musicgen.server import serve
+from musicgen.weights.download import DownloadError, download
+from musicgen.weights.layout import configure_hub, weights_root
+from musicgen.weights.manifest import MANIFEST
 
-PREDICT_FILE = REPOSITORY / "predict.py"
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
-
-
-def load_predictor_class(path: Path = PREDICT_FILE) -> type:
-    """Import predict.py by path, as Cog does, and return its Predictor class."""
-    spec = importlib.util.spec_from_file_location("predict", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("predict", module)
-    spec.loader.exec_module(module)
-    return module.Predictor
-
-
-def input_fields(predictor_class: type) -> dict[str, tuple[type, object]]:
-    """The predict() inputs in declaration order: name -> (value type, default)."""
-    fields = {}
-    hints = typing.get_type_hints(predictor_class.predict)
-    for name, parameter in inspect.signature(predictor_class.predict).parameters.items():
-        if name == "self":
-            continue
-        value_type = hints[name]
-        if typing.get_origin(value_type) in (typing.Union, types.UnionType):
-            value_type = next(arg for arg in typing.get_args(value_type) if arg is not type(None))
-        fields[name] = (value_type, getattr(parameter.default, "default", parameter.default))
-    return fields
 
 
 def parse_value(name: str, text: str, value_type: type) -> object:
@@ -89,12 +68,13 @@ def run_predict(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result, output)
     print(f"output: {output}")
-    print(f"seed: {predictor.service.last_seed}")
+    print(f"seed: {read_metadata(output)['seed']}")  # as the file records it
     return 0
 
 
 def run_demo_weights(args: argparse.Namespace) -> int:
-    from musicgen.demo import write_demo_weights
+    # Imported when the command runs (after configure_hub): it loads torch, audiocraft and transformers.
+    from musicgen.dev.demo.builders import write_demo_weights
 
     root = Path(args.directory).resolve()
     write_demo_weights(root)
@@ -103,16 +83,11 @@ def run_demo_weights(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from musicgen.server import serve
-
     serve(args.host, args.port, args.upload_url)  # replaces this process with the server
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from musicgen.download import DownloadError, download
-    from musicgen.manifest import MANIFEST
-
     targets = list(MANIFEST.targets) if args.all else args.models
     unknown = [name for name in targets if name not in MANIFEST.targets]
     if unknown or not targets:
@@ -129,8 +104,6 @@ def run_download(args: argparse.Namespace) -> int:
 
 def download_help() -> str:
     """The models `download` knows, with what they fetch and how big it is (for --help)."""
-    from musicgen.manifest import MANIFEST
-
     lines = ["models:"]
     for name, description in MANIFEST.descriptions.items():
         lines.append(f"  {name:<14} {MANIFEST.size_summary(name):<44} {description}")
@@ -138,9 +111,7 @@ def download_help() -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from musicgen.bench import main
-
-    return main(args)
+    return bench.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--upload-url", help="PUT output files to this URL/ instead of returning data: URIs")
     serve.set_defaults(run=run_serve)
 
-    bench = commands.add_parser(
+    timing = commands.add_parser(
         "bench",
         help="time stock audiocraft and our Predictor side by side on random checkpoints",
         description="Interleaved runs, each in a fresh process, of stock audiocraft (get_pretrained, generate, "
@@ -192,17 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
         "<weights root>/bench/), with the same seed: times, memory, and whether the tokens are identical. "
         "Exit status 1 when they are not.",
     )
-    from musicgen.bench import add_arguments
-
-    add_arguments(bench)
-    bench.set_defaults(run=run_bench)
+    bench.add_arguments(timing)
+    timing.set_defaults(run=run_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=FORMAT)
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_hub()  # before any command imports audiocraft or transformers
     if getattr(args, "directory", "") is None:
         args.directory = str(weights_root())
     try:

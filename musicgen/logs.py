@@ -6,6 +6,12 @@ import logging
 import sys
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Libraries whose start-up warnings tell a user nothing they can act on, and the level they log at.
+# xformers: its compiled kernels (built for torch 2.10 / CUDA 12.8) never load beside our torch, and
+# nothing calls them: audiocraft's attention runs torch's scaled_dot_product_attention and takes
+# only pure-Python helpers from xformers (ops.unbind, LowerTriangularMask). Without this, every
+# start prints a six-line "can't load C++/CUDA extensions" warning.
+QUIET_LOGGERS = {"xformers": logging.ERROR}
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -16,6 +22,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     already exists on the `musicgen` logger or an ancestor (the CLI's basicConfig, pytest). The
     level is set only when nobody set one. Safe to call any number of times.
     """
+    quiet_libraries()
     package = logging.getLogger("musicgen")
     if package.level == logging.NOTSET:
         package.setLevel(level)
@@ -23,3 +30,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
         package.addHandler(handler)
+
+
+def quiet_libraries() -> None:
+    """Raise the QUIET_LOGGERS to their levels; call before the libraries are imported."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)

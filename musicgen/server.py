@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from musicgen import schema
-from musicgen.weights import REPOSITORY
+from musicgen.dev.schema import openapi
+from musicgen.weights.layout import REPOSITORY
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def server_command(host: str, upload_url: str | None = None) -> list[str]:
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, upload_url: str | None = None) -> None:
     """Write the schema, then exec the Cog server in the repository folder. Does not return."""
     ref = predict_ref()
-    schema_file = schema.write(predict_ref=ref)
+    schema_file = openapi.write(predict_ref=ref)
     log.info("schema %s; starting Cog server for %s on http://%s:%d", schema_file, ref, host, port)
     os.chdir(REPOSITORY)  # coglet resolves the predict ref and .cog/ against its working directory
     sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Developer tooling, never imported by the serving path: the schema generator, the demo weights, the benchmark."""

@@ -1,0 +1,1 @@
+"""Stock audiocraft against our Predictor: checkpoints (sizes, building), processes, child (measured runs), report."""

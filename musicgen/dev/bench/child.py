@@ -1,0 +1,244 @@
+"""The bench's child processes: building a size's checkpoints, and one measured run of either side.
+
+    python -m musicgen.dev.bench.child build SIZE ROOT SDIST   write SIZE's checkpoints under ROOT
+    python -m musicgen.dev.bench.child measure SPEC.json       one run; its figures go to spec["result"]
+
+The parent (musicgen.dev.bench.report) sets the environment: the caches at the size's weights
+root, the hub offline, the thread count. Both sides record the same probes (Probe, on the loaded
+MusicGen), so they are timed by the same code.
+
+This module's top level imports only the standard library and light modules of ours: what each
+side imports is part of what it measures (import_s), so those imports run inside measure_stock()
+and measure_ours(), after the clock has started; and the demo builders (torch, audiocraft,
+transformers) are imported by build() alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import typing as tp
+from pathlib import Path
+
+from musicgen import files
+from musicgen.dev.bench.checkpoints import DEMO_SOURCE, MARKER_FILE, SIZES, T5_BASE, released_configs
+from musicgen.dev.bench.processes import CHILD_MODULE
+from musicgen.weights.layout import CODEC_FILE, LM_FILE, htdemucs_path, model_dir
+
+
+def build(size: str, root: Path, sdist: str) -> None:
+    """Write `size`'s checkpoints under `root`, the marker file last (it marks the build complete)."""
+    from musicgen.dev.demo import builders
+
+    root.mkdir(parents=True, exist_ok=True)
+    if size == "tiny":
+        builders.write_demo_weights(root)
+        summary: dict[str, tp.Any] = {"size": size, "source": DEMO_SOURCE}
+    else:
+        lm_cfg, codec_cfg = released_configs(size, Path(sdist))
+        version = SIZES[size].version
+        builders.write_t5(root, T5_BASE)
+        if version == "melody":
+            builders.write_htdemucs(htdemucs_path(root))  # the demo's: only loaded for text-only generation
+        folder = model_dir(version, root)
+        codec = builders.build_codec(codec_cfg)
+        builders.save(builders.export_package(codec, codec_cfg, half=False), folder / CODEC_FILE)
+        lm = builders.build_lm(lm_cfg)
+        params = sum(p.numel() for p in lm.parameters())
+        builders.save(builders.export_package(lm, lm_cfg, half=True), folder / LM_FILE)
+        del lm
+        summary = {
+            "size": size,
+            "source": Path(sdist).name,
+            "model_version": version,
+            "lm_params": params,
+            "transformer_lm": {k: lm_cfg["transformer_lm"][k] for k in ("dim", "num_heads", "num_layers")},
+            "t5": T5_BASE,
+        }
+    files.write_text(root / MARKER_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+class Probe:
+    """Hooks on a loaded MusicGen recording what generate() does; the same on both sides.
+
+    Instance attributes shadow `_generate_tokens` and `generate_audio` (called through self by
+    every generate_* method) and the LM's `_sample_next_token` (one call per LM step).
+    """
+
+    def __init__(self, model, clock: tp.Callable[[], float]):
+        self.tokens = None  # [B, K, T] int64, the last generation's
+        self.audio = None  # [B, C, T] float, the last EnCodec decode
+        self.tokens_s = 0.0
+        self.decode_s = 0.0
+        self.steps = 0
+        generate_tokens, generate_audio, sample = (
+            model._generate_tokens,
+            model.generate_audio,
+            model.lm._sample_next_token,
+        )
+
+        def timed_tokens(*args, **kwargs):
+            start = clock()
+            self.tokens = generate_tokens(*args, **kwargs)
+            self.tokens_s += clock() - start
+            return self.tokens
+
+        def timed_decode(tokens):
+            start = clock()
+            self.audio = generate_audio(tokens)
+            self.decode_s += clock() - start
+            return self.audio
+
+        def counted(*args, **kwargs):
+            self.steps += 1
+            return sample(*args, **kwargs)
+
+        model._generate_tokens, model.generate_audio, model.lm._sample_next_token = timed_tokens, timed_decode, counted
+
+
+def measure_stock(spec: dict, clock_start: float) -> dict:
+    """What a user of audiocraft writes: get_pretrained, set_generation_params, seed, generate, audio_write."""
+    import torch  # the measured imports: import_s
+    from audiocraft.data.audio import audio_write
+    from audiocraft.models import MusicGen
+
+    record: dict[str, tp.Any] = {"import_s": time.perf_counter() - clock_start}
+    torch.set_num_threads(spec["threads"])
+    clock = _clock(spec["device"])
+    start = clock()
+    model = MusicGen.get_pretrained(spec["model_dir"], device=spec["device"])
+    record["setup_s"] = clock() - start
+    record["setup_peak_rss_mb"], record["setup_rss_mb"] = _peak_rss_mb(), _rss_mb()
+    probe = Probe(model, clock)
+
+    start = clock()
+    model.set_generation_params(duration=spec["duration"])
+    torch.manual_seed(spec["seed"])
+    generate_start = clock()
+    wav = model.generate([spec["prompt"]])
+    record["generate_s"] = clock() - generate_start
+    audio_write(
+        Path(spec["out_dir"]) / "stock", wav[0].cpu(), model.sample_rate, strategy="loudness", loudness_compressor=True
+    )
+    record["predict_s"] = clock() - start
+    return _finish(record, spec, model, probe)
+
+
+def measure_ours(spec: dict, clock_start: float) -> dict:
+    """predict.py's Predictor: setup(), then one prediction through its service with predict()'s defaults."""
+    import torch  # the measured imports: import_s (setup() imports musicgen.service; it is counted here)
+
+    import musicgen.service  # noqa: F401
+    from musicgen.models.load import DEVICE_ENV
+    from musicgen.predictor import input_fields, load_predictor_class
+    from musicgen.request import VERSIONS_ENV, Request
+
+    predictor_class = load_predictor_class()
+    record: dict[str, tp.Any] = {"import_s": time.perf_counter() - clock_start}
+    torch.set_num_threads(spec["threads"])
+    clock = _clock(spec["device"])
+    # setup() loads melody and large; the operator's switches make it load only the version under
+    # test, on the device asked (stock loads one model too).
+    os.environ[VERSIONS_ENV] = spec["version"]
+    os.environ[DEVICE_ENV] = spec["device"]
+    predictor = predictor_class()
+    start = clock()
+    predictor.setup()
+    record["setup_s"] = clock() - start
+    record["setup_peak_rss_mb"], record["setup_rss_mb"] = _peak_rss_mb(), _rss_mb()
+    model = predictor.service.models.generator(spec["version"])
+    probe = Probe(model, clock)
+
+    inputs = {name: default for name, (_, default) in input_fields(predictor_class).items()}
+    inputs.update(
+        model_version=spec["version"],
+        prompt=spec["prompt"],
+        duration=spec["duration"],
+        seed=spec["seed"],
+        output_format="wav",
+    )
+    start = clock()
+    prediction = predictor.service.predict(Request(**inputs))
+    predict_s = clock() - start
+    record["generate_s"] = prediction.generate_seconds  # the service's own timing of musicgen.generate.generate
+    record["predict_s"] = predict_s
+    return _finish(record, spec, model, probe)
+
+
+def _clock(device: str) -> tp.Callable[[], float]:
+    """perf_counter, after waiting for the GPU's queued work on CUDA."""
+    import torch  # already imported by the side being measured
+
+    if device == "cuda":
+        return lambda: (torch.cuda.synchronize(), time.perf_counter())[1]
+    return time.perf_counter
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _rss_mb() -> float | None:
+    """The resident set now (Linux), file-backed pages such as memory-mapped checkpoints included."""
+    from musicgen.models.memory import process_rss  # imports torch: after the side's measured imports
+
+    return process_rss() / 2**20 or None
+
+
+def _finish(record: dict, spec: dict, model, probe: Probe) -> dict:
+    """Add the probes' figures to `record`; write the tokens and the decoded audio for the parent."""
+    import numpy as np  # already imported by the side being measured (torch imports it)
+    import torch
+
+    out = Path(spec["out_dir"])
+    np.save(out / "tokens.npy", probe.tokens.cpu().numpy())
+    np.save(out / "audio.npy", probe.audio.float().cpu().numpy())
+    lm_bytes = sum(p.numel() * p.element_size() for p in model.lm.parameters())
+    record.update(
+        tokens_s=probe.tokens_s,
+        decode_s=probe.decode_s,
+        steps=probe.steps,
+        frames=int(probe.tokens.shape[-1]),
+        audio_s=probe.audio.shape[-1] / model.sample_rate,
+        lm_params=sum(p.numel() for p in model.lm.parameters()),
+        lm_dtype=str(next(model.lm.parameters()).dtype).replace("torch.", ""),
+        lm_weight_bytes=lm_bytes,
+        peak_rss_mb=_peak_rss_mb(),
+        torch_threads=torch.get_num_threads(),
+    )
+    if spec["device"] == "cuda":
+        record["gpu"] = torch.cuda.get_device_name()
+        record["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        record["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    return record
+
+
+MEASURES = {"audiocraft": measure_stock, "musicgen": measure_ours}
+
+
+def main(argv: list[str]) -> int:
+    clock_start = time.perf_counter()  # import_s counts from here
+    parser = argparse.ArgumentParser(prog=f"python -m {CHILD_MODULE}", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_command = commands.add_parser("build", help="write a size's checkpoints under a weights root")
+    build_command.add_argument("size", choices=list(SIZES))
+    build_command.add_argument("root", type=Path)
+    build_command.add_argument("sdist", help="audiocraft's source archive ('' for tiny)")
+    measure_command = commands.add_parser("measure", help="one measured run, as a spec file describes it")
+    measure_command.add_argument("spec", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        build(args.size, args.root, args.sdist)
+        return 0
+    spec = json.loads(args.spec.read_text())
+    record = MEASURES[spec["impl"]](spec, clock_start)
+    files.write_text(Path(spec["result"]), json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
