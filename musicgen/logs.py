@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import warnings
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Libraries whose start-up warnings tell a user nothing they can act on, and the level they log at.
@@ -11,7 +13,11 @@ FORMAT = "%(levelname)s %(name)s: %(message)s"
 # nothing calls them: audiocraft's attention runs torch's scaled_dot_product_attention and takes
 # only pure-Python helpers from xformers (ops.unbind, LowerTriangularMask). Without this, every
 # start prints a six-line "can't load C++/CUDA extensions" warning.
-QUIET_LOGGERS = {"xformers": logging.ERROR}
+# audiocraft: an INFO line per generation about its codebook pattern's shape.
+QUIET_LOGGERS = {"xformers": logging.ERROR, "audiocraft": logging.WARNING}
+# audiocraft's EnCodec is built with torch.nn.utils.weight_norm, which torch deprecates: a warning
+# about audiocraft's code at every load, with nothing for the user to do.
+QUIET_WARNINGS = ("`torch.nn.utils.weight_norm` is deprecated",)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -33,6 +39,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def quiet_libraries() -> None:
-    """Raise the QUIET_LOGGERS to their levels; call before the libraries are imported."""
+    """Raise the QUIET_LOGGERS to their levels and ignore the QUIET_WARNINGS; call before the libraries load."""
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)

@@ -85,7 +85,7 @@ def read_record(dest: str, root: Path | None = None) -> dict:
 
 
 def hub_environment(root: Path | None = None) -> dict[str, str]:
-    """The variables that point every cache at `root` and keep the Hugging Face hub offline."""
+    """The variables that point every cache at `root`, keep the Hugging Face hub offline and its loading quiet."""
     root = root or weights_root()
     return {
         ROOT_ENV: str(root),
@@ -93,6 +93,7 @@ def hub_environment(root: Path | None = None) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' per-load "Loading weights" bars
         "TORCH_HOME": str(torch_home(root)),
     }
 
