@@ -1,23 +1,26 @@
-"""Test set-up: one weights root of demo checkpoints per session, chosen before any import.
+"""Test set-up: one weights root of demo checkpoints per session, configured before any test module loads.
 
-musicgen.offline reads MUSICGEN_WEIGHTS when first imported, so it is set here, at collection.
+The Hugging Face libraries read their cache paths once, when first imported: configure_hub() runs
+here, at collection, as the CLI's main() and predict.py's setup() do before they import them.
 """
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-WEIGHTS_ROOT = Path(tempfile.mkdtemp(prefix="musicgen-test-weights-"))
-os.environ["MUSICGEN_WEIGHTS"] = str(WEIGHTS_ROOT)
+from musicgen.logs import quiet_libraries
+from musicgen.weights.layout import configure_hub
+
+quiet_libraries()
+WEIGHTS_ROOT = configure_hub(Path(tempfile.mkdtemp(prefix="musicgen-test-weights-")))
 
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
     """The session's weights root, filled with the demo checkpoints (written once)."""
-    from musicgen.demo import write_demo_weights
+    from musicgen.dev.demo.builders import write_demo_weights
 
     if not (WEIGHTS_ROOT / "musicgen-melody" / "state_dict.bin").is_file():
         write_demo_weights(WEIGHTS_ROOT)
@@ -38,7 +41,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def predictor(demo_weights):
     """predict.py's Predictor after setup() on the demo weights, shared by the session."""
-    from musicgen.cli import load_predictor_class
+    from musicgen.predictor import load_predictor_class
 
     predictor = load_predictor_class()()
     predictor.setup()

@@ -1,9 +1,28 @@
-"""Helpers shared by the test modules (pytest puts this folder on sys.path)."""
+"""Helpers shared by the test modules (pytest puts this folder on sys.path).
+
+The Predictor with Cog's defaults, the command line, test audio, a failing ffmpeg, a loopback
+HTTP server and the published schemas in ../shared/seeds/.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from musicgen.weights.layout import REPOSITORY
+
+# ---------------------------------------------------------------------------------------------
+# The Predictor and the command line
 
 
 def predict_with_defaults(predictor, **inputs) -> Path:
@@ -11,3 +30,196 @@ def predict_with_defaults(predictor, **inputs) -> Path:
     parameters = inspect.signature(predictor.predict).parameters
     values = {name: parameter.default.default for name, parameter in parameters.items()}
     return Path(predictor.predict(**{**values, **inputs}))
+
+
+def run_cli(*args: str, cwd: Path, weights: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m musicgen *args` in `cwd` on the weights root `weights`, one torch thread, output captured."""
+    env = {**os.environ, "MUSICGEN_WEIGHTS": str(weights), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
+    return subprocess.run(
+        [sys.executable, "-m", "musicgen", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Test audio
+
+# One sine per channel, so a swapped or dropped channel shows. Channel 3 is LFE in 5.1: AAC keeps
+# only its lowest few dozen Hz, hence 40 Hz there.
+FREQUENCIES = (440, 550, 660, 40, 770, 880)  # Hz
+
+
+def sines(seconds: float, rate: int, channels: int = 1, amplitude: float = 0.3) -> np.ndarray:
+    """[T, C] float64, channel k a sine at FREQUENCIES[k]."""
+    t = np.arange(round(rate * seconds)) / rate
+    return np.stack([amplitude * np.sin(2 * np.pi * FREQUENCIES[k] * t) for k in range(channels)], axis=1)
+
+
+def write_scale(
+    path: Path,
+    seconds: float,
+    rate: int = 44100,
+    channels: int = 2,
+    rising: bool = True,
+    base: float = 330.0,
+    channel_gain_step: float = 0.1,
+) -> Path:
+    """A 16-bit WAV of a scale of sines from `base` Hz (two notes per second), the same in every
+    channel but channel c at gain 1 - c * channel_gain_step (0: identical channels)."""
+    t = np.arange(round(seconds * rate)) / rate
+    steps = np.floor(t * 2) * (1 if rising else -1)
+    tone = 0.4 * np.sin(2 * np.pi * np.cumsum(base * 2 ** (steps / 12)) / rate)
+    samples = np.stack([tone * (1 - channel_gain_step * c) for c in range(channels)], axis=1)
+    soundfile.write(path, samples, rate, subtype="PCM_16")
+    return path
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the real ffmpeg quietly, overwriting outputs; raise if it fails."""
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def failing_ffmpeg(tmp_path: Path, monkeypatch) -> None:
+    """Put an `ffmpeg` first on PATH that leaves a partial output file (as a crash would) and fails
+    like an encoder error."""
+    script = tmp_path / "bin" / "ffmpeg"
+    script.parent.mkdir()
+    script.write_text(
+        '#!/bin/sh\ncat > /dev/null\necho partial > "$(eval echo \\${$#})"\n'
+        "echo 'Error initializing output stream 0:0 -- encoder libmp3lame failed' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A loopback HTTP server
+
+LOOPBACK = "127.0.0.1"
+
+
+class QuietFileHandler(SimpleHTTPRequestHandler):
+    """Serves files from its `directory`, logging nothing (pytest's output stays clean)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LoopbackServer:
+    """An HTTP server on a free loopback port, serving in a daemon thread until close().
+
+    Give `handler` (a request handler class), or `directory` to serve that folder's files.
+    `server_class` lets a caller change how the server handles errors.
+    """
+
+    def __init__(
+        self,
+        handler: type[BaseHTTPRequestHandler] | None = None,
+        *,
+        directory: Path | None = None,
+        server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer,
+    ) -> None:
+        if handler is None:
+            handler = functools.partial(QuietFileHandler, directory=str(directory))
+        self.httpd = server_class((LOOPBACK, 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://{LOOPBACK}:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The published schemas (../shared/seeds/ beside the clone)
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
+EXPECTED_ORDER = [
+    "model_version",
+    "prompt",
+    "input_audio",
+    "duration",
+    "continuation",
+    "continuation_start",
+    "continuation_end",
+    "multi_band_diffusion",
+    "normalization_strategy",
+    "top_k",
+    "top_p",
+    "temperature",
+    "classifier_free_guidance",
+    "output_format",
+    "seed",
+]
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_table_seed(text: str) -> list[dict]:
+    """The seed rendered as a | Field | Type | Default value | Description | table."""
+    body = text.split("|---|---|---|---|", 1)[1].split("Output schema", 1)[0]
+    cells = [squash(cell) for cell in body.split("|")]
+    fields = []
+    for index in range(1, len(cells) - 3, 5):  # each row: "", name, type, default, description
+        name, type_name, default, description = cells[index : index + 4]
+        if not description:  # rows without a default shift the description left
+            default, description = "", default
+        maximum = re.search(r"Max: (\d+)", default)
+        default = default.split(" Max:")[0]
+        fields.append(
+            {
+                "name": name,
+                "type": type_name,
+                "default": default or None,
+                "description": description,
+                "maximum": int(maximum[1]) if maximum else None,
+                "choices": None,
+            }
+        )
+    return fields
+
+
+def parse_list_seed(text: str) -> list[dict]:
+    """The seed rendered as plain lines: name, type, [default], [Options: ...], description."""
+    body = text.split("Field Type Default value Description", 1)[1].split("Output schema", 1)[0]
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    starts = [
+        i
+        for i in range(len(lines) - 1)
+        if re.fullmatch(r"[a-z_]+", lines[i]) and lines[i + 1].split(" ")[0] in SEED_TYPES
+    ]
+    fields = []
+    for start, end in zip(starts, starts[1:] + [len(lines)], strict=True):
+        name, type_name, *rest = lines[start:end]
+        choices = None
+        if "Options:" in rest:
+            at = rest.index("Options:")
+            choices = [choice.strip() for choice in rest[at + 1].split(",")]
+            del rest[at : at + 2]
+        default, description = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
+        fields.append(
+            {
+                "name": name,
+                "type": type_name,
+                "default": default,
+                "description": description,
+                "maximum": None,
+                "choices": choices,
+            }
+        )
+    return fields
+
+
+def load_seeds() -> list[list[dict]]:
+    """Both published schemas, each as its list of input fields."""
+    paths = sorted(SEEDS.glob("*.txt"))
+    assert len(paths) == 2, f"expected the two published schemas in {SEEDS} (../shared/seeds beside the clone)"
+    seeds = []
+    for path in paths:
+        text = path.read_text()
+        seeds.append(parse_table_seed(text) if "|---|" in text else parse_list_seed(text))
+    return seeds

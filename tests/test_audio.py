@@ -1,8 +1,6 @@
 """Audio I/O: decoding every input format, refusing bad files, conversion, levels, output files."""
 
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import av
@@ -11,26 +9,14 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, sines
 
-# musicgen.offline reads MUSICGEN_WEIGHTS at import; conftest.py sets it, this covers running alone.
-os.environ.setdefault("MUSICGEN_WEIGHTS", tempfile.mkdtemp(prefix="musicgen-test-weights-"))
+from musicgen.audio import decode
+from musicgen.audio.decode import load_audio
+from musicgen.audio.encode import EncoderError, metadata_comment, parse_metadata_comment, read_metadata, write_output
+from musicgen.audio.levels import convert, normalize
+from musicgen.errors import InputError
 
-from musicgen import audio  # noqa: E402
-from musicgen.audio import (  # noqa: E402
-    EncoderError,
-    convert,
-    load_audio,
-    metadata_comment,
-    normalize,
-    parse_metadata_comment,
-    read_metadata,
-    write_output,
-)
-from musicgen.errors import InputError  # noqa: E402
-
-# One sine per channel, so a swapped or dropped channel shows. Channel 3 is LFE in 5.1: AAC keeps
-# only its lowest few dozen Hz, hence 40 Hz there.
-FREQUENCIES = (440, 550, 660, 40, 770, 880)  # Hz
 SECONDS = 0.5  # s: 2 Hz FFT bins, enough to tell the channel frequencies apart
 
 # name: (extension, ffmpeg codec arguments, decoded rate or None for the source rate,
@@ -49,21 +35,11 @@ CHANNELS = (1, 2, 6)
 WAV_SUBTYPES = {"pcm_s16le": 2**-15, "pcm_s24le": 2**-23, "pcm_s32le": 2**-24, "pcm_f32le": 2**-24}  # float32 output
 
 
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
-
-
-def sines(rate: int, channels: int, seconds: float = SECONDS, amplitude: float = 0.3) -> np.ndarray:
-    """[T, C] float64, channel k a sine at FREQUENCIES[k]."""
-    t = np.arange(round(rate * seconds)) / rate
-    return np.stack([amplitude * np.sin(2 * np.pi * FREQUENCIES[k] * t) for k in range(channels)], axis=1)
-
-
 def encode(tmp_path: Path, name: str, rate: int, channels: int, fmt: str, extension: bool = True) -> Path:
     """A SECONDS-long file of `sines` in format `fmt`, encoded by ffmpeg from a float WAV."""
     ext, codec, _, _ = FORMATS[fmt]
     source = tmp_path / f"{name}-source.wav"
-    soundfile.write(source, sines(rate, channels), rate, subtype="FLOAT")
+    soundfile.write(source, sines(SECONDS, rate, channels), rate, subtype="FLOAT")
     path = tmp_path / f"{name}.{ext}"
     ffmpeg("-i", str(source), *codec, str(path))
     if not extension:
@@ -119,7 +95,7 @@ def test_load_audio_trusts_content_over_a_wrong_extension(tmp_path):
 @pytest.mark.parametrize("codec", WAV_SUBTYPES)
 def test_load_audio_wav_sample_formats_are_exact(tmp_path, codec):
     source = tmp_path / "source.wav"
-    expected = sines(32000, 2)
+    expected = sines(SECONDS, 32000, 2)
     soundfile.write(source, expected, 32000, subtype="DOUBLE")
     path = tmp_path / "input.wav"
     ffmpeg("-i", str(source), "-c:a", codec, str(path))
@@ -191,13 +167,13 @@ def bad_file(tmp_path: Path, kind: str) -> Path:
         target = encode(tmp_path, "target", 44100, 2, "mp3")
         path.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{target}\n#EXT-X-ENDLIST\n")
     elif kind == "too-short":
-        soundfile.write(path, sines(44100, 1, seconds=0.05), 44100, subtype="PCM_16", format="WAV")
+        soundfile.write(path, sines(0.05, 44100), 44100, subtype="PCM_16", format="WAV")
     elif kind == "low-rate":
-        soundfile.write(path, sines(2000, 1, seconds=1, amplitude=0.1), 2000, subtype="PCM_16", format="WAV")
+        soundfile.write(path, sines(1, 2000, amplitude=0.1), 2000, subtype="PCM_16", format="WAV")
     elif kind == "too-many-channels":
         soundfile.write(path, np.zeros((8000, 10)), 8000, subtype="PCM_16", format="WAV")
     elif kind == "nan-samples":
-        samples = sines(8000, 1)
+        samples = sines(SECONDS, 8000)
         samples[100] = np.nan
         soundfile.write(path, samples, 8000, subtype="FLOAT", format="WAV")
     elif kind == "directory":
@@ -240,20 +216,20 @@ def test_load_audio_names_the_input_it_was_given(tmp_path):
 
 
 def test_load_audio_refuses_long_files_from_the_header_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "MAX_INPUT_SECONDS", 2)
+    monkeypatch.setattr(decode, "MAX_INPUT_SECONDS", 2)
     path = tmp_path / "long.wav"
     soundfile.write(path, np.zeros((3 * 8000, 1)), 8000, subtype="PCM_16")
     decoded = []
-    monkeypatch.setattr(audio, "_frame_to_float", lambda frame: decoded.append(frame))
+    monkeypatch.setattr(decode, "_frame_to_float", lambda frame: decoded.append(frame))
     with pytest.raises(InputError, match=r"^input_audio is 3\.0 s long; at most 2 s of audio is allowed\. Trim"):
         load_audio(path)
     assert not decoded
 
 
 def test_load_audio_refuses_long_files_whose_header_states_no_length(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "MAX_INPUT_SECONDS", 2)
+    monkeypatch.setattr(decode, "MAX_INPUT_SECONDS", 2)
     source = tmp_path / "source.wav"
-    soundfile.write(source, sines(8000, 1, seconds=5), 8000, subtype="PCM_16")
+    soundfile.write(source, sines(5, 8000), 8000, subtype="PCM_16")
     path = tmp_path / "streamed.mka"
     with path.open("wb") as out:  # written to a pipe, Matroska carries no duration
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(source), "-f", "matroska", "-"],
@@ -265,8 +241,8 @@ def test_load_audio_refuses_long_files_whose_header_states_no_length(tmp_path, m
 
 
 def test_max_input_length_is_twenty_minutes():
-    assert audio.MAX_INPUT_SECONDS == 20 * 60
-    assert "at most 1200 s (20 minutes) of audio" in audio._too_long("input_audio", 1260.0)
+    assert decode.MAX_INPUT_SECONDS == 20 * 60
+    assert "at most 1200 s (20 minutes) of audio" in decode._too_long("input_audio", 1260.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +253,7 @@ def test_max_input_length_is_twenty_minutes():
 @pytest.mark.parametrize("from_rate", [8000, 22050, 44100, 48000, 32000, 44056, 5512])
 def test_convert_resamples_to_32k_keeping_pitch(from_rate, channels):
     """44056 Hz (5507/4000 of 32 kHz) and 5512 Hz take the swresample path; the rest julius."""
-    wav = torch.from_numpy(sines(from_rate, channels).T).float()
+    wav = torch.from_numpy(sines(SECONDS, from_rate, channels).T).float()
     out = convert(wav, from_rate, 32000, channels)
     assert out.shape == (channels, int(SECONDS * 32000))
     assert out.is_contiguous()
@@ -308,7 +284,7 @@ def test_normalize_peak_puts_the_peak_at_minus_1_dbfs():
 
 
 def test_normalize_rms_puts_the_mono_rms_at_minus_18_db():
-    wav = torch.from_numpy(sines(32000, 1, amplitude=0.01).T).float().repeat(2, 1)
+    wav = torch.from_numpy(sines(SECONDS, 32000, amplitude=0.01).T).float().repeat(2, 1)
     out = normalize(wav, 32000, "rms")
     assert out.mean(dim=0).pow(2).mean().sqrt().item() == pytest.approx(10 ** (-18 / 20), rel=1e-4)
     assert out.abs().max() < 1  # it did not need to clip
@@ -356,7 +332,7 @@ METADATA = {
 
 
 def generated(seconds: float = 2.0, channels: int = 2) -> torch.Tensor:
-    return torch.from_numpy(sines(32000, channels, seconds=seconds, amplitude=0.5).T).float()
+    return torch.from_numpy(sines(seconds, 32000, channels, amplitude=0.5).T).float()
 
 
 def test_metadata_comment_format_and_inverse():
@@ -423,30 +399,19 @@ def test_write_output_clips_out_of_range_samples(tmp_path):
     assert samples[:6].tolist() == [-32768, -32768, 0, 16384, 32767, 32767]
 
 
-def test_write_output_refuses_other_formats(tmp_path):
-    with pytest.raises(InputError, match=r"^output_format='flac' is not allowed; choose one of: wav, mp3\.$"):
+def test_write_output_refuses_what_the_request_rules_exclude(tmp_path):
+    """Callers get request.validate's messages first; the writer still refuses, and writes nothing."""
+    with pytest.raises(ValueError, match=r"output_format must be one of \('wav', 'mp3'\), got 'flac'"):
         write_output(generated(), 32000, tmp_path, "output", "flac", {})
+    with pytest.raises(ValueError, match="mp3 holds at most 2 channels, got 6"):
+        write_output(torch.zeros(6, 3200), 32000, tmp_path, "output", "mp3", {})
     assert not list(tmp_path.iterdir())
-
-
-def fake_ffmpeg(tmp_path: Path, monkeypatch) -> None:
-    """Put an `ffmpeg` first on PATH that fails like a real encoder error."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "ffmpeg"
-    script.write_text(
-        "#!/bin/sh\ncat > /dev/null\n"
-        "echo 'output.mp3: partial' > \"$(eval echo \\${$#})\"\n"  # leaves a partial file, as a crash would
-        "echo 'Error initializing output stream 0:0 -- encoder libmp3lame failed' >&2\nexit 1\n"
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_write_output_mp3_encoder_failure_carries_ffmpeg_message_and_leaves_no_file(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    fake_ffmpeg(tmp_path, monkeypatch)
+    failing_ffmpeg(tmp_path, monkeypatch)
     with pytest.raises(EncoderError) as error:
         write_output(generated(), 32000, out, "output", "mp3", METADATA)
     assert "ffmpeg failed to encode MP3 (exit status 1)" in str(error.value)
@@ -463,7 +428,7 @@ def test_write_output_mp3_without_ffmpeg_says_so(tmp_path, monkeypatch):
 
 def test_read_metadata_of_foreign_and_bad_files(tmp_path):
     plain = tmp_path / "plain.wav"
-    soundfile.write(plain, sines(8000, 1), 8000, subtype="PCM_16")
+    soundfile.write(plain, sines(SECONDS, 8000), 8000, subtype="PCM_16")
     assert read_metadata(plain) == {}
     with pytest.raises(InputError, match="could not be opened as audio to read its metadata"):
         read_metadata(bad_file(tmp_path, "text"))

@@ -11,6 +11,8 @@ import tarfile
 import textwrap
 from pathlib import Path
 
+from musicgen.dev.bench.checkpoints import released_configs
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 RECORD_FIELDS = (
     "impl",
@@ -104,8 +106,6 @@ def _fake_sdist(path: Path) -> None:
 
 
 def test_released_configs_take_the_sizes_from_the_sdist(tmp_path: Path) -> None:
-    from musicgen.bench import released_configs
-
     sdist = tmp_path / "audiocraft-9.9.9.tar.gz"
     _fake_sdist(sdist)
     lm, codec = released_configs("melody", sdist)

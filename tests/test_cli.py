@@ -1,22 +1,14 @@
 """`python -m musicgen`: the same Predictor as Cog, with `cog predict`'s -i key=value syntax."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile
+from helpers import run_cli
 
-from musicgen.cli import input_fields, load_predictor_class, parse_inputs
+from musicgen.cli import parse_inputs
 from musicgen.errors import InputError
-
-
-def run_cli(*args: str, cwd: Path, weights: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUSICGEN_WEIGHTS": str(weights)}
-    return subprocess.run(
-        [sys.executable, "-m", "musicgen", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+from musicgen.predictor import input_fields, load_predictor_class
 
 
 def test_help_lists_the_commands(tmp_path, demo_weights):

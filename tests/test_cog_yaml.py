@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from musicgen import schema
+from musicgen.dev.schema import inputs, openapi
 from musicgen.server import predict_ref
-from musicgen.weights import REPOSITORY
+from musicgen.weights.layout import REPOSITORY
 
 COG_YAML = REPOSITORY / "cog.yaml"
 # The CUDA each pinned torch's PyPI Linux wheel is built against (its Requires-Dist lists
@@ -192,13 +192,13 @@ def test_cuda_requirements_are_the_cpu_pins_plus_torch(config):
 def test_sdk_and_audiocraft_pins(config):
     build = config["build"]
     cpu_pins = pins(requirement_lines(REPOSITORY / "requirements.txt"))
-    assert build["sdk_version"] == schema.cog_version() == cpu_pins["cog"] == cpu_pins["coglet"]
+    assert build["sdk_version"] == openapi.cog_version() == cpu_pins["cog"] == cpu_pins["coglet"]
     assert any(re.search(r"pip install --no-deps .*audiocraft==1\.3\.0$", command) for command in build["run"])
 
 
 def test_predict_ref_names_the_predictor(config):
-    assert config["predict"] == predict_ref() == schema.PREDICT_REF
-    fields, _ = schema.read_inputs((REPOSITORY / "predict.py").read_text(), predict_ref().split(":")[1])
+    assert config["predict"] == predict_ref() == openapi.PREDICT_REF
+    fields, _ = inputs.read_inputs((REPOSITORY / "predict.py").read_text(), predict_ref().split(":")[1])
     assert fields
 
 

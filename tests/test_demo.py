@@ -1,10 +1,10 @@
 """The demo weights: byte-identical on every run, in the released formats, loadable offline.
 
-musicgen.offline fixes the caches (HF_HOME, TORCH_HOME) from $MUSICGEN_WEIGHTS once, when first
-imported, and huggingface_hub reads them once too. So everything that must find the demo T5 or
-htdemucs through those caches (T5, demucs, MusicGen.get_pretrained, generation) runs in one child
-process pointed at the demo root; this process only writes files and reads them back by path, and
-imports musicgen lazily so that collecting this module configures nothing.
+The Hugging Face libraries read their cache paths (HF_HOME, TORCH_HOME) once, when first imported,
+and conftest points this process's at the session's weights root. So everything that must find the
+demo T5 or htdemucs through those caches (T5, demucs, MusicGen.get_pretrained, generation) runs in
+one child process pointed at this module's demo root; this process only writes files and reads
+them back by path.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+from musicgen.dev.demo.builders import write_demo_weights
+from musicgen.models.load import MBD_SAFE_GLOBALS, load_mbd
+from musicgen.weights import layout, store
 
-# What torch.load(weights_only=True) must be allowed to rebuild from the MBD file's pickled configs
-# (omegaconf 2.4; musicgen.models keeps the production allow-list, a superset).
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def run_python(code: str, root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -40,6 +41,12 @@ def run_python(code: str, root: Path, timeout: float = 300) -> subprocess.Comple
     return result
 
 
+def t5_snapshot(root: Path) -> Path:
+    """The snapshot folder `refs/main` of the T5 repo points at in the Hugging Face cache under root."""
+    repo = layout.hf_home(root) / "hub" / f"models--{layout.T5_NAME}"
+    return repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+
+
 def digests(root: Path) -> dict[str, str]:
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -50,24 +57,20 @@ def digests(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from musicgen.demo import write_demo_weights
-
     root = tmp_path_factory.mktemp("demo-weights")
     write_demo_weights(root)
     return root
 
 
 def test_writes_exactly_the_layout_weights_py_describes(demo_root: Path) -> None:
-    from musicgen import weights
-
-    weights.check_present(["melody", "large"], demo_root)
-    snapshot = weights.t5_snapshot(demo_root)
+    store.check_present(["melody", "large"], demo_root)
+    snapshot = t5_snapshot(demo_root)
     expected = {
-        weights.model_dir(version, demo_root) / name
+        layout.model_dir(version, demo_root) / name
         for version in ("melody", "large")
-        for name in (weights.LM_FILE, weights.CODEC_FILE)
+        for name in (layout.LM_FILE, layout.CODEC_FILE)
     }
-    expected |= {weights.mbd_path(demo_root), weights.htdemucs_path(demo_root)}
+    expected |= {layout.mbd_path(demo_root), layout.htdemucs_path(demo_root)}
     expected |= {snapshot / name for name in ("config.json", "model.safetensors", "tokenizer.json")}
     expected |= {snapshot / "tokenizer_config.json", snapshot.parent.parent / "refs" / "main"}
     assert {path for path in demo_root.rglob("*") if path.is_file()} == expected
@@ -78,18 +81,14 @@ def test_writes_exactly_the_layout_weights_py_describes(demo_root: Path) -> None
 
 def test_is_byte_identical_across_runs_and_processes(demo_root: Path, tmp_path: Path) -> None:
     other = tmp_path / "again"
-    run_python(
-        f"from pathlib import Path\nfrom musicgen.demo import write_demo_weights\nwrite_demo_weights(Path({str(other)!r}))",
-        other,
-    )
+    code = "from pathlib import Path\nfrom musicgen.dev.demo.builders import write_demo_weights\n"
+    run_python(code + f"write_demo_weights(Path({str(other)!r}))", other)
     first, second = digests(demo_root), digests(other)
     assert first.keys() == second.keys()
     assert first == second
 
 
 def test_writing_leaves_the_callers_random_state_alone(tmp_path: Path) -> None:
-    from musicgen.demo import write_demo_weights
-
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -101,15 +100,13 @@ def test_writing_leaves_the_callers_random_state_alone(tmp_path: Path) -> None:
 def test_lm_and_codec_are_audiocraft_exports(demo_root: Path, version: str) -> None:
     from omegaconf import OmegaConf
 
-    from musicgen import weights
-
-    folder = weights.model_dir(version, demo_root)
-    for name in (weights.LM_FILE, weights.CODEC_FILE):
+    folder = layout.model_dir(version, demo_root)
+    for name in (layout.LM_FILE, layout.CODEC_FILE):
         package = torch.load(folder / name, weights_only=True)  # config is YAML text, no pickled objects
         assert set(package) == {"best_state", "xp.cfg", "version", "exported"}
         assert package["exported"] is True and isinstance(package["xp.cfg"], str)
 
-    lm = torch.load(folder / weights.LM_FILE, weights_only=True)
+    lm = torch.load(folder / layout.LM_FILE, weights_only=True)
     cfg = OmegaConf.create(lm["xp.cfg"])
     assert cfg.sample_rate == 32000 and cfg.dataset.segment_duration == 30
     assert cfg.codebooks_pattern.modeling == "delay" and cfg.transformer_lm.n_q == 4
@@ -124,7 +121,7 @@ def test_lm_and_codec_are_audiocraft_exports(demo_root: Path, version: str) -> N
     floats = [t for t in lm["best_state"].values() if t.is_floating_point()]
     assert floats and all(t.dtype == torch.float16 for t in floats)  # like the released LMs
 
-    codec = torch.load(folder / weights.CODEC_FILE, weights_only=True)
+    codec = torch.load(folder / layout.CODEC_FILE, weights_only=True)
     codec_cfg = OmegaConf.create(codec["xp.cfg"])
     assert math.prod(codec_cfg.seanet.ratios) == 640 and codec_cfg.sample_rate == 32000
     assert codec_cfg.rvq.n_q == 4 and codec_cfg.rvq.bins == 2048 and codec_cfg.channels == 1
@@ -137,9 +134,7 @@ def test_lm_and_codec_are_audiocraft_exports(demo_root: Path, version: str) -> N
 def test_htdemucs_is_a_demucs_package(demo_root: Path) -> None:
     from demucs.htdemucs import HTDemucs
 
-    from musicgen import weights
-
-    package = torch.load(weights.htdemucs_path(demo_root), weights_only=False)
+    package = torch.load(layout.htdemucs_path(demo_root), weights_only=False)
     assert set(package) == {"klass", "args", "kwargs", "state", "training_args"}
     assert package["klass"] is HTDemucs
     assert package["kwargs"]["sources"] == ["drums", "bass", "other", "vocals"]
@@ -149,17 +144,13 @@ def test_htdemucs_is_a_demucs_package(demo_root: Path) -> None:
 def test_mbd_holds_pickled_configs_that_need_an_allow_list(demo_root: Path) -> None:
     from omegaconf import DictConfig
 
-    from musicgen import weights
-
-    path = weights.mbd_path(demo_root)
+    path = layout.mbd_path(demo_root)
     saved = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     try:
         with pytest.raises(Exception, match="Unsupported global"):
             torch.load(path, weights_only=True)
-        from musicgen.models import MBD_SAFE_GLOBALS  # the production allow-list
-
-        with torch.serialization.safe_globals(MBD_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(MBD_SAFE_GLOBALS):  # the production allow-list
             package = torch.load(path, weights_only=True)
     finally:
         torch.serialization.add_safe_globals(saved)
@@ -175,11 +166,8 @@ def test_mbd_holds_pickled_configs_that_need_an_allow_list(demo_root: Path) -> N
 def test_mbd_decodes_demo_tokens_through_audiocraft(demo_root: Path) -> None:
     from audiocraft.models.loaders import load_compression_model
 
-    from musicgen import weights
-    from musicgen.models import load_mbd
-
-    codec = load_compression_model(str(weights.model_dir("large", demo_root)), device="cpu")
-    mbd = load_mbd(codec, "cpu", weights.mbd_path(demo_root))
+    codec = load_compression_model(str(layout.model_dir("large", demo_root)), device="cpu")
+    mbd = load_mbd(codec, "cpu", layout.mbd_path(demo_root))
     torch.manual_seed(0)
     tokens = torch.randint(0, 2048, (1, 4, 5))  # 0.1 s at 50 Hz
     threads = torch.get_num_threads()
@@ -194,8 +182,8 @@ def test_mbd_decodes_demo_tokens_through_audiocraft(demo_root: Path) -> None:
 
 CHILD = """
 import json, math, torch
-import musicgen.offline  # noqa: F401  (caches -> $MUSICGEN_WEIGHTS, hub offline)
-from musicgen.weights import model_dir
+from musicgen.weights.layout import configure_hub, model_dir
+configure_hub()  # caches -> $MUSICGEN_WEIGHTS, hub offline
 
 out = {}
 from audiocraft.modules.conditioners import T5Conditioner

@@ -16,19 +16,19 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import LoopbackServer
 
-from musicgen import weights
 from musicgen.cli import main
-from musicgen.download import DownloadError, download
 from musicgen.errors import WeightsError
-from musicgen.manifest import MANIFEST, Artifact, Manifest
 from musicgen.request import MODEL_VERSIONS
+from musicgen.weights import layout, store
+from musicgen.weights.download import DownloadError, download
+from musicgen.weights.manifest import MANIFEST, Artifact, Manifest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -48,7 +48,7 @@ class QuietServer(ThreadingHTTPServer):
         self.errors.append(sys.exc_info()[1])
 
 
-class StandInHub:
+class StandInHub(LoopbackServer):
     """A loopback HTTP server answering like the hub's `/{repo}/resolve/{revision}/{path}`."""
 
     def __init__(self) -> None:
@@ -110,11 +110,7 @@ class StandInHub:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = QuietServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        super().__init__(Handler, server_class=QuietServer)
 
     def serve(self, artifact: Artifact, data: bytes) -> None:
         """Serve `data` where `artifact` points (its URL must be on this server if it has one)."""
@@ -128,10 +124,6 @@ class StandInHub:
     def ranges(self, data: bytes) -> list[str | None]:
         """The Range header of every GET of this content's CDN path (LFS files)."""
         return [rng for path, rng in self.requests if path == f"/cdn/{sha256(data)}"]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -197,27 +189,27 @@ def test_manifest_destinations_are_the_loaders_layout(tmp_path):
     def dest(path: Path) -> str:
         return path.relative_to(tmp_path).as_posix()
 
-    for version, artifact_dir in weights.MODEL_DIRS.items():
+    for version, artifact_dir in layout.MODEL_DIRS.items():
         dests = {a.dest for a in MANIFEST.targets[version]}
-        assert f"{artifact_dir}/{weights.LM_FILE}" in dests
-        assert f"{artifact_dir}/{weights.CODEC_FILE}" in dests
-        assert dest(weights.model_dir(version, tmp_path) / weights.LM_FILE) in dests
-    assert dest(weights.htdemucs_path(tmp_path)) in {a.dest for a in MANIFEST.targets["melody"]}
-    assert dest(weights.mbd_path(tmp_path)) in {a.dest for a in MANIFEST.targets["mbd"]}
+        assert f"{artifact_dir}/{layout.LM_FILE}" in dests
+        assert f"{artifact_dir}/{layout.CODEC_FILE}" in dests
+        assert dest(layout.model_dir(version, tmp_path) / layout.LM_FILE) in dests
+    assert dest(layout.htdemucs_path(tmp_path)) in {a.dest for a in MANIFEST.targets["melody"]}
+    assert dest(layout.mbd_path(tmp_path)) in {a.dest for a in MANIFEST.targets["mbd"]}
     t5 = [a for a in MANIFEST.targets["large"] if a.hub_ref]
     assert {a.path for a in t5} == {"config.json", "model.safetensors", "tokenizer.json"}
-    cache = dest(weights.hf_home(tmp_path) / "hub" / f"models--{weights.T5_NAME}")
+    cache = dest(layout.hf_home(tmp_path) / "hub" / f"models--{layout.T5_NAME}")
     for artifact in t5:
         assert artifact.hub_ref == f"{cache}/refs/main"
         assert artifact.dest == f"{cache}/snapshots/{artifact.revision}/{artifact.path}"
     htdemucs = next(a for a in MANIFEST.artifacts() if a.url)
-    assert htdemucs.url.endswith("/" + weights.HTDEMUCS_FILE)
-    assert weights.HTDEMUCS_FILE == f"955717e8-{htdemucs.sha256_prefix}.th"  # torch hub's convention
+    assert htdemucs.url.endswith("/" + layout.HTDEMUCS_FILE)
+    assert layout.HTDEMUCS_FILE == f"955717e8-{htdemucs.sha256_prefix}.th"  # torch hub's convention
     # the presence check reads the same list
     for version in MANIFEST.targets:
         expected = {tmp_path / a.dest for a in MANIFEST.artifacts([version])}
         expected |= {tmp_path / a.hub_ref for a in MANIFEST.artifacts([version]) if a.hub_ref}
-        assert set(weights.required_files(version, tmp_path)) == expected
+        assert set(store.required_files(version, tmp_path)) == expected
 
 
 def test_download_help_lists_models_and_sizes(capsys):
@@ -239,11 +231,11 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
     targets = {}
     replaced: dict[str, Artifact] = {}
     for artifact in MANIFEST.artifacts():
-        data = weights._loader_path(artifact, demo_weights).read_bytes()
+        data = store._loader_path(artifact, demo_weights).read_bytes()
         digest = sha256(data)
         changes = {"size": len(data), "sha256": digest}
         if artifact.url:
-            changes["url"] = f"{hub.url}/demucs/{weights.HTDEMUCS_FILE}"
+            changes["url"] = f"{hub.url}/demucs/{layout.HTDEMUCS_FILE}"
             changes["sha256_prefix"] = digest[:8]
         replaced[artifact.dest] = dataclasses.replace(artifact, **changes)
         hub.serve(replaced[artifact.dest], data)
@@ -258,11 +250,11 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
     assert {r.status for r in results} == {"downloaded"}
     for dest, data in served.items():
         assert (root / dest).read_bytes() == data, dest
-        assert json.loads(weights.record_path(dest, root).read_text())["sha256"] == sha256(data)
+        assert json.loads(layout.record_path(dest, root).read_text())["sha256"] == sha256(data)
     t5 = next(a for a in manifest.artifacts() if a.hub_ref)
     assert (root / t5.hub_ref).read_text() == t5.revision
     assert not list(root.rglob("*.part"))
-    weights.check_present(list(targets), root)  # the real manifest's check accepts the layout
+    store.check_present(list(targets), root)  # the real manifest's check accepts the layout
 
     before = len(hub.requests)
     again = download(list(targets), root=root, manifest=manifest, progress=False)
@@ -270,7 +262,8 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
 
     # and the real loaders load it, offline (a fresh process: the caches bind at import)
     env = {**os.environ, "MUSICGEN_WEIGHTS": str(root), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    code = "from musicgen.models import load_models; print(sorted(load_models(('melody', 'large')).generators))"
+    code = "from musicgen.weights.layout import configure_hub; configure_hub()\n"
+    code += "from musicgen.models.load import load_models; print(sorted(load_models(('melody', 'large')).generators))"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPOSITORY, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "['large', 'melody']" in done.stdout
@@ -289,7 +282,7 @@ def test_interrupted_transfer_resumes_with_only_the_remaining_bytes(hub, tmp_pat
     assert not dest.exists()
     assert (tmp_path / (artifact.dest + ".part")).stat().st_size == 250_000
     with pytest.raises(WeightsError, match=r"state_dict\.bin: incomplete: an interrupted download left 250000"):
-        weights.check_present(["model"], tmp_path, single(artifact))
+        store.check_present(["model"], tmp_path, single(artifact))
 
     [result] = download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
 
@@ -327,7 +320,7 @@ def test_corruption_of_a_file_without_published_checksum_is_caught_by_the_downlo
     artifact = hub_file(hub, "huggingface/hub/models--t5-base/snapshots/x/config.json", data, publish=False)
     download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
     dest = tmp_path / artifact.dest
-    assert json.loads(weights.record_path(artifact.dest, tmp_path).read_text())["sha256"] == sha256(data)
+    assert json.loads(layout.record_path(artifact.dest, tmp_path).read_text())["sha256"] == sha256(data)
     dest.write_bytes(data.replace(b"768", b"512"))
 
     [result] = download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
@@ -377,15 +370,20 @@ def test_the_cli_reports_a_404_without_a_traceback(hub, tmp_path, capsys):
 
 
 def test_missing_weights_fail_fast_naming_the_file_and_the_command(hub, tmp_path, monkeypatch):
-    monkeypatch.delenv(weights.DOWNLOAD_ON_SETUP_ENV, raising=False)
+    from musicgen.models.load import load_models
+
+    monkeypatch.delenv(store.DOWNLOAD_ON_SETUP_ENV, raising=False)
     start = time.perf_counter()
     with pytest.raises(WeightsError) as error:
-        weights.ensure_weights(["melody", "large"], tmp_path)
+        store.ensure_weights(["melody", "large"], tmp_path)
     assert time.perf_counter() - start < 2
     message = str(error.value)
     assert f"{tmp_path / 'musicgen-large' / 'state_dict.bin'}: missing" in message
-    assert str(weights.htdemucs_path(tmp_path)) in message
+    assert str(layout.htdemucs_path(tmp_path)) in message
     assert f"python -m musicgen download melody large --root {tmp_path}" in message
+    with pytest.raises(WeightsError, match="python -m musicgen download melody large") as loading:
+        load_models(root=tmp_path)  # the loader runs this check first (and the server's setup, test_server.py)
+    assert str(loading.value) == message
     assert hub.requests == []  # nothing touched the network
 
 
@@ -393,21 +391,21 @@ def test_a_truncated_download_is_reported_at_load(hub, tmp_path):
     data = payload(100_000, seed=4)
     artifact = hub_file(hub, "musicgen-large/state_dict.bin", data)
     download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
-    weights.check_present(["model"], tmp_path, single(artifact))
+    store.check_present(["model"], tmp_path, single(artifact))
     with open(tmp_path / artifact.dest, "r+b") as file:
         file.truncate(60_000)
     with pytest.raises(WeightsError, match="60000 bytes, but 100000 were downloaded and verified"):
-        weights.check_present(["model"], tmp_path, single(artifact))
+        store.check_present(["model"], tmp_path, single(artifact))
 
 
 def test_ensure_weights_downloads_only_when_the_operator_allows_it(hub, tmp_path, monkeypatch):
     data = payload(50_000, seed=5)
     manifest = single(hub_file(hub, "musicgen-melody/compression_state_dict.bin", data))
-    monkeypatch.delenv(weights.DOWNLOAD_ON_SETUP_ENV, raising=False)
-    with pytest.raises(WeightsError, match=weights.DOWNLOAD_ON_SETUP_ENV):
-        weights.ensure_weights(["model"], tmp_path, manifest=manifest)
+    monkeypatch.delenv(store.DOWNLOAD_ON_SETUP_ENV, raising=False)
+    with pytest.raises(WeightsError, match=store.DOWNLOAD_ON_SETUP_ENV):
+        store.ensure_weights(["model"], tmp_path, manifest=manifest)
     assert hub.requests == []
 
-    monkeypatch.setenv(weights.DOWNLOAD_ON_SETUP_ENV, "1")
-    weights.ensure_weights(["model"], tmp_path, manifest=manifest)
+    monkeypatch.setenv(store.DOWNLOAD_ON_SETUP_ENV, "1")
+    store.ensure_weights(["model"], tmp_path, manifest=manifest)
     assert (tmp_path / "musicgen-melody" / "compression_state_dict.bin").read_bytes() == data

@@ -8,20 +8,18 @@ Decoding details (each format, each kind of damage) are in test_audio.py.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from helpers import failing_ffmpeg, ffmpeg, run_cli, sines
 from helpers import predict_with_defaults as predict
 
-from musicgen.audio import EncoderError, load_audio
+from musicgen.audio.decode import load_audio
+from musicgen.audio.encode import EncoderError
 from musicgen.errors import InputError
-from musicgen.weights import REPOSITORY
 
 RATE = 32000  # Hz, every output
 
@@ -36,15 +34,6 @@ def refused(predictor, **inputs) -> str:
     return str(error.value)
 
 
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
-
-
-def tone(seconds: float, rate: int, channels: int = 1, amplitude: float = 0.3) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return np.stack([amplitude * np.sin(2 * np.pi * (440 + 110 * c) * t) for c in range(channels)], axis=1)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """Input files by kind, written once."""
@@ -55,12 +44,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
         paths[name] = root / f"{name}.wav"
         soundfile.write(paths[name], samples, rate, subtype=subtype)
 
-    wav("song", tone(3.0, 44100, 2), 44100)
+    wav("song", sines(3.0, 44100, 2), 44100)
     wav("silent", np.zeros((44100 * 2, 2)), 44100)
     wav("dc-offset", np.full((16000 * 2, 1), 0.05), 16000)  # BS.1770 filters it all away
-    wav("shortest", tone(0.1, 44100), 44100)
-    wav("too-short", tone(0.05, 44100), 44100)
-    wav("six-channels", tone(1.0, 48000, 6), 48000)
+    wav("shortest", sines(0.1, 44100), 44100)
+    wav("too-short", sines(0.05, 44100), 44100)
+    wav("six-channels", sines(1.0, 48000, 6), 48000)
     wav("very-long", np.zeros((4000 * 21 * 60, 1)), 4000)  # 21 minutes of 4 kHz: 10 MB
     paths["empty"] = root / "empty.wav"
     paths["empty"].write_bytes(b"")
@@ -124,33 +113,29 @@ def test_bad_inputs_are_refused_naming_input_audio_in_every_mode(predictor, file
 
 # ---------------------------------------------------------------------------------------------
 # 10. Caller mistakes: one exception type, the input, the value, what is allowed
+#
+# Every rule and its exact message is in test_request.py, on validate() and validate_input_audio().
+# Here: that the Predictor surfaces them, for a few representative rules, and every rule that needs
+# the loaded models (top_k's bound is the codebook size) or the decoded input_audio (its length,
+# its channels), which only the end-to-end path can show.
 
 
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        ({"duration": 0}, "duration=0 is out of range; it must be between 1 and 60."),
         ({"duration": 61}, "duration=61 is out of range; it must be between 1 and 60."),
-        ({"top_k": -1}, "top_k=-1 is out of range; it must be at least 0."),
-        ({"top_k": 2049}, "top_k=2049 is out of range; it must be between 0 and 2048."),
-        ({"top_p": 1.5}, "top_p=1.5 is out of range; it must be between 0.0 and 1.0."),
-        ({"temperature": -1.0}, "temperature=-1.0 is out of range; it must be at least 0.0."),
-        ({"classifier_free_guidance": 31}, "classifier_free_guidance=31 is out of range; it must be between 0 and 30."),
-        ({"seed": -5}, "seed=-5 is not allowed; use an integer from 0 to 4294967295, or -1 / leave it out"),
         (
             {"model_version": "small"},
             "model_version='small' is not allowed; choose one of: melody, large, encode-decode.",
         ),
-        ({"output_format": "flac"}, "output_format='flac' is not allowed; choose one of: wav, mp3."),
-        ({"normalization_strategy": "lufs"}, "normalization_strategy='lufs' is not allowed; choose one of: loudness,"),
+        ({"seed": -5}, "seed=-5 is not allowed; use an integer from 0 to 4294967295, or -1 / leave it out"),
         ({"prompt": None}, "prompt is empty and no input_audio was given; model_version='melody' needs a prompt"),
-        ({"model_version": "encode-decode"}, "input_audio is required when model_version='encode-decode'."),
-        ({"continuation": True}, "input_audio is required when continuation=True: it is the audio to continue."),
         (
             {"model_version": "large", "input_audio": "song"},
             "model_version='large' has no melody conditioning, so input_audio with continuation=False is not "
             "supported; use model_version='melody', or set continuation=True to continue the audio.",
         ),
+        ({"top_k": 2049}, "top_k=2049 is out of range; it must be between 0 and 2048."),  # the loaded codebook
     ],
 )
 def test_each_mistake_is_one_input_error_naming_input_value_and_range(predictor, files, inputs, message):
@@ -162,11 +147,6 @@ def test_each_mistake_is_one_input_error_naming_input_value_and_range(predictor,
 @pytest.mark.parametrize(
     ("window", "message"),
     [
-        ({"continuation_start": -1}, "continuation_start=-1 must be 0 or more seconds."),
-        (
-            {"continuation_start": 2, "continuation_end": 2},
-            "continuation_end=2 must be greater than continuation_start=2",
-        ),
         (
             {"continuation_start": 3},
             "continuation_start=3 is past the end of input_audio (3.00 s long); it must be less",
@@ -177,14 +157,14 @@ def test_each_mistake_is_one_input_error_naming_input_value_and_range(predictor,
         ),
     ],
 )
-def test_continuation_window_mistakes_name_the_input(predictor, files, window, message):
+def test_continuation_window_mistakes_against_the_decoded_length_name_the_input(predictor, files, window, message):
     inputs = {"prompt": "calm", "input_audio": files["song"], "continuation": True, **window}
     assert refused(predictor, **inputs).startswith(message)
 
 
 def test_a_window_shorter_than_a_tenth_of_a_second_is_refused(predictor, tmp_path):
     path = tmp_path / "two-and-a-bit.wav"
-    soundfile.write(path, tone(2.05, 32000), 32000)
+    soundfile.write(path, sines(2.05, 32000), 32000)
     message = refused(predictor, prompt="calm", input_audio=path, continuation=True, continuation_start=2)
     assert message == (
         "the continuation window continuation_start=2 to continuation_end=end of file is 0.050 s long; "
@@ -192,32 +172,40 @@ def test_a_window_shorter_than_a_tenth_of_a_second_is_refused(predictor, tmp_pat
     )
 
 
-def test_output_channels_mp3_and_loudness_cannot_hold_are_named(predictor, files):
-    """encode-decode keeps 6 channels: MP3 holds 2, BS.1770 loudness weighs 5."""
+def test_output_channels_mp3_and_loudness_cannot_hold_are_refused_before_any_model_runs(predictor, files):
+    """encode-decode keeps 6 channels: MP3 holds 2, BS.1770 loudness weighs 5. The refusal comes
+    before EnCodec (or an LM) runs: every module call is counted by forward hooks on the real models."""
+    models = predictor.service.models
+    calls: list[str] = []
+    owners = {"codec": models.codec, **{f"lm:{version}": model.lm for version, model in models.generators.items()}}
+    hooks = [
+        module.register_forward_pre_hook(lambda module, args, owner=owner: calls.append(owner))
+        for owner, model in owners.items()
+        for module in model.modules()
+    ]
     six = {"model_version": "encode-decode", "input_audio": files["six-channels"]}
-    assert refused(predictor, **six, output_format="mp3", normalization_strategy="peak").startswith(
-        "output_format='mp3' holds mono or stereo audio, but this audio has 6 channels"
-    )
-    assert refused(predictor, **six).startswith(
-        "normalization_strategy='loudness' measures at most 5 channels (ITU-R BS.1770), but this audio has 6"
-    )
+    try:
+        assert refused(predictor, **six, output_format="mp3", normalization_strategy="peak").startswith(
+            "output_format='mp3' holds mono or stereo audio, but this audio has 6 channels"
+        )
+        assert refused(predictor, **six).startswith(
+            "normalization_strategy='loudness' measures at most 5 channels (ITU-R BS.1770), but this audio has 6"
+        )
+        assert calls == []
+        predict(predictor, **six, normalization_strategy="peak")  # the counter does see a real encode-decode
+        assert "codec" in calls
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 # ---------------------------------------------------------------------------------------------
 # The command line: `error: <message>`, non-zero, no traceback
 
 
-def run_cli(*inputs: str, cwd: Path, weights: Path) -> subprocess.CompletedProcess:
-    pairs = [arg for pair in inputs for arg in ("-i", pair)]
-    env = {**os.environ, "MUSICGEN_WEIGHTS": str(weights), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
-    return subprocess.run(
-        [sys.executable, "-m", "musicgen", "predict", *pairs], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-
-
 def test_cli_prints_a_failed_prediction_as_an_error_without_a_traceback(tmp_path, demo_weights, files):
-    result = run_cli("prompt=calm", f"input_audio={files['corrupt']}", cwd=tmp_path, weights=demo_weights)
+    inputs = ("-i", "prompt=calm", "-i", f"input_audio={files['corrupt']}")
+    result = run_cli("predict", *inputs, cwd=tmp_path, weights=demo_weights, timeout=300)
     assert result.returncode != 0
     assert "error: input_audio is not a readable audio file (unrecognized or damaged data)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -249,18 +237,6 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
     return private
 
 
-def fail_ffmpeg(tmp_path: Path, monkeypatch) -> None:
-    """An `ffmpeg` first on PATH that leaves a partial file and fails like an encoder error."""
-    script = tmp_path / "bin" / "ffmpeg"
-    script.parent.mkdir()
-    script.write_text(
-        '#!/bin/sh\ncat > /dev/null\necho partial > "$(eval echo \\${$#})"\n'
-        "echo 'Error initializing output stream 0:0 -- encoder libmp3lame failed' >&2\nexit 1\n"
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-
-
 def test_failed_predictions_leave_no_temporary_files(predictor, files, private_tmp, tmp_path, monkeypatch):
     output = predict(predictor, prompt="calm", duration=1)
     assert output.parent.parent == private_tmp
@@ -274,7 +250,7 @@ def test_failed_predictions_leave_no_temporary_files(predictor, files, private_t
         with pytest.raises(InputError):
             predict(predictor, duration=1, **inputs)
         assert list(private_tmp.iterdir()) == [], inputs
-    fail_ffmpeg(tmp_path, monkeypatch)
+    failing_ffmpeg(tmp_path, monkeypatch)
     with pytest.raises(EncoderError) as error:
         predict(predictor, prompt="calm", duration=1, output_format="mp3")
     assert "ffmpeg failed to encode MP3 (exit status 1): Error initializing output stream 0:0" in str(error.value)

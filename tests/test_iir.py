@@ -1,7 +1,5 @@
-"""musicgen.iir: the vectorised IIR core gives torchaudio's results, and loudness gets fast on CPU."""
+"""musicgen.audio.iir: the vectorised IIR core gives torchaudio's results, and loudness gets fast on CPU."""
 
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -10,10 +8,7 @@ import torch
 import torchaudio
 import torchaudio.functional.filtering as filtering
 
-# musicgen.offline reads MUSICGEN_WEIGHTS at import; conftest.py sets it, this covers running alone.
-os.environ.setdefault("MUSICGEN_WEIGHTS", tempfile.mkdtemp(prefix="musicgen-test-weights-"))
-
-from musicgen import audio, iir  # noqa: E402
+from musicgen.audio import iir, levels
 
 pytestmark = pytest.mark.skipif(
     filtering._IS_TORCHAUDIO_EXT_AVAILABLE, reason="torchaudio's compiled IIR loop is present: nothing is replaced"
@@ -70,18 +65,18 @@ def test_loudness_numbers_are_unchanged(monkeypatch):
     wav = torch.randn(2, 32000, generator=generator) * torch.linspace(0.01, 0.3, 32000)
     monkeypatch.setattr(filtering, "_lfilter_core_loop", filtering._lfilter_core_generic_loop)
     reference = torchaudio.functional.loudness(wav, 32000).item()
-    reference_normalized = audio.normalize_audio(wav.clone(), strategy="loudness", sample_rate=32000)
+    reference_normalized = levels.normalize_audio(wav.clone(), strategy="loudness", sample_rate=32000)
     assert iir.install()
     assert filtering._lfilter_core_loop is iir.lfilter_core
     assert torchaudio.functional.loudness(wav, 32000).item() == pytest.approx(reference, abs=1e-4)
-    assert torch.allclose(audio.normalize(wav, 32000, "loudness"), reference_normalized, atol=1e-6)
+    assert torch.allclose(levels.normalize(wav, 32000, "loudness"), reference_normalized, atol=1e-6)
 
 
 def test_normalize_installs_it_and_thirty_seconds_of_stereo_take_well_under_a_second_per_second():
     """Measured on the 2-core CPU machine: 41.5 s before (torchaudio's Python loop), 0.7 s after."""
     wav = torch.randn(2, 30 * 32000, generator=torch.Generator().manual_seed(0)) * 0.1
     start = time.perf_counter()
-    out = audio.normalize(wav, 32000, "loudness")
+    out = levels.normalize(wav, 32000, "loudness")
     elapsed = time.perf_counter() - start
     assert filtering._lfilter_core_loop is iir.lfilter_core
     assert torchaudio.functional.loudness(out, 32000).item() == pytest.approx(-14, abs=0.05)

@@ -7,21 +7,21 @@ Runs in-process on the session's demo weights (conftest.py points the caches the
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shutil
 import subprocess
 import sys
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import omegaconf
 import pytest
 import torch
+from helpers import LoopbackServer, sines
 
-from musicgen import weights
 from musicgen.errors import WeightsError
+from musicgen.generate import seed_everything
+from musicgen.weights import layout, store
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SEED = 1234
@@ -33,14 +33,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def loaded(demo_weights):
-    from musicgen.models import load_models
+    from musicgen.models.load import load_models
 
     return load_models()
 
 
 def tokens(model, seed: int = SEED, melody: torch.Tensor | None = None) -> torch.Tensor:
-    """The tokens [1, K, S] of 0.5 s generated with `seed`, text only or with a melody [1, 1, T]."""
-    torch.manual_seed(seed)
+    """The tokens [1, K, S] of 0.5 s generated with `seed`, text only or with a melody [1, 1, T].
+
+    Seeded as the service seeds: Python's random too, which demucs draws its stem-separation shifts from."""
+    seed_everything(seed)
     model.set_generation_params(duration=0.5)
     with torch.inference_mode():
         if melody is None:
@@ -48,9 +50,9 @@ def tokens(model, seed: int = SEED, melody: torch.Tensor | None = None) -> torch
         return model.generate_with_chroma([PROMPT], melody, 32000, return_tokens=True)[1]
 
 
-def sine(seconds: float = 1.0, hz: float = 440.0) -> torch.Tensor:
-    t = torch.arange(int(seconds * 32000)) / 32000
-    return (0.5 * torch.sin(2 * math.pi * hz * t)).view(1, 1, -1)
+def sine(seconds: float = 1.0) -> torch.Tensor:
+    """A 440 Hz melody [1, 1, T] at 32 kHz."""
+    return torch.from_numpy(sines(seconds, 32000, amplitude=0.5).T).float()[None]
 
 
 def assert_same_tensors(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
@@ -74,11 +76,11 @@ def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_loads_exactly_what_get_pretrained_loads(demo_weights, device: str) -> None:
     from audiocraft.models import MusicGen
 
-    from musicgen.models import load_models
+    from musicgen.models.load import load_models
 
     ours = load_models(device=device)
     for version in ("melody", "large"):
-        reference = MusicGen.get_pretrained(str(weights.model_dir(version)), device=device)
+        reference = MusicGen.get_pretrained(str(layout.model_dir(version)), device=device)
         model = ours.generator(version)
         assert_same_tensors(model.lm.state_dict(), reference.lm.state_dict())
         assert_same_tensors(module_tensors(model.lm), module_tensors(reference.lm))
@@ -110,7 +112,7 @@ def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None
     from audiocraft.modules import conditioners
     from transformers import T5EncoderModel, T5Tokenizer
 
-    from musicgen import models as module
+    from musicgen.models.load import load_models
 
     calls: dict[str, list] = {"t5": [], "tokenizer": [], "demucs": [], "lm": [], "codec": []}
 
@@ -129,7 +131,7 @@ def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None
     monkeypatch.setattr(loaders, "load_compression_model", counting("codec", loaders.load_compression_model))
 
     random_init = torch.nn.init.normal_
-    models = module.load_models()
+    models = load_models()
     assert calls["t5"] == ["t5-base"] and calls["tokenizer"] == ["t5-base"]
     assert calls["demucs"] == ["htdemucs"]  # the melody LM's chroma conditioner; large has none
     assert sorted(calls["lm"]) == sorted(str(path) for path in models.checkpoints.values())
@@ -148,12 +150,12 @@ def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None
 
 
 def test_random_init_is_skipped_only_where_asked() -> None:
-    from musicgen import models as module
+    from musicgen.models.cold_start import fast_loading, skipping_random_init
 
-    with module.fast_loading():
+    with fast_loading():
         filled = torch.nn.init.normal_(torch.zeros(1000))
-        assert filled.abs().sum() > 0  # outside _skipping_random_init: initialised as usual
-        with module._skipping_random_init():
+        assert filled.abs().sum() > 0  # outside skipping_random_init: initialised as usual
+        with skipping_random_init():
             assert torch.equal(torch.nn.init.normal_(torch.zeros(1000)), torch.zeros(1000))
             other: list[torch.Tensor] = []
             thread = threading.Thread(target=lambda: other.append(torch.nn.init.normal_(torch.zeros(1000))))
@@ -163,28 +165,21 @@ def test_random_init_is_skipped_only_where_asked() -> None:
 
 
 def test_codec_is_loaded_once_per_distinct_file(demo_weights, tmp_path) -> None:
-    from musicgen.models import load_codecs
+    from musicgen.models.load import load_codecs
 
     root = tmp_path / "root"
     for version in ("melody", "large"):
-        folder = weights.model_dir(version, root)
+        folder = layout.model_dir(version, root)
         folder.mkdir(parents=True)
-        shutil.copyfile(weights.model_dir(version) / weights.CODEC_FILE, folder / weights.CODEC_FILE)
+        shutil.copyfile(layout.model_dir(version) / layout.CODEC_FILE, folder / layout.CODEC_FILE)
     codecs = load_codecs(("melody", "large"), "cpu", root)
     assert codecs["melody"] is codecs["large"]
 
-    package = torch.load(weights.model_dir("large", root) / weights.CODEC_FILE, weights_only=True)
+    package = torch.load(layout.model_dir("large", root) / layout.CODEC_FILE, weights_only=True)
     package["best_state"]["decoder.model.0.conv.conv.bias"] += 1  # a different codec
-    torch.save(package, weights.model_dir("large", root) / weights.CODEC_FILE)
+    torch.save(package, layout.model_dir("large", root) / layout.CODEC_FILE)
     codecs = load_codecs(("melody", "large"), "cpu", root)
     assert codecs["melody"] is not codecs["large"]
-
-
-def test_missing_weights_fail_fast_with_the_command(tmp_path) -> None:
-    from musicgen.models import load_models
-
-    with pytest.raises(WeightsError, match="python -m musicgen download melody large"):
-        load_models(root=tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,9 +193,7 @@ def tensor_bytes(module: torch.nn.Module) -> int:
 
 
 def test_memory_report_counts_each_component_once(loaded) -> None:
-    from musicgen.models import memory_report
-
-    report = memory_report(loaded)
+    report = loaded.memory_report()
     assert set(report) == {"lm:melody", "lm:large", "codec", "t5", "demucs", "process_rss"}
     melody, large = loaded.generator("melody"), loaded.generator("large")
     assert report["lm:melody"] == tensor_bytes(melody.lm) and report["lm:large"] == tensor_bytes(large.lm)
@@ -212,14 +205,14 @@ def test_memory_report_counts_each_component_once(loaded) -> None:
 
 
 def test_memory_report_adds_mbd_once_loaded(demo_weights, caplog) -> None:
-    from musicgen.models import load_models, memory_report
+    from musicgen.models.load import load_models
 
     models = load_models(("large",))
-    assert "mbd" not in memory_report(models)
+    assert "mbd" not in models.memory_report()
     with caplog.at_level("INFO", logger="musicgen"):
         mbd = models.mbd
     assert models.mbd is mbd and mbd.codec_model is models.codec
-    report = memory_report(models)
+    report = models.memory_report()
     assert report["mbd"] == sum(tensor_bytes(p.model) + tensor_bytes(p.schedule.sample_processor) for p in mbd.DPs)
     assert "memory with MultiBand Diffusion" in caplog.text
 
@@ -227,7 +220,7 @@ def test_memory_report_adds_mbd_once_loaded(demo_weights, caplog) -> None:
 def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
     """Cog's worker has no logging handler: setup() adds one on stderr (once)."""
     code = (
-        "from musicgen.cli import load_predictor_class\n"
+        "from musicgen.predictor import load_predictor_class\n"
         "predictor = load_predictor_class()()\n"
         "predictor.setup()\n"
         "from musicgen.logs import configure_logging\n"
@@ -238,8 +231,11 @@ def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("INFO musicgen.test: once") == 1
-    assert "INFO musicgen.models: loaded melody, large on cpu in" in result.stderr
-    assert result.stderr.count("INFO musicgen.models: memory after setup: lm:melody") == 1
+    assert "INFO musicgen.models.load: loaded melody, large on cpu in" in result.stderr
+    assert result.stderr.count("INFO musicgen.models.load: memory after setup: lm:melody") == 1
+    # Only what matters to the user: no library noise at start-up.
+    for noise in ("XFORMERS", "weight_norm", "Loading weights", "WARNING"):
+        assert noise not in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +245,7 @@ def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
 def fine_tune(version: str, destination: Path, edit=None) -> Path:
     """A stand-in for a fine-tuned export of the demo `version` LM: the same architecture and
     format, every weight moved by a seeded random amount (or the package changed by `edit`)."""
-    package = torch.load(weights.model_dir(version) / weights.LM_FILE, weights_only=True)
+    package = torch.load(layout.model_dir(version) / layout.LM_FILE, weights_only=True)
     generator = torch.Generator().manual_seed(7)
     for key, tensor in package["best_state"].items():
         if tensor.is_floating_point() and "chroma" not in key:
@@ -268,9 +264,9 @@ def fine_tune(version: str, destination: Path, edit=None) -> Path:
 def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str) -> None:
     from audiocraft.models import loaders
 
-    from musicgen.models import load_models
+    from musicgen.models.load import load_models
 
-    path = fine_tune(version, tmp_path / "my-finetune" / weights.LM_FILE)
+    path = fine_tune(version, tmp_path / "my-finetune" / layout.LM_FILE)
     models = load_models(fine_tuned=str(path.parent))  # a folder holding state_dict.bin works too
     other = "large" if version == "melody" else "melody"
     assert models.checkpoints == {version: path.resolve(), other: loaded.checkpoints[other]}
@@ -288,7 +284,7 @@ def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str)
 
 
 def test_setup_serves_the_weights_argument(demo_weights, tmp_path) -> None:
-    from musicgen.cli import load_predictor_class
+    from musicgen.predictor import load_predictor_class
 
     path = fine_tune("large", tmp_path / "large-tuned.bin")
     predictor = load_predictor_class()()
@@ -328,7 +324,7 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_fine_tuned_checkpoint_that_does_not_fit_is_refused(loaded, tmp_path, case: str) -> None:
-    from musicgen.models import check_fine_tuned
+    from musicgen.models.fine_tuned import check_fine_tuned
 
     edit, message = REFUSALS[case]
     path = fine_tune("large", tmp_path / "bad.bin", edit)
@@ -337,10 +333,11 @@ def test_fine_tuned_checkpoint_that_does_not_fit_is_refused(loaded, tmp_path, ca
 
 
 def test_files_that_are_not_lm_checkpoints_are_refused(loaded, tmp_path) -> None:
-    from musicgen.models import check_fine_tuned, load_models
+    from musicgen.models.fine_tuned import check_fine_tuned
+    from musicgen.models.load import load_models
 
     codecs = {"melody": loaded.codec, "large": loaded.codec}
-    codec_file = weights.model_dir("large") / weights.CODEC_FILE  # an audiocraft export, but of EnCodec
+    codec_file = layout.model_dir("large") / layout.CODEC_FILE  # an audiocraft export, but of EnCodec
     with pytest.raises(WeightsError, match="lm_model is None; only MusicGen's 'transformer_lm' is served"):
         check_fine_tuned(codec_file, codecs)
 
@@ -366,29 +363,25 @@ def file_server(tmp_path):
     """An HTTP server on a free loopback port serving tmp_path/served/."""
     served = tmp_path / "served"
     served.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    server = LoopbackServer(directory=served)
+    yield served, server.url
+    server.close()
 
 
 def test_fine_tuned_url_is_downloaded_once_into_the_weights_root(demo_weights, file_server, tmp_path) -> None:
     served, url = file_server
     source = fine_tune("melody", served / "tuned.bin")
     root = tmp_path / "root"
-    path = weights.fine_tuned_checkpoint(f"{url}/tuned.bin", root)
-    assert path.parent.parent == root / weights.FINE_TUNED_DIR and path.name == "tuned.bin"
+    path = store.fine_tuned_checkpoint(f"{url}/tuned.bin", root)
+    assert path.parent.parent == root / layout.FINE_TUNED_DIR and path.name == "tuned.bin"
     assert path.read_bytes() == source.read_bytes()
     assert not list(path.parent.glob("*.part"))
 
     source.unlink()  # the next setup finds the verified copy without the network
-    assert weights.fine_tuned_checkpoint(f"{url}/tuned.bin", root) == path
+    assert store.fine_tuned_checkpoint(f"{url}/tuned.bin", root) == path
 
     with pytest.raises(WeightsError, match="fine-tuned checkpoint: .*HTTP 404"):
-        weights.fine_tuned_checkpoint(f"{url}/missing.bin", root)
+        store.fine_tuned_checkpoint(f"{url}/missing.bin", root)
 
 
 def test_the_operator_chooses_which_versions_setup_loads(demo_weights, monkeypatch):
@@ -400,14 +393,14 @@ def test_the_operator_chooses_which_versions_setup_loads(demo_weights, monkeypat
     monkeypatch.setenv("MUSICGEN_DEVICE", "cpu")
     service = MusicGenService.load()
     assert list(service.models.generators) == ["large"] and service.models.device == "cpu"
-    assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).is_file()
+    assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).path.is_file()
     with pytest.raises(InputError) as refused:
         service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0))
     assert "model_version='melody' is not loaded by this deployment; it serves large" in str(refused.value)
 
 
 def test_an_unknown_version_in_the_operator_switch_is_named(monkeypatch):
-    from musicgen.models import configured_versions
+    from musicgen.models.load import configured_versions
 
     monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "melody, small")
     with pytest.raises(WeightsError) as error:

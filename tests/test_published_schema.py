@@ -1,102 +1,16 @@
-"""predict.py declares exactly the union of the two published schemas in ../shared/seeds/."""
+"""predict.py's inputs against the two published schemas in ../shared/seeds/: it declares exactly
+their union (names, order, types, defaults, descriptions, bounds and choices).
+
+The seed parsers are in helpers.py (test_schema_generator.py reads the seeds too).
+"""
 
 import inspect
-import re
 import typing
-from pathlib import Path
 
 import pytest
+from helpers import EXPECTED_ORDER, SEED_TYPES, load_seeds, squash
 
-from musicgen.cli import input_fields, load_predictor_class
-
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
-SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
-EXPECTED_ORDER = [
-    "model_version",
-    "prompt",
-    "input_audio",
-    "duration",
-    "continuation",
-    "continuation_start",
-    "continuation_end",
-    "multi_band_diffusion",
-    "normalization_strategy",
-    "top_k",
-    "top_p",
-    "temperature",
-    "classifier_free_guidance",
-    "output_format",
-    "seed",
-]
-
-
-def squash(text: str) -> str:
-    return " ".join(text.split())
-
-
-def parse_table_seed(text: str) -> list[dict]:
-    """The seed rendered as a | Field | Type | Default value | Description | table."""
-    body = text.split("|---|---|---|---|", 1)[1].split("Output schema", 1)[0]
-    cells = [squash(cell) for cell in body.split("|")]
-    fields = []
-    for index in range(1, len(cells) - 3, 5):  # each row: "", name, type, default, description
-        name, type_name, default, description = cells[index : index + 4]
-        if not description:  # rows without a default shift the description left
-            default, description = "", default
-        maximum = re.search(r"Max: (\d+)", default)
-        default = default.split(" Max:")[0]
-        fields.append(
-            {
-                "name": name,
-                "type": type_name,
-                "default": default or None,
-                "description": description,
-                "maximum": int(maximum[1]) if maximum else None,
-                "choices": None,
-            }
-        )
-    return fields
-
-
-def parse_list_seed(text: str) -> list[dict]:
-    """The seed rendered as plain lines: name, type, [default], [Options: ...], description."""
-    body = text.split("Field Type Default value Description", 1)[1].split("Output schema", 1)[0]
-    lines = [line.strip() for line in body.splitlines() if line.strip()]
-    starts = [
-        i
-        for i in range(len(lines) - 1)
-        if re.fullmatch(r"[a-z_]+", lines[i]) and lines[i + 1].split(" ")[0] in SEED_TYPES
-    ]
-    fields = []
-    for start, end in zip(starts, starts[1:] + [len(lines)], strict=True):
-        name, type_name, *rest = lines[start:end]
-        choices = None
-        if "Options:" in rest:
-            at = rest.index("Options:")
-            choices = [choice.strip() for choice in rest[at + 1].split(",")]
-            del rest[at : at + 2]
-        default, description = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
-        fields.append(
-            {
-                "name": name,
-                "type": type_name,
-                "default": default,
-                "description": description,
-                "maximum": None,
-                "choices": choices,
-            }
-        )
-    return fields
-
-
-def load_seeds() -> list[list[dict]]:
-    paths = sorted(SEEDS.glob("*.txt"))
-    assert len(paths) == 2, f"expected the two published schemas in {SEEDS} (../shared/seeds beside the clone)"
-    seeds = []
-    for path in paths:
-        text = path.read_text()
-        seeds.append(parse_table_seed(text) if "|---|" in text else parse_list_seed(text))
-    return seeds
+from musicgen.predictor import input_fields, load_predictor_class
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,42 @@
-"""musicgen.schema writes the schema `cog build` would, and it agrees with predict.py and the seeds."""
+"""The schema generator in musicgen/dev/schema: it writes the OpenAPI document `cog build` would
+(the committed .cog/openapi_schema.json is current), agrees with predict.py as Python sees it and
+shows the published seeds, and refuses what `cog build` would refuse.
+
+predict.py itself against the published seeds is tested in test_published_schema.py.
+"""
 
 import json
 import textwrap
 import typing
 
 import pytest
-from test_schema import EXPECTED_ORDER, load_seeds, squash
+from helpers import EXPECTED_ORDER, load_seeds, squash
 
-from musicgen import schema
-from musicgen.cli import load_predictor_class
+from musicgen.dev.schema import inputs, openapi
+from musicgen.predictor import load_predictor_class
 
 SEED_OUTPUT = {"format": "uri", "title": "Output", "type": "string"}
 
 
 @pytest.fixture(scope="module")
 def document() -> dict:
-    return json.loads(schema.generate())
+    return json.loads(openapi.generate())
 
 
 def properties_of(source: str) -> tuple[dict, dict]:
     """Input properties and the whole document for a small predict.py source."""
-    fields, output = schema.read_inputs(textwrap.dedent(source))
-    document = json.loads(schema.go_json(schema.openapi_document(fields, output, "0.0.0")))
+    fields, output = inputs.read_inputs(textwrap.dedent(source))
+    document = json.loads(openapi.go_json(openapi.openapi_document(fields, output, "0.0.0")))
     return document["components"]["schemas"]["Input"]["properties"], document
 
 
 def test_committed_schema_file_is_current():
     """.cog/openapi_schema.json is what the container (and `serve`) hands the runtime."""
-    assert schema.SCHEMA_FILE.is_file(), "run `python -m musicgen.schema` to write .cog/openapi_schema.json"
-    assert schema.SCHEMA_FILE.read_text() == schema.generate(), (
-        "predict.py and .cog/openapi_schema.json disagree: run `python -m musicgen.schema`"
+    assert openapi.SCHEMA_FILE.is_file(), (
+        "run `python -m musicgen.dev.schema.openapi` to write .cog/openapi_schema.json"
+    )
+    assert openapi.SCHEMA_FILE.read_text() == openapi.generate(), (
+        "predict.py and .cog/openapi_schema.json disagree: run `python -m musicgen.dev.schema.openapi`"
     )
 
 
@@ -84,7 +91,7 @@ def test_schema_shows_the_seeds(document):
 
 def test_document_frame_is_cogs(document):
     assert document["openapi"] == "3.0.2"
-    assert document["info"] == {"title": "Cog", "version": schema.cog_version()}
+    assert document["info"] == {"title": "Cog", "version": openapi.cog_version()}
     assert list(document["paths"]) == ["/", "/health-check", "/predictions", "/predictions/{prediction_id}/cancel"]
     assert list(document["components"]["schemas"]) == [
         "Input",
@@ -101,16 +108,16 @@ def test_document_frame_is_cogs(document):
 
 
 def test_json_is_written_the_way_go_writes_it():
-    text = schema.generate()
+    text = openapi.generate()
     assert "\n" not in text and ": " not in text.split('"description"')[0]  # compact
     assert text.startswith('{"components":{"schemas":{"Input":{"properties":{"model_version":{"allOf":')
     assert '"top_p":{"default":0,' in text and '"temperature":{"default":1,' in text
     assert '"maximum":60,' in text
-    go = schema.go_json
+    go = openapi.go_json
     assert go({"b": 1, "a": [0.0, 1.5, 1e21, 1e-7, 1e16, -0.0, 0.000001]}) == (
         '{"a":[0,1.5,1e+21,1e-7,10000000000000000,-0,0.000001],"b":1}'
     )
-    assert go(schema.Ordered(b=True, a=None)) == '{"b":true,"a":null}'
+    assert go(openapi.Ordered(b=True, a=None)) == '{"b":true,"a":null}'
     assert go("<a & b>\u2028é\n") == '"\\u003ca \\u0026 b\\u003e\\u2028é\\n"'
 
 
@@ -124,7 +131,7 @@ def test_fragments_cog_build_writes_for_the_same_declarations():
                         mode: str = Input(default="fast", choices=["fast", "good"]), image: Path = None) -> str:
                 pass
         """)
-    text = schema.go_json(document)
+    text = openapi.go_json(document)
     assert '"data":{"title":"Data","type":"object","x-order":0}' in text
     assert '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}' in text
     assert '"default":"hello"' in text and '"default":5' in text and '"maximum":2' in text
@@ -198,7 +205,7 @@ def test_strings_are_taken_as_written():
     ],
 )
 def test_what_cog_build_would_refuse_is_refused(declaration, message):
-    with pytest.raises(schema.SchemaError, match=message):
+    with pytest.raises(inputs.SchemaError, match=message):
         properties_of(f"""
             from cog import BasePredictor, Input
             class Predictor(BasePredictor):

@@ -17,19 +17,19 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import soundfile
+from helpers import LOOPBACK, LoopbackServer, QuietFileHandler, write_scale
 
-from musicgen import schema
+from musicgen.dev.schema import openapi
 from musicgen.server import server_command, server_environment
-from musicgen.weights import REPOSITORY
+from musicgen.weights.layout import REPOSITORY
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 START_TIMEOUT = 300  # s: imports torch and audiocraft, loads two demo models, on a shared 2-core CPU
 PREDICT_TIMEOUT = 240  # s for one prediction on the demo weights
 HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
@@ -118,7 +118,7 @@ def server(demo_weights, tmp_path_factory):
         server.stop()
 
 
-class FileServer:
+class FileServer(LoopbackServer):
     """A loopback HTTP server for test files (input audio) that also records POSTed JSON (webhooks)."""
 
     def __init__(self, directory: Path):
@@ -126,7 +126,7 @@ class FileServer:
         self.arrived = threading.Condition()
         outer = self
 
-        class Handler(SimpleHTTPRequestHandler):
+        class Handler(QuietFileHandler):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, directory=str(directory), **kwargs)
 
@@ -138,13 +138,7 @@ class FileServer:
                 self.send_response(200)
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer((HOST, 0), Handler)
-        self.url = f"http://{HOST}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     def wait_for_webhook(self, prediction_id: str, statuses: set[str], timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -158,20 +152,12 @@ class FileServer:
                     pytest.fail(f"no webhook with status {statuses} for {prediction_id}: {self.received}")
                 self.arrived.wait(remaining)
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A melody WAV (3 s, 44.1 kHz stereo: not the model's format) behind a local HTTP server."""
     directory = tmp_path_factory.mktemp("files")
-    rate = 44100
-    t = np.arange(MELODY_SECONDS * rate) / rate
-    notes = 220.0 * 2 ** (np.floor(t * 2) / 12)  # a rising scale, two notes per second
-    tone = 0.4 * np.sin(2 * np.pi * np.cumsum(notes) / rate)
-    soundfile.write(directory / "melody.wav", np.stack([tone, tone], axis=1), rate, subtype="PCM_16")
+    write_scale(directory / "melody.wav", MELODY_SECONDS, base=220.0, channel_gain_step=0.0)  # a rising scale
     server = FileServer(directory)
     yield server, directory
     server.close()
@@ -212,7 +198,7 @@ def test_launch_is_the_containers():
 
 def test_served_openapi_is_the_generated_schema(server):
     served = requests.get(f"{server.url}/openapi.json", timeout=HTTP_TIMEOUT).json()
-    assert served == json.loads(schema.generate())
+    assert served == json.loads(openapi.generate())
     properties = served["components"]["schemas"]["Input"]
     assert "required" not in properties
     assert properties["properties"]["duration"]["maximum"] == 60

@@ -1,0 +1,103 @@
+"""The package's shape: no import cycle (function-level imports included), serving never imports the
+tooling, and no module grows past what one concern needs."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from musicgen.weights.layout import REPOSITORY
+
+PACKAGE = REPOSITORY / "musicgen"
+MAX_LINES = 350
+# Longer, but one concern that reads top to bottom.
+ONE_CONCERN = {"musicgen.weights.download": "a resumable, verified HTTP download of the manifest's files"}
+SERVING = ("predict", "musicgen.service")  # what the Cog worker imports to serve
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPOSITORY).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def sources() -> dict[str, Path]:
+    found = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    found["predict"] = REPOSITORY / "predict.py"
+    return found
+
+
+def imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every module of ours `path` imports, anywhere in the file (inside functions too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = sources()
+    return {name: imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == "open":
+                return stack[stack.index(target) :] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+def test_no_import_cycle_inside_the_package():
+    edges = graph()
+    assert "musicgen.weights.layout" in edges["musicgen.weights.store"]  # the graph sees our imports
+    assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
+
+
+def test_the_weights_layout_imports_nothing_of_ours():
+    assert graph()["musicgen.weights.layout"] == set()
+
+
+def test_serving_never_imports_the_tooling():
+    edges = graph()
+    reached, todo = set(), list(SERVING)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(edges.get(name, ()))
+    assert "musicgen.models.load" in reached and "musicgen.generate" in reached
+    assert not [name for name in reached if name.startswith(("musicgen.dev", "musicgen.cli", "musicgen.server"))]
+
+
+def test_no_module_is_longer_than_one_concern_needs():
+    lengths = {name: len(path.read_text().splitlines()) for name, path in sources().items() if name != "predict"}
+    assert not {name: lines for name, lines in lengths.items() if lines > MAX_LINES and name not in ONE_CONCERN}
