@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from musicgen.audio.encode import read_metadata
 from musicgen.dev.bench import report as bench
 from musicgen.errors import InputError, WeightsError
 from musicgen.logs import FORMAT, quiet_libraries
@@ -68,6 +67,9 @@ def run_predict(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result, output)
     print(f"output: {output}")
+    # Imported here, not at the top: it loads torch, which no other command needs at start.
+    from musicgen.audio.encode import read_metadata
+
     print(f"seed: {read_metadata(output)['seed']}")  # as the file records it
     return 0
 

@@ -168,12 +168,14 @@ MODES: dict[str, Mode] = {
 
 
 def generate(
-    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None = None
+    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None
 ) -> tuple[torch.Tensor, int]:
-    """Run the request's mode (validated, input_audio decoded); return (audio [C, T] float32 on CPU, rate in Hz)."""
+    """Run the request's mode (validated; input_audio decoded, or None when the request has none);
+    return (audio [C, T] float32 on CPU, its rate in Hz)."""
     if request.multi_band_diffusion:
         models.mbd  # noqa: B018  (loads it on first use, before seeding: loading draws random numbers)
     seed_everything(seed)
     with torch.inference_mode():
         wav = MODES[request.mode](models, request, input_audio)
-    return wav.float().cpu(), models.codec.sample_rate
+    model = models.codec if request.mode == "encode-decode" else models.generator(request.model_version)
+    return wav.float().cpu(), model.sample_rate

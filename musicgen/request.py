@@ -113,8 +113,6 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
         if request.input_audio is None:
             raise InputError("input_audio is required when model_version='encode-decode'.")
         return
-    if served is not None:
-        _validate_served(request, served)
     if request.continuation:
         _validate_continuation_window(request)
     elif request.input_audio is not None and request.model_version == "large":
@@ -127,6 +125,8 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
             f"prompt is empty and no input_audio was given; model_version={request.model_version!r} "
             f"needs a prompt, an input_audio, or both."
         )
+    if served is not None:
+        _validate_served(request, served)
 
 
 def _validate_continuation_window(request: Request) -> None:

@@ -206,3 +206,10 @@ def test_request_declares_what_predict_py_declares():
     for name, allowed in choices.items():
         assert declared[name].keywords["choices"] == list(allowed), name
     assert declared["duration"].keywords["le"] == MAX_DURATION
+
+
+def test_the_request_s_own_mistakes_are_named_before_what_the_deployment_serves():
+    """As before the rules moved here: the prompt check comes first, top_k against the codebook after."""
+    with pytest.raises(InputError) as raised:
+        validate(Request(prompt=None, top_k=5000), SERVED)
+    assert str(raised.value).startswith("prompt is empty and no input_audio was given")
