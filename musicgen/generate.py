@@ -90,7 +90,7 @@ def continuation(models: LoadedModels, request: Request, input_audio: DecodedAud
     """
     model = models.generator(request.model_version)
     wav, sample_rate = input_audio
-    start, end = continuation_bounds(request, wav.shape[-1] / sample_rate)
+    start, end = continuation_bounds(request, input_audio.seconds)
     window = wav[..., int(start * sample_rate) : int(end * sample_rate)]
     window = levels.convert(window, sample_rate, model.sample_rate, model.audio_channels)
     hop = model.sample_rate // model.frame_rate  # samples per token frame

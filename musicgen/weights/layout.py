@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
@@ -42,7 +43,7 @@ RECORD_DIR = ".verified"  # <root>/.verified/<dest>.json: what the downloader ve
 PARTIAL_SUFFIX = ".part"  # a download in progress; renamed to the final name once verified
 FINE_TUNED_DIR = "fine-tuned"  # <root>/fine-tuned/<sha256 of the URL, 16 hex>/<file name in the URL>
 # Cache locations the Hugging Face libraries read instead of the ones under HF_HOME: removed.
-HUB_OVERRIDES = ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
+_HUB_OVERRIDES = ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
 
 
 def weights_root() -> Path:
@@ -98,6 +99,13 @@ def hub_environment(root: Path | None = None) -> dict[str, str]:
     }
 
 
+def set_hub_environment(env: MutableMapping[str, str], root: Path | None = None) -> None:
+    """Write hub_environment(root) into `env` (os.environ, or a child process's), dropping the overrides."""
+    for name in _HUB_OVERRIDES:
+        env.pop(name, None)
+    env.update(hub_environment(root))
+
+
 def configure_hub(root: Path | None = None) -> Path:
     """Point every cache at the weights root and switch Hugging Face to offline mode; return the root.
 
@@ -107,9 +115,7 @@ def configure_hub(root: Path | None = None) -> Path:
     """
     root = Path(root).resolve() if root else weights_root()
     check_hub(root)
-    for name in HUB_OVERRIDES:
-        os.environ.pop(name, None)
-    os.environ.update(hub_environment(root))
+    set_hub_environment(os.environ, root)
     return root
 
 

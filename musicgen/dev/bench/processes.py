@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from musicgen.weights.layout import HUB_OVERRIDES, hub_environment
+from musicgen.weights.layout import set_hub_environment
 
 CHILD_MODULE = "musicgen.dev.bench.child"
 
@@ -21,9 +21,7 @@ def child_command(*args: str) -> list[str]:
 def child_environment(root: Path, threads: int) -> dict[str, str]:
     """The same environment for both sides: caches at `root`, hub offline, `threads` threads."""
     env = dict(os.environ)
-    for name in HUB_OVERRIDES:
-        env.pop(name, None)
-    env.update(hub_environment(root))
+    set_hub_environment(env, root)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
 
