@@ -1,8 +1,10 @@
 """The modes (text, melody, continuation, encode-decode): one signature, dispatched from MODES.
 
 Each mode takes the loaded models, the validated request and its decoded input_audio (or None) and
-returns audio [C, T] at the codec's rate. The generating modes return audiocraft's own output;
-with multi_band_diffusion their tokens are decoded by MultiBand Diffusion instead of EnCodec.
+returns audio [C, T] at the codec's rate. The generating modes prepare the conditions and prompt
+with audiocraft's own steps, take the tokens from the model's decoder (musicgen.decode: our loop,
+token-exact with audiocraft's on the CPU, or audiocraft's own) and decode them with EnCodec, or with
+MultiBand Diffusion when asked.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from audiocraft.data.audio_utils import convert_audio
 from audiocraft.models import MusicGen
 
 from musicgen.audio import levels
@@ -44,36 +47,45 @@ def set_generation_params(model: MusicGen, request: Request, duration: float) ->
     )
 
 
-def _decoded(models: LoadedModels, request: Request, wav: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """audiocraft's output [1, C, T] as [C, T]; re-decoded from its tokens by MBD when asked."""
+def _audio(models: LoadedModels, request: Request, attributes, prompt: torch.Tensor | None, head=None) -> torch.Tensor:
+    """Tokens from the model's decoder (musicgen.decode: ours, or audiocraft's loop), then audio
+    [C, T]: EnCodec's decode, or MultiBand Diffusion's when asked. `head`: prompt frames that stay
+    in the output without being in the LM's context (a continuation's first 18 s of a full window)."""
+    model = models.generator(request.model_version)
+    tokens = models.decoder(request.model_version).tokens(attributes, prompt)
+    if head is not None:
+        tokens = torch.cat([head, tokens], dim=-1)
     if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
-        wav = models.mbd.tokens_to_wav(tokens)
-    return wav[0]
+        return models.mbd.tokens_to_wav(tokens)[0]
+    return model.generate_audio(tokens)[0]
 
 
 def text_to_music(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
-    """Text only: `duration` seconds."""
+    """Text only: `duration` seconds (the steps of audiocraft's `MusicGen.generate`)."""
     model = models.generator(request.model_version)
     set_generation_params(model, request, request.duration)
-    return _decoded(models, request, *model.generate([request.prompt], return_tokens=True))
+    attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], None)
+    return _audio(models, request, attributes, prompt)
 
 
 def melody_to_music(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
-    """Text + the melody of input_audio, through audiocraft's own `generate_with_chroma`.
+    """Text + the melody of input_audio: the steps of audiocraft's own `generate_with_chroma`.
 
     The model's ChromaStemConditioner separates the stems with HT-Demucs, keeps vocals + other
     (drops drums and bass) and takes a 12-bin chroma; get_pretrained set `match_len_on_eval`, so
-    the chroma is cut or repeated to the 30 s context, and past 30 s audiocraft tiles the melody
-    over the windows. The melody is cut to `duration` + MAX_CONTEXT seconds first: nothing later
-    can reach the output, and it bounds the stem separation of a long file.
+    the chroma is cut or repeated to the 30 s context, and past 30 s the melody is tiled over the
+    windows. The melody is cut to `duration` + MAX_CONTEXT seconds first: nothing later can reach
+    the output, and it bounds the stem separation of a long file.
     """
     model = models.generator(request.model_version)
     melody, sample_rate = input_audio
     melody = melody[..., : int((request.duration + MAX_CONTEXT) * sample_rate)]
     melody = levels.convert(melody, sample_rate, model.sample_rate, model.audio_channels)
     set_generation_params(model, request, request.duration)
-    output = model.generate_with_chroma([request.prompt], [melody], model.sample_rate, return_tokens=True)
-    return _decoded(models, request, *output)
+    # generate_with_chroma's own conversion (a no-op at the model's rate and channels)
+    melody = convert_audio(melody, model.sample_rate, model.sample_rate, model.audio_channels)
+    attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], None, melody_wavs=[melody])
+    return _audio(models, request, attributes, prompt)
 
 
 def continuation(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
@@ -102,8 +114,7 @@ def continuation(models: LoadedModels, request: Request, input_audio: DecodedAud
     new_frames = prompt.shape[-1] + request.duration * model.frame_rate
     # audiocraft counts frames as int(duration * frame_rate): half a frame more keeps it exact.
     set_generation_params(model, request, (new_frames + 0.5) / model.frame_rate)
-    tokens = torch.cat([head, model._generate_tokens(attributes, prompt)], dim=-1)
-    return _decoded(models, request, model.generate_audio(tokens), tokens)
+    return _audio(models, request, attributes, prompt, head)
 
 
 def process_in_chunks(

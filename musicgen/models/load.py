@@ -38,6 +38,8 @@ from audiocraft.models.loaders import load_diffusion_models
 from audiocraft.models.multibanddiffusion import DiffusionProcess
 from audiocraft.modules.diffusion_schedule import NoiseSchedule
 
+from musicgen.decode.decoders import Decoder
+from musicgen.decode.select import configured_decoder, load_decoder
 from musicgen.errors import WeightsError
 from musicgen.models.cold_start import fast_loading, skipping_random_init
 from musicgen.models.fine_tuned import check_fine_tuned
@@ -93,6 +95,7 @@ class LoadedModels:
 
     device: str
     generators: dict[str, MusicGen] = field(default_factory=dict)
+    decoders: dict[str, Decoder] = field(default_factory=dict)  # the token loop serving each version
     checkpoints: dict[str, Path] = field(default_factory=dict)  # the LM file each version serves
     _mbd: MultiBandDiffusion | None = None
     _mbd_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,6 +103,13 @@ class LoadedModels:
     def generator(self, version: str) -> MusicGen:
         """The loaded model for `version` (musicgen.request.validate refuses versions not served)."""
         return self.generators[version]
+
+    def decoder(self, version: str) -> Decoder:
+        """The loop generating `version`'s tokens (musicgen.decode.select chooses it at load, or
+        here on first use for models assembled by hand)."""
+        if version not in self.decoders:
+            self.decoders[version] = load_decoder(self.generators[version], version)
+        return self.decoders[version]
 
     @property
     def served(self) -> dict[str, int]:
@@ -139,6 +149,7 @@ def load_models(
     architecture it has (see check_fine_tuned).
     """
     root = Path(root) if root else layout.weights_root()
+    configured_decoder()  # an operator's typo in MUSICGEN_DECODER fails before minutes of loading
     store.ensure_weights(list(versions), root)
     layout.check_hub(root)  # T5 is read through the Hugging Face cache under the same root
     models = LoadedModels(device=device or best_device())
@@ -158,6 +169,7 @@ def load_models(
     for version, path in models.checkpoints.items():
         name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
         models.generators[version] = assemble(name, codecs[version], lms[version])
+        models.decoders[version] = load_decoder(models.generators[version], version)
     log.info("loaded %s on %s in %.1f s", ", ".join(versions), models.device, time.perf_counter() - start)
     log.info("memory after setup: %s", format_memory(models.memory_report()))
     return models

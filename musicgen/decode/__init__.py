@@ -1,0 +1,1 @@
+"""The generation loop: a preallocated key/value cache, one step function, audiocraft's sampling."""

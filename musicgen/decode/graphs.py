@@ -1,0 +1,92 @@
+"""The step as a CUDA graph: captured once per model with static shapes, then replayed.
+
+Static shapes: a key/value cache for the longest window (its positions masked until written),
+cross-attention keys/values padded to CROSS_CAPACITY text tokens (masked), one token per step,
+its position a device tensor. A window that does not fit (a longer text, a longer melody prefix)
+runs eagerly instead. Capture happens under the model's own autocast (float16 on a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from musicgen.decode.cache import CrossAttentionCache, KVCache
+from musicgen.decode.transformer import CachedTransformer
+
+CROSS_CAPACITY = 256  # text tokens the captured step's cross-attention holds (T5 tokens of the prompt)
+PREFIX_CAPACITY = 512  # positions reserved before the pattern steps (the melody model's chroma + text prefix)
+WARMUP_STEPS = 3  # eager runs on a side stream before capture, as torch.cuda.graph asks
+
+
+class GraphedStep:
+    """A captured step of `transformer` for guidance batches of `batch` rows, windows of up to
+    `window_frames` frames of `num_codebooks` codebooks."""
+
+    def __init__(self, transformer: CachedTransformer, model, batch: int = 2, capture: bool = True):
+        """capture=False runs the same static step without a graph (on the CPU: what the graph
+        would replay, for the checks and the tests)."""
+        lm = transformer.lm
+        self.transformer = transformer
+        self.batch = batch
+        device = next(iter(lm.parameters())).device
+        window_frames = int(model.max_duration * model.frame_rate)
+        steps = len(lm.pattern_provider.get_pattern(window_frames).layout)
+        length = PREFIX_CAPACITY + steps
+        dtype = lm.emb[0].weight.dtype  # keys and values come out of the projections in the weights' dtype
+        positions = transformer.positions(length, device, dtype)
+        t = transformer
+        self.cache = KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, zeroed=True)
+        self.cross = None
+        if t.cross:
+            keys = [torch.zeros(batch, t.heads, 1, t.head_dim, dtype=dtype, device=device)]
+            like = CrossAttentionCache(keys * len(t.layers), keys * len(t.layers))
+            self.cross = CrossAttentionCache.padded(like, CROSS_CAPACITY)
+            self.cross.mask[..., :1] = True
+        self.tokens = torch.zeros(batch, lm.num_codebooks, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph = None
+        if capture:
+            self._capture(model)
+
+    def _capture(self, model) -> None:
+        t = self.transformer
+        self.graph = torch.cuda.CUDAGraph()
+        # model.autocast's settings, without its weight-cast cache (a graph must not capture one)
+        autocast = torch.autocast(
+            "cuda", dtype=torch.float16, enabled=model.autocast.autocast is not None, cache_enabled=False
+        )
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), autocast:
+            for _ in range(WARMUP_STEPS):
+                t.static_step(self.tokens, self.position, self.cache, self.cross)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(self.graph), autocast:
+            self.logits = t.static_step(self.tokens, self.position, self.cache, self.cross)
+        self.cache.clear()
+
+    @property
+    def nbytes(self) -> int:
+        cross = 0 if self.cross is None else sum(k.numel() * k.element_size() for k in self.cross.keys) * 2
+        return self.cache.storage.numel() * self.cache.storage.element_size() + cross
+
+    def fits(self, batch: int, length: int) -> bool:
+        return batch == self.batch and length <= self.cache.length
+
+    def takes(self, cross: CrossAttentionCache | None) -> bool:
+        """Whether a window's cross-attention fits the padded buffers; if so, copy it in."""
+        if cross is None:
+            return self.cross is None
+        if self.cross is None or cross.keys[0].shape[2] > CROSS_CAPACITY or cross.keys[0].shape[0] != self.batch:
+            return False
+        self.cross.fill(cross)
+        return True
+
+    def step(self, tokens: torch.Tensor, position: int, cache: KVCache, cross) -> torch.Tensor:
+        """loop.Step: copy the inputs into the static buffers, replay, return the static logits."""
+        self.tokens.copy_(tokens)
+        self.position.fill_(position)
+        if self.graph is None:
+            return self.transformer.static_step(self.tokens, self.position, self.cache, self.cross)
+        self.graph.replay()
+        return self.logits

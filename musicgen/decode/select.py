@@ -1,0 +1,166 @@
+"""Which loop serves a loaded model, chosen once at setup.
+
+MUSICGEN_DECODER=musicgen (the default) serves with our loop, =audiocraft with audiocraft's own.
+On CUDA our loop is checked before it serves: the eager step's logits against the LM's own
+forward pass, then the CUDA-graph step's against the eager step's, over CHECK_STEPS steps of the
+same inputs. Any error or a difference beyond the dtype's Tolerance is logged with its reason and
+the next loop down serves instead: CUDA graph -> eager -> audiocraft. On the CPU our eager loop is
+token-exact with audiocraft's (tests/test_decode.py), so no check runs there unless asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from musicgen.decode.decoders import AudiocraftLoop, Decoder, FastLoop
+from musicgen.decode.graphs import GraphedStep
+from musicgen.decode.loop import condition_tensors
+from musicgen.decode.transformer import Unsupported
+from musicgen.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+DECODER_ENV = "MUSICGEN_DECODER"
+DECODERS = ("musicgen", "audiocraft")
+CHECK_STEPS = 8
+CHECK_PROMPT = "warm-up check"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed max |ours - reference| over all logits: atol + rtol * max |reference|."""
+
+    atol: float
+    rtol: float
+
+    def bound(self, reference: torch.Tensor) -> float:
+        return self.atol + self.rtol * reference.abs().max().item()
+
+
+TOLERANCES = {
+    torch.float32: Tolerance(1e-3, 1e-4),
+    torch.float16: Tolerance(5e-2, 1e-2),
+    torch.bfloat16: Tolerance(1e-1, 2e-2),
+}
+
+
+class CheckFailed(Exception):
+    """A loop's logits differ from the reference's by more than the tolerance."""
+
+
+def configured_decoder() -> str:
+    """$MUSICGEN_DECODER, checked: "musicgen" (default) or "audiocraft"."""
+    choice = os.environ.get(DECODER_ENV, "").strip() or DECODERS[0]
+    if choice not in DECODERS:
+        raise WeightsError(f"{DECODER_ENV}={choice!r} is not a decoder; use one of {', '.join(DECODERS)}.")
+    return choice
+
+
+def load_decoder(
+    model,
+    label: str,
+    check: bool | None = None,
+    tolerance: Tolerance | None = None,
+    graph_tolerance: Tolerance | None = None,
+) -> Decoder:
+    """The loop that serves `model` (named `label` in the logs). check: run the checks (default:
+    on CUDA only; on the CPU the static step runs uncaptured). tolerance, graph_tolerance: for
+    the eager and the graph check, instead of the dtype's TOLERANCES entry (tests force failures)."""
+    if configured_decoder() == "audiocraft":
+        log.info("%s: decoding with audiocraft's loop (%s=audiocraft)", label, DECODER_ENV)
+        return AudiocraftLoop(model)
+    try:
+        fast = FastLoop(model)
+    except Unsupported as why:
+        log.warning("%s: decoding with audiocraft's loop; ours does not handle this LM: %s", label, why)
+        return AudiocraftLoop(model)
+    on_cuda = torch.device(model.device).type == "cuda"
+    if not (on_cuda if check is None else check):
+        log.info("%s: decoding with our loop (eager, on %s)", label, model.device)
+        return fast
+    default = TOLERANCES[model.lm.emb[0].weight.dtype]
+    tolerance, graph_tolerance = tolerance or default, graph_tolerance or default
+    start = time.perf_counter()
+    try:
+        inputs = check_inputs(model)
+        reference = reference_logits(model, *inputs)
+        eager = loop_logits(model, fast, None, *inputs)
+        _compare("our eager step", eager, "the LM's forward pass", reference, tolerance)
+    except Exception as why:  # noqa: BLE001 (any failure of code no GPU ran before: serve with the stock loop)
+        log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, _reason(why))
+        return AudiocraftLoop(model)
+    try:
+        graph = GraphedStep(fast.transformer, model, capture=on_cuda)
+        graphed = loop_logits(model, fast, graph, *inputs)
+        _compare(
+            "the CUDA-graph step" if on_cuda else "the static step", graphed, "the eager step", eager, graph_tolerance
+        )
+    except Exception as why:  # noqa: BLE001
+        log.warning("%s: decoding with our eager loop; the CUDA-graph step failed its check: %s", label, _reason(why))
+        return fast
+    fast.graph = graph
+    log.info(
+        "%s: decoding with our loop, %s (checked in %.1f s; static buffers %.0f MB)",
+        label,
+        fast.mode,
+        time.perf_counter() - start,
+        graph.nbytes / 2**20,
+    )
+    return fast
+
+
+def check_inputs(model) -> tuple[dict, torch.Tensor]:
+    """Conditions for a short prompt and CHECK_STEPS random tokens (a private generator: the
+    global random state is left as it was), as the guidance batch of two."""
+    lm = model.lm
+    attributes, _ = model._prepare_tokens_and_attributes([CHECK_PROMPT], None)
+    with torch.inference_mode(), model.autocast:
+        tensors = condition_tensors(lm, attributes)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    tokens = torch.randint(0, lm.card, (1, lm.num_codebooks, CHECK_STEPS), generator=generator)
+    return tensors, torch.cat([tokens, tokens]).to(model.device)
+
+
+def reference_logits(model, tensors: dict, tokens: torch.Tensor) -> torch.Tensor:
+    """audiocraft's LMModel.forward over the whole sequence: [2, K, S, card]."""
+    with torch.inference_mode(), model.autocast:
+        return model.lm(tokens, [], condition_tensors=tensors).float()
+
+
+def loop_logits(model, fast: FastLoop, graph: GraphedStep | None, tensors: dict, tokens: torch.Tensor):
+    """Our loop's logits for the same sequence, one step at a time: [2, K, S, card]."""
+    t = fast.transformer
+    with torch.inference_mode(), model.autocast:
+        embedded, cross_source = model.lm.fuser(t.embed(tokens[..., :1]), tensors)
+        prefix = embedded.shape[1] - 1
+        cache = graph.cache if graph is not None else fast.cache(2, prefix + tokens.shape[-1], embedded)
+        if graph is not None:
+            cache.clear()
+        cross = t.cross_cache(cross_source)
+        step = fast.eager_step
+        if graph is not None:
+            if not graph.takes(cross):
+                raise CheckFailed("the check's text does not fit the captured step")
+            step = graph.step
+        logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1:]]
+        for index in range(1, tokens.shape[-1]):
+            logits.append(step(tokens[..., index : index + 1], prefix + index, cache, cross).clone())
+        return torch.cat(logits, dim=2).float()
+
+
+def _compare(name: str, ours: torch.Tensor, reference_name: str, reference: torch.Tensor, tolerance: Tolerance):
+    if not torch.isfinite(ours).all():
+        raise CheckFailed(f"{name} gave non-finite logits")
+    difference, bound = (ours - reference).abs().max().item(), tolerance.bound(reference)
+    if not difference <= bound:
+        raise CheckFailed(f"{name} differs from {reference_name} by {difference:.3g} (allowed {bound:.3g})")
+    log.debug("%s vs %s: max |difference| %.3g (allowed %.3g)", name, reference_name, difference, bound)
+
+
+def _reason(error: Exception) -> str:
+    return str(error) if isinstance(error, CheckFailed) else f"{type(error).__name__}: {error}"
