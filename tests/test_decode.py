@@ -1,0 +1,244 @@
+"""Our generation loop (musicgen.decode) against audiocraft's own, on the demo weights, on the CPU.
+
+Token-exact in every mode: each case seeds as the service does, asks audiocraft's own generate*
+for its tokens, then our loop for the same conditions, and compares the token tensors. Then the
+static step (what the CUDA graph replays), the checks and their fallbacks, the decoder switch,
+and the progress reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import logging
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+from helpers import predict_with_defaults, write_scale
+
+from musicgen.decode.decoders import AudiocraftLoop, FastLoop, plan_windows
+from musicgen.decode.loop import steps_in_window
+from musicgen.decode.progress import Progress
+from musicgen.decode.select import DECODER_ENV, Tolerance, configured_decoder, load_decoder
+from musicgen.errors import WeightsError
+from musicgen.generate import seed_everything
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RATE = 32000
+PROMPT = "calm piano"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("decode-inputs")
+
+
+def stock_tokens(model, kind: str, seed: int, audio: torch.Tensor | None = None) -> torch.Tensor:
+    """audiocraft's own generate* for its tokens (the generation parameters already set)."""
+    seed_everything(seed)
+    with torch.inference_mode():
+        if kind == "text":
+            return model.generate([PROMPT], return_tokens=True)[1]
+        if kind == "melody":
+            return model.generate_with_chroma([PROMPT], audio[None], RATE, return_tokens=True)[1]
+        return model.generate_continuation(audio[None], RATE, [PROMPT], return_tokens=True)[1]
+
+
+def our_tokens(model, decoder, kind: str, seed: int, audio: torch.Tensor | None = None) -> torch.Tensor:
+    """The same conditions and prompt (audiocraft's _prepare_tokens_and_attributes), our loop."""
+    seed_everything(seed)
+    with torch.inference_mode():
+        if kind == "text":
+            attributes, prompt = model._prepare_tokens_and_attributes([PROMPT], None)
+        elif kind == "melody":
+            attributes, prompt = model._prepare_tokens_and_attributes([PROMPT], None, melody_wavs=[audio])
+        else:
+            attributes, prompt = model._prepare_tokens_and_attributes([PROMPT], audio[None])
+        return decoder.tokens(attributes, prompt)  # a continuation's include its prompt's, as audiocraft's do
+
+
+def tone(audio_dir, seconds: float):
+    path = write_scale(audio_dir / f"tone-{seconds}.wav", seconds, rate=RATE, channels=1)
+    wav, _ = soundfile.read(str(path), always_2d=True, dtype="float32")
+    return torch.from_numpy(wav.T)
+
+
+CASES = {
+    # name: (model_version, kind, generation params, seconds of input audio)
+    "text-large": ("large", "text", {"duration": 3}, None),
+    "text-melody": ("melody", "text", {"duration": 3}, None),
+    "melody": ("melody", "melody", {"duration": 3}, 4.0),
+    "continuation": ("large", "continuation", {"duration": 3}, 1.3),
+    "continuation-30s-window": ("melody", "continuation", {"duration": 30}, 29.5),
+    "text-60s": ("large", "text", {"duration": 60}, None),
+    "top-p": ("large", "text", {"duration": 3, "top_p": 0.9}, None),
+    "temperature": ("melody", "text", {"duration": 3, "temperature": 0.6, "top_k": 40}, None),
+    "greedy": ("large", "text", {"duration": 3, "use_sampling": False}, None),
+    "cfg-0": ("large", "text", {"duration": 3, "cfg_coef": 0.0}, None),
+    "cfg-1": ("melody", "text", {"duration": 3, "cfg_coef": 1.0}, None),
+    "cfg-3": ("large", "text", {"duration": 3, "cfg_coef": 3.0}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tokens_are_audiocrafts(predictor, audio_dir, case):
+    version, kind, params, seconds = CASES[case]
+    model = predictor.service.models.generator(version)
+    model.set_generation_params(extend_stride=18, **params)
+    audio = tone(audio_dir, seconds) if seconds else None
+    reference = stock_tokens(model, kind, seed=17, audio=audio)
+    ours = our_tokens(model, FastLoop(model), kind, seed=17, audio=audio)
+    frames = int(params["duration"] * 50)
+    assert reference.shape == (1, 4, frames)
+    assert ours.shape == reference.shape
+    assert torch.equal(ours, reference)
+
+
+def test_the_service_serves_our_loop_and_both_loops_write_the_same_bytes(predictor, monkeypatch):
+    """The default decoder is ours; MUSICGEN_DECODER=audiocraft serves audiocraft's loop, same file."""
+    models = predictor.service.models
+    assert {version: type(decoder) for version, decoder in models.decoders.items()} == {
+        "melody": FastLoop,
+        "large": FastLoop,
+    }
+    ours = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9).read_bytes()
+    saved = dict(models.decoders)
+    try:
+        monkeypatch.setenv(DECODER_ENV, "audiocraft")
+        models.decoders["large"] = load_decoder(models.generator("large"), "large")
+        assert isinstance(models.decoder("large"), AudiocraftLoop)
+        stock = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9)
+        assert stock.read_bytes() == ours
+    finally:
+        models.decoders.update(saved)
+
+
+def test_an_unknown_decoder_is_named(monkeypatch):
+    monkeypatch.setenv(DECODER_ENV, "fast")
+    with pytest.raises(WeightsError) as error:
+        configured_decoder()
+    assert str(error.value) == "MUSICGEN_DECODER='fast' is not a decoder; use one of musicgen, audiocraft."
+
+
+# ---------------------------------------------------------------------------------------------
+# The static step (what a CUDA graph replays), its checks and the fallbacks
+
+
+def test_the_checked_static_step_gives_audiocrafts_tokens_on_the_cpu(predictor, caplog):
+    """Attention over the whole window's cache with a mask, padded cross-attention, positions as a
+    tensor: on the CPU in float32 the same tokens as audiocraft's loop, greedy and sampled."""
+    for version in ("large", "melody"):
+        model = predictor.service.models.generator(version)
+        with caplog.at_level(logging.INFO, logger="musicgen.decode.select"):
+            decoder = load_decoder(model, version, check=True)
+        assert isinstance(decoder, FastLoop) and decoder.graph is not None
+        assert decoder.mode == "static steps (no graph)"
+        assert f"{version}: decoding with our loop, static steps (no graph)" in caplog.text
+        for params in ({"duration": 8, "use_sampling": False}, {"duration": 3}):
+            model.set_generation_params(extend_stride=18, **params)
+            assert torch.equal(our_tokens(model, decoder, "text", 5), stock_tokens(model, "text", 5))
+
+
+def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
+    model = predictor.service.models.generator("large")
+    with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
+        decoder = load_decoder(model, "large", check=True, graph_tolerance=Tolerance(-1.0, 0.0))
+    assert isinstance(decoder, FastLoop) and decoder.graph is None and decoder.mode == "eager"
+    assert "large: decoding with our eager loop; the CUDA-graph step failed its check: the static step " in caplog.text
+    assert "differs from the eager step by" in caplog.text and "(allowed -1)" in caplog.text
+    model.set_generation_params(duration=2, extend_stride=18)
+    assert torch.equal(our_tokens(model, decoder, "text", 8), stock_tokens(model, "text", 8))
+
+
+def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
+    model = predictor.service.models.generator("melody")
+    with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
+        decoder = load_decoder(model, "melody", check=True, tolerance=Tolerance(-1.0, 0.0))
+    assert isinstance(decoder, AudiocraftLoop)
+    assert "melody: decoding with audiocraft's loop; our loop failed its check: our eager step differs from " in (
+        caplog.text
+    )
+    model.set_generation_params(duration=1, extend_stride=18)
+    assert our_tokens(model, decoder, "text", 8).shape == (1, 4, 50)
+
+
+def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, caplog):
+    model = copy.copy(predictor.service.models.generator("large"))
+    model.lm = copy.deepcopy(model.lm)
+    model.lm.two_step_cfg = True
+    with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
+        decoder = load_decoder(model, "large")
+    assert isinstance(decoder, AudiocraftLoop)
+    assert "large: decoding with audiocraft's loop; ours does not handle this LM: two_step_cfg" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and progress
+
+
+def test_windows_past_30_s_are_audiocrafts(predictor):
+    model = predictor.service.models.generator("large")
+    model.set_generation_params(duration=60, extend_stride=18)
+    windows = plan_windows(model, 0)
+    assert [(w.time_offset, w.max_gen_len, w.prompt_len) for w in windows] == [
+        (0.0, 1500, 0), (18.0, 1500, 600), (36.0, 1200, 600),
+    ]  # fmt: skip
+    # the delay pattern: one step per frame plus 3, less the steps the prompt already fills
+    assert [steps_in_window(model.lm, w.max_gen_len, w.prompt_len) for w in windows] == [1503, 903, 603]
+
+
+def test_a_prediction_logs_its_progress(predictor, caplog):
+    with caplog.at_level(logging.INFO, logger="musicgen.decode.progress"):
+        predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=1)
+    lines = [record.getMessage() for record in caplog.records if record.name == "musicgen.decode.progress"]
+    assert 5 <= len(lines) <= 12  # about every 10 %
+    assert lines[-1].startswith("generating: 103/103 steps (100%), ")
+    assert all(" s elapsed, about " in line and line.endswith(" s left") for line in lines)
+
+
+def test_on_a_terminal_progress_is_a_bar():
+    program = (
+        "from musicgen.decode.progress import Progress\np = Progress(40)\nfor _ in range(40): p.advance()\np.close()"
+    )
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a terminal 80 wide
+    process = subprocess.Popen(
+        [sys.executable, "-c", program], stderr=follower, stdout=subprocess.DEVNULL, cwd=REPOSITORY
+    )
+    os.close(follower)
+    output = b""
+    while chunk := _read(leader):
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    assert b"generating:" in output and b"/40 [" in output  # tqdm's bar...
+    assert b"steps (" not in output  # ...not the log lines
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the child closed its end
+        return b""
+
+
+def test_progress_without_a_terminal_logs_every_tenth(caplog):
+    progress = Progress(200, bar=False)
+    with caplog.at_level(logging.INFO, logger="musicgen.decode.progress"):
+        for _ in range(200):
+            progress.advance()
+        progress.close()
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [
+        f"generating: {n}/200 steps ({n // 2}%)" for n in range(20, 201, 20)
+    ]
