@@ -51,7 +51,8 @@ def test_tiny_bench_end_to_end(demo_weights: Path, tmp_path: Path) -> None:
 
     report = json.loads(output.read_text())
     records = report["records"]
-    assert [record["impl"] for record in records] == ["audiocraft", "musicgen"]
+    assert [record["impl"] for record in records] == ["audiocraft", "musicgen", "musicgen-stock-loop"]
+    assert [record.get("decoder") for record in records] == [None, "musicgen (eager)", "audiocraft"]
     for record in records:
         missing = [field for field in RECORD_FIELDS if field not in record]
         assert not missing, f"{record['impl']} lacks {missing}"
@@ -64,8 +65,10 @@ def test_tiny_bench_end_to_end(demo_weights: Path, tmp_path: Path) -> None:
         assert record["machine"]["cpu_count"] >= 1
     summary = report["summary"]
     assert summary["tokens_identical"] is True
-    assert set(summary["median"]) == {"audiocraft", "musicgen"}
+    assert set(summary["median"]) == {"audiocraft", "musicgen", "musicgen-stock-loop"}
     assert summary["ratio_ours_over_stock"]["generate_s"] > 0
+    assert summary["ratio_stock_loop_over_stock"]["generate_s"] > 0
+    assert "ours/stock" in result.stdout and "stock-loop/stock" in result.stdout
     assert report["command"].startswith("python -m musicgen bench --size tiny")
     assert (demo_weights / "bench" / "tiny" / "bench.json").is_file()  # cached under the weights root
 

@@ -63,20 +63,26 @@ def build(size: str, root: Path, sdist: str) -> None:
 
 
 class Probe:
-    """Hooks on a loaded MusicGen recording what generate() does; the same on both sides.
+    """Hooks recording what generate() does; the same on every side.
 
-    Instance attributes shadow `_generate_tokens` and `generate_audio` (called through self by
-    every generate_* method) and the LM's `_sample_next_token` (one call per LM step).
+    Instance attributes shadow the token generator (stock: the model's `_generate_tokens`; ours:
+    its decoder's `tokens`) and `generate_audio` (called through self by every generate_* method
+    and by our modes). LM steps: audiocraft's loop calls the LM's `_sample_next_token` once per
+    step; our loop counts its own steps (FastLoop.steps).
     """
 
-    def __init__(self, model, clock: tp.Callable[[], float]):
+    def __init__(self, model, clock: tp.Callable[[], float], decoder=None):
         self.tokens = None  # [B, K, T] int64, the last generation's
         self.audio = None  # [B, C, T] float, the last EnCodec decode
         self.tokens_s = 0.0
         self.decode_s = 0.0
-        self.steps = 0
+        self.sampled = 0
+        owner = decoder if decoder is not None else model
+        name = "tokens" if decoder is not None else "_generate_tokens"
+        self.counter = decoder if hasattr(decoder, "steps") else None
+        self.first_count = self.counter.steps if self.counter is not None else 0
         generate_tokens, generate_audio, sample = (
-            model._generate_tokens,
+            getattr(owner, name),
             model.generate_audio,
             model.lm._sample_next_token,
         )
@@ -94,10 +100,15 @@ class Probe:
             return self.audio
 
         def counted(*args, **kwargs):
-            self.steps += 1
+            self.sampled += 1
             return sample(*args, **kwargs)
 
-        model._generate_tokens, model.generate_audio, model.lm._sample_next_token = timed_tokens, timed_decode, counted
+        setattr(owner, name, timed_tokens)
+        model.generate_audio, model.lm._sample_next_token = timed_decode, counted
+
+    @property
+    def steps(self) -> int:
+        return self.sampled + (self.counter.steps - self.first_count if self.counter is not None else 0)
 
 
 def measure_stock(spec: dict, clock_start: float) -> dict:
@@ -129,10 +140,12 @@ def measure_stock(spec: dict, clock_start: float) -> dict:
 
 
 def measure_ours(spec: dict, clock_start: float) -> dict:
-    """predict.py's Predictor: setup(), then one prediction through its service with predict()'s defaults."""
+    """predict.py's Predictor: setup(), then one prediction through its service with predict()'s
+    defaults; spec["decoder"] is the MUSICGEN_DECODER it serves with (our loop or audiocraft's)."""
     import torch  # the measured imports: import_s (setup() imports musicgen.service; it is counted here)
 
     import musicgen.service  # noqa: F401
+    from musicgen.decode.select import DECODER_ENV
     from musicgen.models.load import DEVICE_ENV
     from musicgen.predictor import input_fields, load_predictor_class
     from musicgen.request import VERSIONS_ENV, Request
@@ -145,13 +158,16 @@ def measure_ours(spec: dict, clock_start: float) -> dict:
     # test, on the device asked (stock loads one model too).
     os.environ[VERSIONS_ENV] = spec["version"]
     os.environ[DEVICE_ENV] = spec["device"]
+    os.environ[DECODER_ENV] = spec["decoder"]
     predictor = predictor_class()
     start = clock()
     predictor.setup()
     record["setup_s"] = clock() - start
     record["setup_peak_rss_mb"], record["setup_rss_mb"] = _peak_rss_mb(), _rss_mb()
     model = predictor.service.models.generator(spec["version"])
-    probe = Probe(model, clock)
+    decoder = predictor.service.models.decoder(spec["version"])
+    record["decoder"] = f"{decoder.name} ({decoder.mode})" if hasattr(decoder, "mode") else decoder.name
+    probe = Probe(model, clock, decoder)
 
     inputs = {name: default for name, (_, default) in input_fields(predictor_class).items()}
     inputs.update(
@@ -217,7 +233,7 @@ def _finish(record: dict, spec: dict, model, probe: Probe) -> dict:
     return record
 
 
-MEASURES = {"audiocraft": measure_stock, "musicgen": measure_ours}
+MEASURES = {"audiocraft": measure_stock, "musicgen": measure_ours, "musicgen-stock-loop": measure_ours}
 
 
 def main(argv: list[str]) -> int:

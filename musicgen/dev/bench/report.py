@@ -1,14 +1,16 @@
 """The side-by-side benchmark: stock audiocraft and our Predictor on the same random checkpoints.
 
 `python -m musicgen bench --size S --device D --duration SECONDS` runs, interleaved (stock, ours,
-stock, ours, ...) and each in a fresh process (musicgen.dev.bench.child), with the same prompt,
-seed and thread count:
+ours with the stock loop, stock, ...) and each in a fresh process (musicgen.dev.bench.child), with
+the same prompt, seed and thread count:
 
-    audiocraft  what a user of audiocraft writes: MusicGen.get_pretrained(dir),
-                set_generation_params(duration=...), torch.manual_seed(seed), generate([prompt]),
-                audio_write(..., strategy="loudness", loudness_compressor=True)
-    musicgen    predict.py's Predictor: setup(), then one prediction through its service with
-                predict()'s defaults and (model_version, prompt, duration, seed)
+    audiocraft           what a user of audiocraft writes: MusicGen.get_pretrained(dir),
+                         set_generation_params(duration=...), torch.manual_seed(seed),
+                         generate([prompt]), audio_write(..., strategy="loudness", loudness_compressor=True)
+    musicgen             predict.py's Predictor: setup(), then one prediction through its service
+                         with predict()'s defaults and (model_version, prompt, duration, seed); our
+                         decoding loop (musicgen.decode)
+    musicgen-stock-loop  the same with MUSICGEN_DECODER=audiocraft: audiocraft's loop in our service
 
 Both processes record the same probes (hooks on the loaded MusicGen: token generation time, decode
 time, LM steps, the tokens themselves), so the two sides are timed by the same code:
@@ -45,7 +47,9 @@ from musicgen.dev.bench.processes import child_command, child_environment, run_c
 from musicgen.errors import InputError
 from musicgen.weights.layout import MODEL_DIRS
 
-IMPLS = ("audiocraft", "musicgen")  # stock first in every pair
+IMPLS = ("audiocraft", "musicgen", "musicgen-stock-loop")  # stock first in every round
+OURS = IMPLS[1:]
+DECODERS = {"musicgen": "musicgen", "musicgen-stock-loop": "audiocraft"}  # the MUSICGEN_DECODER of each
 DEFAULT_PROMPT = "calm piano"
 DEFAULT_SEED = 7
 CHILD_TIMEOUT = 3 * 3600  # s; one process (load + one generation), a large model at 30 s on a CPU included
@@ -120,6 +124,7 @@ def run(
                     "seed": seed,
                     "prompt": prompt,
                     "threads": threads,
+                    "decoder": DECODERS.get(impl),
                     "model_dir": str(root / MODEL_DIRS[spec.version]),
                     "out_dir": str(out),
                     "result": str(out / "result.json"),
@@ -204,10 +209,13 @@ def summarize(records: list[dict]) -> dict:
             medians[impl]["gpu_peak_allocated_mb"] = statistics.median(r["gpu_peak_allocated_mb"] for r in rows)
             if rows[0].get("floor_step_ms"):
                 medians[impl]["floor_step_ms"] = rows[0]["floor_step_ms"]
-    ratio = {field: medians["musicgen"][field] / medians["audiocraft"][field] for field in medians["musicgen"]}
+    ratios = {
+        impl: {field: medians[impl][field] / medians["audiocraft"][field] for field in medians[impl]} for impl in OURS
+    }
     return {
         "median": medians,
-        "ratio_ours_over_stock": ratio,
+        "ratio_ours_over_stock": ratios["musicgen"],
+        "ratio_stock_loop_over_stock": ratios["musicgen-stock-loop"],
         "tokens_identical": all(r["tokens_identical"] for r in records),
         "audio_identical": all(r["audio_identical"] for r in records),
     }
@@ -216,16 +224,18 @@ def summarize(records: list[dict]) -> dict:
 def table(report: dict) -> str:
     """The short human-readable summary."""
     first = report["records"][0]
-    median, ratio = report["summary"]["median"], report["summary"]["ratio_ours_over_stock"]
+    summary = report["summary"]
+    median = summary["median"]
     fields = [f for f in FIELDS if f != "predict_s"] + [f for f in median["musicgen"] if f not in FIELDS]
     lines = [
         f"{first['size']} on {first['device']}, {first['duration']} s of audio, "
-        f"{len(report['records']) // 2} runs each, {first['threads']} threads; medians",
-        f"{'':<12}" + "".join(f"{field:>16}" for field in fields),
+        f"{len(report['records']) // len(IMPLS)} runs each, {first['threads']} threads; medians",
+        f"{'':<20}" + "".join(f"{field:>14}" for field in fields),
     ]
     for impl in IMPLS:
-        lines.append(f"{impl:<12}" + "".join(f"{median[impl][field]:>16.3f}" for field in fields))
-    lines.append(f"{'ours/stock':<12}" + "".join(f"{ratio[field]:>16.3f}" for field in fields))
+        lines.append(f"{impl:<20}" + "".join(f"{median[impl][field]:>14.3f}" for field in fields))
+    for label, key in (("ours/stock", "ratio_ours_over_stock"), ("stock-loop/stock", "ratio_stock_loop_over_stock")):
+        lines.append(f"{label:<20}" + "".join(f"{summary[key][field]:>14.3f}" for field in fields))
     same = report["summary"]["tokens_identical"]
     lines.append(
         f"tokens identical (same seed): {'yes' if same else 'NO'}; "
