@@ -103,8 +103,7 @@ class FastLoop:
         return self.eager_step
 
     def eager_step(self, tokens, position: int, cache: KVCache, cross) -> torch.Tensor:
-        t = self.transformer
-        return t.logits(t.forward(t.embed(tokens), position, cache, cross))
+        return self.transformer.step(tokens, position, cache, cross)
 
     # -------------------------------------------------------------- MusicGen._generate_tokens
 

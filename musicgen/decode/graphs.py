@@ -84,9 +84,9 @@ class GraphedStep:
 
     def step(self, tokens: torch.Tensor, position: int, cache: KVCache, cross) -> torch.Tensor:
         """loop.Step: copy the inputs into the static buffers, replay, return the static logits."""
-        self.tokens.copy_(tokens)
+        self.tokens[..., 0].copy_(tokens)
         self.position.fill_(position)
         if self.graph is None:
-            return self.transformer.static_step(self.tokens, self.position, self.cache, self.cross)
+            return self.transformer.static_step(self.tokens, self.position, self.cache, self.cross)[:, :, 0]
         self.graph.replay()
-        return self.logits
+        return self.logits[:, :, 0]

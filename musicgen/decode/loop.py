@@ -19,7 +19,7 @@ from musicgen.decode.transformer import CachedTransformer
 
 UNKNOWN_TOKEN = -1  # what audiocraft fills not-yet-generated codes with
 
-# One step after the prefill: (tokens [B', K, 1], position, cache, cross) -> logits [B', K, 1, card]
+# One step after the prefill: (tokens [B', K], position, cache, cross) -> logits [B', K, card]
 Step = Callable[[torch.Tensor, int, KVCache, CrossAttentionCache | None], torch.Tensor]
 
 
@@ -85,18 +85,23 @@ class Window:
         length = embedded.shape[1] + sequence.shape[-1] - first - 1  # positions the window writes
         cache = self.engine.cache(embedded.shape[0], length, embedded)
         cross = self.transformer.cross_cache(cross_source)
-        logits = self.transformer.logits(self.transformer.forward(embedded, 0, cache, cross))
+        logits = self.transformer.logits(self.transformer.forward(embedded, 0, cache, cross))[:, :, -1]
         step = self.engine.stepper(cache, cross)
-        for offset in range(first, sequence.shape[-1]):
-            if offset > first:
-                tokens = sequence[..., offset - 1 : offset]
-                if tensors:
-                    tokens = torch.cat([tokens, tokens], dim=0)
-                logits = step(tokens, prefix + offset - 1, cache, cross)
+        # Columns where every code is still to generate (all but the pattern's edges and the
+        # prompt's): the sampled column is written as it is and is the next step's input.
+        open_columns = (sequence == UNKNOWN_TOKEN).all(dim=1).all(dim=0).tolist()
+        last = sequence.shape[-1] - 1
+        for offset in range(first, last + 1):
             token = next_token(guided(logits, batch, cfg_coef), sampling)
-            column = sequence[..., offset : offset + 1]
-            column.copy_(torch.where(column == UNKNOWN_TOKEN, token, column))
+            if open_columns[offset]:
+                sequence[..., offset] = token[..., 0]
+                column = token[..., 0]
+            else:
+                column = sequence[..., offset]
+                column.copy_(torch.where(column == UNKNOWN_TOKEN, token[..., 0], column))
             on_step()
+            if offset < last:  # the column just written is the next step's input
+                logits = step(torch.cat([column, column]) if tensors else column, prefix + offset, cache, cross)
 
         assert not (sequence == UNKNOWN_TOKEN).any()
         assert (sequence == torch.where(mask[None].expand(batch, -1, -1), sequence, lm.special_token_id)).all()

@@ -147,10 +147,10 @@ def loop_logits(model, fast: FastLoop, graph: GraphedStep | None, tensors: dict,
             if not graph.takes(cross):
                 raise CheckFailed("the check's text does not fit the captured step")
             step = graph.step
-        logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1:]]
+        logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
         for index in range(1, tokens.shape[-1]):
-            logits.append(step(tokens[..., index : index + 1], prefix + index, cache, cross).clone())
-        return torch.cat(logits, dim=2).float()
+            logits.append(step(tokens[..., index], prefix + index, cache, cross).clone())
+        return torch.stack(logits, dim=2).float()
 
 
 def _compare(name: str, ours: torch.Tensor, reference_name: str, reference: torch.Tensor, tolerance: Tolerance):

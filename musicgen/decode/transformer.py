@@ -238,6 +238,30 @@ class CachedTransformer:
             x = self._rest(layer, x, h, self._attend(q, keys, values, is_causal=causal), cross, index)
         return x
 
+    def step(self, tokens: torch.Tensor, position: int, cache: KVCache, cross: CrossAttentionCache | None):
+        """One token per row: tokens [B, K] at `position` -> logits [B, K, card].
+
+        forward() for T = 1 with [B, dim] activations instead of [B, 1, dim]: the same kernels on
+        the same values (a [B, 1, dim] linear is this very matrix product), fewer reshapes.
+        """
+        batch = tokens.shape[0]
+        x = self.embed(tokens[..., None])[:, 0] + cache.positions[position]
+        for index, layer in enumerate(self.layers):
+            h = layer.norm1(x)
+            packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, self.heads, 1, self.head_dim)
+            keys, values = cache.write(index, position, packed[:, 1], packed[:, 2])
+            attended = self._attend(packed[:, 0], keys, values)
+            x = x + _scaled(layer.scale1, layer.out_proj(attended.reshape(batch, self.dim).to(h.dtype)))
+            if cross is not None:
+                h = layer.norm_cross(x)
+                query = layer.cross_query(h).view(batch, self.heads, 1, self.head_dim)
+                attended = self._attend(query, cross.keys[index], cross.values[index])
+                x = x + _scaled(layer.scale_cross, layer.cross_out(attended.reshape(batch, self.dim).to(h.dtype)))
+            x = x + _scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        return torch.stack([head(x) for head in self.heads_out], dim=1)
+
     def static_step(
         self,
         tokens: torch.Tensor,
