@@ -169,7 +169,11 @@ def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
         caplog.text
     )
     model.set_generation_params(duration=1, extend_stride=18)
-    assert our_tokens(model, decoder, "text", 8).shape == (1, 4, 50)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="musicgen.decode.progress"):
+        assert torch.equal(our_tokens(model, decoder, "text", 8), stock_tokens(model, "text", 8))
+    lines = [record.getMessage() for record in caplog.records if record.name == "musicgen.decode.progress"]
+    assert lines[-1].startswith("generating: 53/53 steps (100%), ")  # audiocraft's loop reports its steps too
 
 
 def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, caplog):

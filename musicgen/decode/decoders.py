@@ -38,8 +38,15 @@ class AudiocraftLoop:
     def __init__(self, model):
         self.model = model
 
-    def tokens(self, attributes, prompt):
-        return self.model._generate_tokens(attributes, prompt)
+    def tokens(self, attributes, prompt, progress: Progress | None = None):
+        """audiocraft's `_generate_tokens`, its per-step callback reporting to `progress`."""
+        model = self.model
+        progress = progress or Progress(total_steps(model, 0 if prompt is None else prompt.shape[-1]))
+        model.set_custom_progress_callback(lambda generated, total: progress.advance())
+        try:
+            return model._generate_tokens(attributes, prompt, progress=True)
+        finally:
+            progress.close()
 
 
 class WindowPlan(tp.NamedTuple):
@@ -64,6 +71,11 @@ def plan_windows(model, prompt_len: int) -> list[WindowPlan]:
         windows.append(WindowPlan(time_offset, max_gen_len, prompt_len))
         prompt_len, offset = max_gen_len - stride, offset + stride
     return windows
+
+
+def total_steps(model, prompt_len: int) -> int:
+    """LM steps of a whole generation (every window) with the model's current settings."""
+    return sum(steps_in_window(model.lm, w.max_gen_len, w.prompt_len) for w in plan_windows(model, prompt_len))
 
 
 class FastLoop:
@@ -108,15 +120,14 @@ class FastLoop:
     # -------------------------------------------------------------- MusicGen._generate_tokens
 
     def tokens(self, attributes, prompt, progress: Progress | None = None):
-        model, lm = self.model, self.model.lm
+        model = self.model
         prompt_len = 0 if prompt is None else prompt.shape[-1]
         if prompt is not None:
             assert int(min(model.duration, model.max_duration) * model.frame_rate) >= prompt_len, (
                 "Prompt is longer than audio to generate"
             )
         windows = plan_windows(model, prompt_len)
-        total = sum(steps_in_window(lm, w.max_gen_len, w.prompt_len) for w in windows)
-        progress = progress or Progress(total)
+        progress = progress or Progress(total_steps(model, prompt_len))
         sampling = Sampling.of(model.generation_params)
 
         def on_step():
