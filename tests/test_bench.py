@@ -120,3 +120,21 @@ def test_released_configs_take_the_sizes_from_the_sdist(tmp_path: Path) -> None:
     assert lm["sample_rate"] == 32000
     assert (codec["seanet"]["dimension"], codec["seanet"]["n_filters"], codec["seanet"]["channels"]) == (128, 64, 1)
     assert (codec["rvq"]["n_q"], codec["rvq"]["bins"]) == (4, 2048)
+
+
+def test_agreement_of_the_loops_on_the_cpu(demo_weights: Path, tmp_path: Path) -> None:
+    """The GPU agreement check, run on the CPU: our eager and static steps give audiocraft's
+    greedy tokens, and their logits follow audiocraft's loop to float32 rounding."""
+    output = tmp_path / "agreement.json"
+    command = [sys.executable, "-m", "musicgen.dev.bench.agreement", "--size", "tiny", "--duration", "2"]
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights), OMP_NUM_THREADS="1")
+    result = subprocess.run(command + ["--json", str(output)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    report = json.loads(output.read_text())
+    assert report["dtype"] == "float32" and report["model_version"] == "large"
+    assert report["greedy_float32"] == {"frames": 100, "eager": {"identical": True}, "static": {"identical": True}}
+    for form in ("eager", "static"):
+        logits = report["logits"][form]
+        assert logits["steps"] == 103  # 100 frames + 3 for the delay pattern
+        assert logits["max_abs_over_max_logit"] < 1e-5
+        assert logits["argmax_agreement"] > 0.99

@@ -223,11 +223,12 @@ def _finish(record: dict, spec: dict, model, probe: Probe, again: tp.Callable[[]
     import torch
 
     first_tokens, tokens_s, decode_s, steps = probe.tokens, probe.tokens_s, probe.decode_s, probe.steps
-    probe.tokens_s = 0.0
-    record["generate_warm_s"] = again()
-    record["warm_step_ms"] = 1000 * probe.tokens_s / (probe.steps - steps)
-    record["warm_tokens_identical"] = bool(torch.equal(probe.tokens, first_tokens))
-    probe.tokens_s, probe.decode_s, probe.tokens = tokens_s, decode_s, first_tokens
+    if spec.get("warm", True):
+        probe.tokens_s = 0.0
+        record["generate_warm_s"] = again()
+        record["warm_step_ms"] = 1000 * probe.tokens_s / (probe.steps - steps)
+        record["warm_tokens_identical"] = bool(torch.equal(probe.tokens, first_tokens))
+        probe.tokens_s, probe.decode_s, probe.tokens = tokens_s, decode_s, first_tokens
 
     out = Path(spec["out_dir"])
     np.save(out / "tokens.npy", probe.tokens.cpu().numpy())

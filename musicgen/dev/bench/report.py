@@ -106,8 +106,11 @@ def run(
     seed: int = DEFAULT_SEED,
     prompt: str = DEFAULT_PROMPT,
     bandwidth_gbs: float | None = None,
+    sides: tuple[str, ...] = IMPLS,
+    warm: bool = True,
 ) -> dict:
-    """Run the benchmark; return the report (records, summary, machine)."""
+    """Run the benchmark; return the report (records, summary, machine). `sides`: which of IMPLS
+    (stock audiocraft always first); `warm`: also time a second generation in each process."""
     root = ensure_checkpoints(size)
     spec = SIZES[size]
     env = child_environment(root, threads)
@@ -116,7 +119,7 @@ def run(
     reference = None  # the first stock run's tokens and decoded audio
     with tempfile.TemporaryDirectory(prefix="musicgen-bench-") as scratch:
         for repeat in range(repeats):
-            for impl in IMPLS:
+            for impl in sides:
                 out = Path(scratch) / f"{impl}-{repeat}"
                 out.mkdir()
                 child = {
@@ -129,6 +132,7 @@ def run(
                     "prompt": prompt,
                     "threads": threads,
                     "decoder": DECODERS.get(impl),
+                    "warm": warm,
                     "model_dir": str(root / MODEL_DIRS[spec.version]),
                     "out_dir": str(out),
                     "result": str(out / "result.json"),
@@ -214,47 +218,56 @@ FIELDS = (
 )
 
 
+RATIO_KEYS = {"musicgen": "ratio_ours_over_stock", "musicgen-stock-loop": "ratio_stock_loop_over_stock"}
+RATIO_LABELS = {"musicgen": "ours/stock", "musicgen-stock-loop": "stock-loop/stock"}
+
+
+def sides_of(records: list[dict]) -> list[str]:
+    return [impl for impl in IMPLS if any(r["impl"] == impl for r in records)]
+
+
 def summarize(records: list[dict]) -> dict:
-    """Medians per implementation and the ratio ours / stock of each."""
+    """Medians per side and the ratio of each of ours over stock."""
     medians = {}
-    for impl in IMPLS:
+    for impl in sides_of(records):
         rows = [r for r in records if r["impl"] == impl]
-        medians[impl] = {field: statistics.median(r[field] for r in rows) for field in FIELDS}
-        if rows and rows[0]["device"] == "cuda":
+        medians[impl] = {field: statistics.median(r[field] for r in rows) for field in FIELDS if field in rows[0]}
+        if rows[0]["device"] == "cuda":
             medians[impl]["gpu_peak_allocated_mb"] = statistics.median(r["gpu_peak_allocated_mb"] for r in rows)
             if rows[0].get("floor_step_ms"):
                 medians[impl]["floor_step_ms"] = rows[0]["floor_step_ms"]
-    ratios = {
-        impl: {field: medians[impl][field] / medians["audiocraft"][field] for field in medians[impl]} for impl in OURS
-    }
-    return {
-        "median": medians,
-        "ratio_ours_over_stock": ratios["musicgen"],
-        "ratio_stock_loop_over_stock": ratios["musicgen-stock-loop"],
-        "tokens_identical": all(r["tokens_identical"] and r["warm_tokens_identical"] for r in records),
-        "audio_identical": all(r["audio_identical"] for r in records),
-    }
+    summary: dict = {"median": medians}
+    for impl in sides_of(records)[1:]:
+        summary[RATIO_KEYS[impl]] = {
+            field: medians[impl][field] / medians["audiocraft"][field] for field in medians[impl]
+        }
+    summary["tokens_identical"] = all(r["tokens_identical"] and r.get("warm_tokens_identical", True) for r in records)
+    summary["audio_identical"] = all(r["audio_identical"] for r in records)
+    return summary
 
 
 def table(report: dict) -> str:
     """The short human-readable summary."""
-    first = report["records"][0]
+    records = report["records"]
+    first, sides = records[0], sides_of(records)
     summary = report["summary"]
     median = summary["median"]
-    fields = [f for f in FIELDS if f != "predict_s"] + [f for f in median["musicgen"] if f not in FIELDS]
+    fields = [f for f in FIELDS if f != "predict_s" and f in median["audiocraft"]]
+    fields += [f for f in median["audiocraft"] if f not in FIELDS]
     lines = [
         f"{first['size']} on {first['device']}, {first['duration']} s of audio, "
-        f"{len(report['records']) // len(IMPLS)} runs each, {first['threads']} threads; medians",
+        f"{len(records) // len(sides)} runs each, {first['threads']} threads; medians",
         f"{'':<20}" + "".join(f"{field:>16}" for field in fields),
     ]
-    for impl in IMPLS:
+    for impl in sides:
         lines.append(f"{impl:<20}" + "".join(f"{median[impl][field]:>16.3f}" for field in fields))
-    for label, key in (("ours/stock", "ratio_ours_over_stock"), ("stock-loop/stock", "ratio_stock_loop_over_stock")):
-        lines.append(f"{label:<20}" + "".join(f"{summary[key][field]:>16.3f}" for field in fields))
-    same = report["summary"]["tokens_identical"]
+    for impl in sides[1:]:
+        ratio = summary[RATIO_KEYS[impl]]
+        lines.append(f"{RATIO_LABELS[impl]:<20}" + "".join(f"{ratio[field]:>16.3f}" for field in fields))
+    same = summary["tokens_identical"]
     lines.append(
         f"tokens identical (same seed): {'yes' if same else 'NO'}; "
-        f"decoded audio identical: {'yes' if report['summary']['audio_identical'] else 'NO'}"
+        f"decoded audio identical: {'yes' if summary['audio_identical'] else 'NO'}"
     )
     return "\n".join(lines)
 
@@ -270,23 +283,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"default: {DEFAULT_SEED}")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"default: {DEFAULT_PROMPT!r}")
     parser.add_argument("--bandwidth-gbs", type=float, help="GPU memory bandwidth for the floor (default: datasheet)")
+    parser.add_argument(
+        "--sides",
+        default=",".join(IMPLS),
+        help=f"comma-separated sides to run, stock first (default: {','.join(IMPLS)})",
+    )
+    parser.add_argument(
+        "--no-warm", action="store_true", help="skip the second generation per process (halves a long run)"
+    )
     parser.add_argument("--json", help="write the records and the summary to this file")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.duration < 1 or args.repeats < 1 or args.threads < 1:
         raise InputError("bench: --duration, --repeats and --threads must be at least 1.")
+    sides = tuple(side.strip() for side in args.sides.split(",") if side.strip())
+    if not sides or sides[0] != "audiocraft" or not set(sides) <= set(IMPLS) or len(set(sides)) != len(sides):
+        raise InputError(f"bench: --sides={args.sides!r}; give audiocraft first, then any of {', '.join(OURS)}.")
     if args.device == "cuda":
         import torch  # only to ask for a GPU: the runs themselves happen in child processes
 
         if not torch.cuda.is_available():
             raise InputError("bench: --device cuda, but torch sees no CUDA device on this machine.")
     report = run(
-        args.size, args.device, args.duration, args.repeats, args.threads, args.seed, args.prompt, args.bandwidth_gbs
+        args.size,
+        args.device,
+        args.duration,
+        args.repeats,
+        args.threads,
+        args.seed,
+        args.prompt,
+        args.bandwidth_gbs,
+        sides,
+        not args.no_warm,
     )
     report["command"] = (
         f"python -m musicgen bench --size {args.size} --device {args.device} --duration {args.duration} "
         f"--repeats {args.repeats} --threads {args.threads} --seed {args.seed} --prompt {shlex.quote(args.prompt)}"
+        + (f" --sides {','.join(sides)}" if sides != IMPLS else "")
+        + (" --no-warm" if args.no_warm else "")
     )
     if args.json:
         files.write_text(Path(args.json), json.dumps(report, indent=2) + "\n")

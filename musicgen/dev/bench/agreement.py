@@ -1,0 +1,127 @@
+"""How closely our loop follows audiocraft's on one device, on a bench size's checkpoints.
+
+    python -m musicgen.dev.bench.agreement --size S --device D [--duration SECONDS] [--json FILE]
+
+1. logits, in the dtype the model is served in (float16 transformer on CUDA, float32 on a CPU):
+   audiocraft's loop generates (top-k 250, seeded) while a forward hook records the logits of each
+   of its steps; our eager step and the static / CUDA-graph step are then fed the same token
+   sequence (teacher forcing) and their logits compared with audiocraft's, step by step:
+   max |difference|, that over max |logit|, and how often the arg-max agrees.
+2. greedy tokens in float32 (the LM cast to float32, autocast off): audiocraft's loop, our eager
+   loop and our static / CUDA-graph step, from the same conditions: identical, or where they part.
+
+On CUDA the static step is captured as a CUDA graph; on a CPU it runs as it is. Exit status 1 when
+the float32 greedy tokens of our eager loop differ from audiocraft's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from musicgen import files
+from musicgen.dev.bench.checkpoints import SIZES, ensure_checkpoints
+from musicgen.dev.bench.report import DEFAULT_PROMPT, DEFAULT_SEED
+from musicgen.weights.layout import configure_hub
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.agreement", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=list(SIZES), default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of audio (default: 8)")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args(argv)
+    root = ensure_checkpoints(args.size)
+    configure_hub(root)
+    report = measure(args.size, root, args.device, args.duration)
+    if args.json:
+        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0 if report["greedy_float32"]["eager"]["identical"] else 1
+
+
+def measure(size: str, root: Path, device: str, duration: float) -> dict:
+    import torch  # heavy imports here: the module is listed by the CLI's help without them
+    from audiocraft.utils.autocast import TorchAutocast
+
+    from musicgen.decode.decoders import AudiocraftLoop, FastLoop
+    from musicgen.decode.graphs import GraphedStep
+    from musicgen.decode.loop import condition_tensors
+    from musicgen.decode.select import loop_logits
+    from musicgen.generate import seed_everything
+    from musicgen.models.load import load_models
+
+    version = SIZES[size].version
+    model = load_models((version,), device=device, root=root).generator(version)
+    on_cuda = device == "cuda"
+    report: dict = {"size": size, "device": device, "duration": duration, "model_version": version}
+    if on_cuda:
+        report["gpu"] = torch.cuda.get_device_name()
+
+    def tokens_of(decoder):
+        seed_everything(DEFAULT_SEED)
+        attributes, prompt = model._prepare_tokens_and_attributes([DEFAULT_PROMPT], None)
+        with torch.inference_mode():
+            return decoder.tokens(attributes, prompt)
+
+    # 1. Logits in the served dtype, teacher-forced on audiocraft's own sequence.
+    model.set_generation_params(duration=duration)
+    recorded = []
+    hook = model.lm.register_forward_hook(lambda module, args, output: recorded.append(output[:, :, -1].float()))
+    codes = tokens_of(AudiocraftLoop(model))
+    hook.remove()
+    lm = model.lm
+    pattern = lm.pattern_provider.get_pattern(codes.shape[-1])
+    sequence, _, _ = pattern.build_pattern_sequence(codes, lm.special_token_id)
+    stock = torch.stack(recorded, dim=2)  # [2, K, steps, card]
+    fed = torch.cat([sequence, sequence])[..., : stock.shape[2]]
+    attributes, _ = model._prepare_tokens_and_attributes([DEFAULT_PROMPT], None)
+    with torch.inference_mode(), model.autocast:
+        tensors = condition_tensors(lm, attributes)
+    fast = FastLoop(model)
+    graph = GraphedStep(fast.transformer, model, capture=on_cuda)
+    report["dtype"] = str(lm.emb[0].weight.dtype).replace("torch.", "")
+    report["logits"] = {
+        "eager": _difference(loop_logits(model, fast, None, tensors, fed), stock),
+        "graph" if on_cuda else "static": _difference(loop_logits(model, fast, graph, tensors, fed), stock),
+    }
+
+    # 2. Greedy tokens in float32.
+    lm.float()
+    model.autocast = TorchAutocast(enabled=False)
+    model.set_generation_params(duration=duration, use_sampling=False)
+    reference = tokens_of(AudiocraftLoop(model))
+    eager = FastLoop(model)
+    graphed = FastLoop(model)
+    graphed.graph = GraphedStep(graphed.transformer, model, capture=on_cuda)
+    report["greedy_float32"] = {
+        "frames": int(reference.shape[-1]),
+        "eager": _same(tokens_of(eager), reference),
+        "graph" if on_cuda else "static": _same(tokens_of(graphed), reference),
+    }
+    return report
+
+
+def _difference(ours, stock) -> dict:
+    difference = (ours - stock).abs()
+    return {
+        "steps": int(stock.shape[2]),
+        "max_abs": difference.max().item(),
+        "max_abs_over_max_logit": (difference.max() / stock.abs().max()).item(),
+        "argmax_agreement": (ours.argmax(-1) == stock.argmax(-1)).float().mean().item(),
+    }
+
+
+def _same(ours, reference) -> dict:
+    identical = bool(ours.shape == reference.shape and (ours == reference).all())
+    result: dict = {"identical": identical}
+    if not identical and ours.shape == reference.shape:
+        result["first_differing_frame"] = int((ours != reference).any(dim=1).any(dim=0).nonzero()[0])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

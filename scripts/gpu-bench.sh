@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole GPU check of docs/benchmarks.md, on an NVIDIA GPU machine with the project set up:
+# melody and large (random weights, real architectures) at 8 s and 30 s, stock audiocraft next to
+# our loop and to our service on audiocraft's loop, then how closely our loop follows audiocraft's
+# (float16 logits, float32 greedy tokens). JSON files go to outputs/bench/gpu/.
+#   bash scripts/gpu-bench.sh [repeats]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats="${1:-1}"
+out=outputs/bench/gpu
+mkdir -p "$out"
+python=.venv/bin/python
+for size in melody large; do
+  for duration in 8 30; do
+    "$python" -m musicgen bench --size "$size" --device cuda --duration "$duration" --repeats "$repeats" \
+      --json "$out/$size-${duration}s.json"
+  done
+  "$python" -m musicgen.dev.bench.agreement --size "$size" --device cuda --duration 8 --json "$out/$size-agreement.json"
+done
