@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import soundfile
 import torch
+from audiocraft.utils.autocast import TorchAutocast
 from helpers import predict_with_defaults, write_scale
 
 from musicgen.decode.decoders import AudiocraftLoop, FastLoop, plan_windows
@@ -147,6 +148,28 @@ def test_the_checked_static_step_gives_audiocrafts_tokens_on_the_cpu(predictor, 
         for params in ({"duration": 8, "use_sampling": False}, {"duration": 3}):
             model.set_generation_params(extend_stride=18, **params)
             assert torch.equal(our_tokens(model, decoder, "text", 5), stock_tokens(model, "text", 5))
+
+
+def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
+    """A GPU serves the transformer in float16 under autocast while the embeddings and output heads
+    stay float32; the keys and values are float16. The same layout in bfloat16 on the CPU (norms in
+    float32, as a GPU's autocast computes them): both checks pass and both loops generate."""
+    model = copy.copy(predictor.service.models.generator("melody"))
+    model.lm = copy.deepcopy(model.lm)
+    model.lm.transformer.to(torch.bfloat16)
+    for module in model.lm.transformer.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    model.autocast = TorchAutocast(enabled=True, device_type="cpu", dtype=torch.bfloat16)
+    with caplog.at_level(logging.INFO, logger="musicgen.decode.select"):
+        decoder = load_decoder(model, "melody-bf16", check=True)
+    assert "melody-bf16: decoding with our loop, static steps (no graph)" in caplog.text
+    assert decoder.transformer.kv_dtype(model.autocast) == torch.bfloat16
+    assert model.lm.emb[0].weight.dtype == torch.float32
+    model.set_generation_params(duration=1, extend_stride=18)
+    ours, reference = our_tokens(model, decoder, "text", 2), stock_tokens(model, "text", 2)
+    assert ours.shape == reference.shape == (1, 4, 50)
+    assert 0 <= ours.min() and ours.max() < model.lm.card  # (rounding differs: not compared token for token)
 
 
 def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):

@@ -17,12 +17,22 @@ class KVCache:
     embedding table of those positions (the same values the stock transformer adds per step)."""
 
     def __init__(
-        self, layers: int, batch: int, heads: int, length: int, head_dim: int, positions: torch.Tensor, zeroed: bool
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        length: int,
+        head_dim: int,
+        positions: torch.Tensor,
+        dtype: torch.dtype,
+        zeroed: bool,
     ):
-        """zeroed: for attention over the whole cache with a mask (a masked position is still
+        """positions: [length, dim] in the embeddings' dtype; dtype: the keys' and values' (what the
+        projections give: float16 under a GPU's autocast, while the embeddings stay float32).
+        zeroed: for attention over the whole cache with a mask (a masked position is still
         multiplied by 0, and 0 * NaN is NaN); the eager pass reads only what it wrote."""
         self.length, self.batch = length, batch
-        dtype, device = positions.dtype, positions.device
+        device = positions.device
         shape = (layers, 2, batch, heads, length, head_dim)
         self.storage = (torch.zeros if zeroed else torch.empty)(shape, dtype=dtype, device=device)
         self.keys = list(self.storage[:, 0].unbind(0))

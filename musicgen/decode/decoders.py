@@ -106,7 +106,8 @@ class FastLoop:
             return self.graph.cache
         t = self.transformer
         positions = t.positions(length, like.device, like.dtype)
-        return KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, zeroed=False)
+        dtype = t.kv_dtype(self.model.autocast)
+        return KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, dtype, zeroed=False)
 
     def stepper(self, cache: KVCache, cross: CrossAttentionCache | None) -> Step:
         """The graph replay when the window runs in the graph's cache and its text fits, else eager."""

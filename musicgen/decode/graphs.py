@@ -32,10 +32,10 @@ class GraphedStep:
         window_frames = int(model.max_duration * model.frame_rate)
         steps = len(lm.pattern_provider.get_pattern(window_frames).layout)
         length = PREFIX_CAPACITY + steps
-        dtype = lm.emb[0].weight.dtype  # keys and values come out of the projections in the weights' dtype
-        positions = transformer.positions(length, device, dtype)
         t = transformer
-        self.cache = KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, zeroed=True)
+        positions = t.positions(length, device, lm.emb[0].weight.dtype)  # added to the embeddings
+        dtype = t.kv_dtype(model.autocast)
+        self.cache = KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, dtype, zeroed=True)
         self.cross = None
         if t.cross:
             keys = [torch.zeros(batch, t.heads, 1, t.head_dim, dtype=dtype, device=device)]
@@ -52,8 +52,9 @@ class GraphedStep:
         t = self.transformer
         self.graph = torch.cuda.CUDAGraph()
         # model.autocast's settings, without its weight-cast cache (a graph must not capture one)
+        enabled = model.autocast.autocast is not None
         autocast = torch.autocast(
-            "cuda", dtype=torch.float16, enabled=model.autocast.autocast is not None, cache_enabled=False
+            "cuda", dtype=self.cache.storage.dtype if enabled else torch.float16, enabled=enabled, cache_enabled=False
         )
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

@@ -83,7 +83,7 @@ def load_decoder(
     if not (on_cuda if check is None else check):
         log.info("%s: decoding with our loop (eager, on %s)", label, model.device)
         return fast
-    default = TOLERANCES[model.lm.emb[0].weight.dtype]
+    default = TOLERANCES[fast.transformer.kv_dtype(model.autocast)]  # the attention's dtype
     tolerance, graph_tolerance = tolerance or default, graph_tolerance or default
     start = time.perf_counter()
     try:
@@ -95,7 +95,8 @@ def load_decoder(
         log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, _reason(why))
         return AudiocraftLoop(model)
     try:
-        graph = GraphedStep(fast.transformer, model, capture=on_cuda)
+        with torch.inference_mode():  # as generation runs: no autograd state is captured
+            graph = GraphedStep(fast.transformer, model, capture=on_cuda)
         graphed = loop_logits(model, fast, graph, *inputs)
         _compare(
             "the CUDA-graph step" if on_cuda else "the static step", graphed, "the eager step", eager, graph_tolerance

@@ -152,6 +152,14 @@ class CachedTransformer:
 
     # ---------------------------------------------------------------- shared pieces
 
+    def kv_dtype(self, autocast) -> torch.dtype:
+        """The dtype of the keys and values (the projections' output) under `autocast` (a
+        MusicGen's TorchAutocast): its float16 on a GPU, else the attention weights' own."""
+        weight = self.lm.transformer.layers[0].self_attn.in_proj_weight
+        if autocast.autocast is not None:
+            return autocast.autocast.fast_dtype
+        return weight.dtype
+
     def positions(self, length: int, device, dtype) -> torch.Tensor:
         """The sinusoidal embedding of positions 0..length-1, scaled, [length, dim]: the values the
         stock transformer adds at each offset (computed elementwise, so a table gives the same)."""

@@ -82,8 +82,9 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     with torch.inference_mode(), model.autocast:
         tensors = condition_tensors(lm, attributes)
     fast = FastLoop(model)
-    graph = GraphedStep(fast.transformer, model, capture=on_cuda)
-    report["dtype"] = str(lm.emb[0].weight.dtype).replace("torch.", "")
+    with torch.inference_mode():
+        graph = GraphedStep(fast.transformer, model, capture=on_cuda)
+    report["dtype"] = str(fast.transformer.kv_dtype(model.autocast)).replace("torch.", "")  # the attention's
     report["logits"] = {
         "eager": _difference(loop_logits(model, fast, None, tensors, fed), stock),
         "graph" if on_cuda else "static": _difference(loop_logits(model, fast, graph, tensors, fed), stock),
@@ -96,7 +97,8 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     reference = tokens_of(AudiocraftLoop(model))
     eager = FastLoop(model)
     graphed = FastLoop(model)
-    graphed.graph = GraphedStep(graphed.transformer, model, capture=on_cuda)
+    with torch.inference_mode():
+        graphed.graph = GraphedStep(graphed.transformer, model, capture=on_cuda)
     report["greedy_float32"] = {
         "frames": int(reference.shape[-1]),
         "eager": _same(tokens_of(eager), reference),
