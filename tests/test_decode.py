@@ -88,6 +88,7 @@ CASES = {
     "cfg-0": ("large", "text", {"duration": 3, "cfg_coef": 0.0}, None),
     "cfg-1": ("melody", "text", {"duration": 3, "cfg_coef": 1.0}, None),
     "cfg-3": ("large", "text", {"duration": 3, "cfg_coef": 3.0}, None),
+    "two-step-cfg": ("large", "text", {"duration": 2, "two_step_cfg": True}, None),  # handed to audiocraft's loop
 }
 
 

@@ -69,7 +69,7 @@ def plan_windows(model, prompt_len: int) -> list[WindowPlan]:
         time_offset = offset / model.frame_rate
         max_gen_len = int(min(model.duration - time_offset, model.max_duration) * model.frame_rate)
         windows.append(WindowPlan(time_offset, max_gen_len, prompt_len))
-        prompt_len, offset = max_gen_len - stride, offset + stride
+        prompt_len, offset = max(0, max_gen_len - stride), offset + stride
     return windows
 
 
@@ -122,6 +122,8 @@ class FastLoop:
 
     def tokens(self, attributes, prompt, progress: Progress | None = None):
         model = self.model
+        if model.generation_params.get("two_step_cfg"):  # asked per call: audiocraft's loop does that one
+            return AudiocraftLoop(model).tokens(attributes, prompt, progress)
         prompt_len = 0 if prompt is None else prompt.shape[-1]
         if prompt is not None:
             assert int(min(model.duration, model.max_duration) * model.frame_rate) >= prompt_len, (

@@ -56,14 +56,23 @@ class GraphedStep:
         autocast = torch.autocast(
             "cuda", dtype=self.cache.storage.dtype if enabled else torch.float16, enabled=enabled, cache_enabled=False
         )
+        previous = torch.cuda.current_stream()
         stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), autocast:
-            for _ in range(WARMUP_STEPS):
-                t.static_step(self.tokens, self.position, self.cache, self.cross)
-        torch.cuda.current_stream().wait_stream(stream)
-        with torch.cuda.graph(self.graph), autocast:
-            self.logits = t.static_step(self.tokens, self.position, self.cache, self.cross)
+        stream.wait_stream(previous)
+        try:
+            with torch.cuda.stream(stream), autocast:
+                for _ in range(WARMUP_STEPS):
+                    t.static_step(self.tokens, self.position, self.cache, self.cross)
+            previous.wait_stream(stream)
+            with torch.cuda.graph(self.graph), autocast:
+                self.logits = t.static_step(self.tokens, self.position, self.cache, self.cross)
+        except Exception:
+            # a failed capture can leave its stream current (torch.cuda.graph's exit raises
+            # before it restores the stream): put this thread back where it was
+            torch.cuda.set_stream(previous)
+            torch.cuda.synchronize()
+            self.graph = None
+            raise
         self.cache.clear()
 
     @property

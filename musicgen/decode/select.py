@@ -79,11 +79,14 @@ def load_decoder(
     except Unsupported as why:
         log.warning("%s: decoding with audiocraft's loop; ours does not handle this LM: %s", label, why)
         return AudiocraftLoop(model)
+    except Exception as why:  # noqa: BLE001 (an LM our code cannot even read: serve it with the stock loop)
+        log.warning("%s: decoding with audiocraft's loop; ours could not be set up: %s", label, _reason(why))
+        return AudiocraftLoop(model)
     on_cuda = torch.device(model.device).type == "cuda"
     if not (on_cuda if check is None else check):
         log.info("%s: decoding with our loop (eager, on %s)", label, model.device)
         return fast
-    default = TOLERANCES[fast.transformer.kv_dtype(model.autocast)]  # the attention's dtype
+    default = TOLERANCES.get(fast.transformer.kv_dtype(model.autocast), TOLERANCES[torch.float16])
     tolerance, graph_tolerance = tolerance or default, graph_tolerance or default
     start = time.perf_counter()
     try:
@@ -95,7 +98,7 @@ def load_decoder(
         log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, _reason(why))
         return AudiocraftLoop(model)
     try:
-        with torch.inference_mode():  # as generation runs: no autograd state is captured
+        with torch.no_grad():  # no autograd state captured; buffers still writable in and out of inference_mode
             graph = GraphedStep(fast.transformer, model, capture=on_cuda)
         graphed = loop_logits(model, fast, graph, *inputs)
         _compare(

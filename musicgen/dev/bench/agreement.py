@@ -82,7 +82,7 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     with torch.inference_mode(), model.autocast:
         tensors = condition_tensors(lm, attributes)
     fast = FastLoop(model)
-    with torch.inference_mode():
+    with torch.no_grad():
         graph = GraphedStep(fast.transformer, model, capture=on_cuda)
     report["dtype"] = str(fast.transformer.kv_dtype(model.autocast)).replace("torch.", "")  # the attention's
     report["logits"] = {
@@ -97,7 +97,7 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     reference = tokens_of(AudiocraftLoop(model))
     eager = FastLoop(model)
     graphed = FastLoop(model)
-    with torch.inference_mode():
+    with torch.no_grad():
         graphed.graph = GraphedStep(graphed.transformer, model, capture=on_cuda)
     report["greedy_float32"] = {
         "frames": int(reference.shape[-1]),
