@@ -40,11 +40,6 @@ class KVCache:
         self.positions = positions  # [length, dim]
         self.slots = torch.arange(length, device=device)
 
-    @staticmethod
-    def nbytes(layers: int, batch: int, dim: int, length: int, dtype: torch.dtype) -> int:
-        """Size of a cache of this shape (keys and values of every layer)."""
-        return 2 * layers * batch * dim * length * torch.empty((), dtype=dtype).element_size()
-
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, h, T, d] at positions start..start+T-1 of `layer`; return views of that
         layer's keys and values for positions 0..start+T-1 (no copy)."""

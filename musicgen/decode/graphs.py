@@ -19,8 +19,8 @@ WARMUP_STEPS = 3  # eager runs on a side stream before capture, as torch.cuda.gr
 
 
 class GraphedStep:
-    """A captured step of `transformer` for guidance batches of `batch` rows, windows of up to
-    `window_frames` frames of `num_codebooks` codebooks."""
+    """A captured step of `transformer` for guidance batches of `batch` rows and windows of up to
+    the model's max_duration (plus PREFIX_CAPACITY positions of prefix)."""
 
     def __init__(self, transformer: CachedTransformer, model, batch: int = 2, capture: bool = True):
         """capture=False runs the same static step without a graph (on the CPU: what the graph
