@@ -31,7 +31,7 @@ class KVCache:
         projections give: float16 under a GPU's autocast, while the embeddings stay float32).
         zeroed: for attention over the whole cache with a mask (a masked position is still
         multiplied by 0, and 0 * NaN is NaN); the eager pass reads only what it wrote."""
-        self.length, self.batch = length, batch
+        self.length = length
         device = positions.device
         shape = (layers, 2, batch, heads, length, head_dim)
         self.storage = (torch.zeros if zeroed else torch.empty)(shape, dtype=dtype, device=device)
@@ -63,11 +63,15 @@ class CrossAttentionCache:
     mask: torch.Tensor | None = None
 
     @classmethod
-    def padded(cls, like: CrossAttentionCache, length: int) -> CrossAttentionCache:
-        """A zeroed cache of `length` positions shaped like `like` (filled later with fill())."""
-        keys = [torch.zeros(*k.shape[:2], length, k.shape[3], dtype=k.dtype, device=k.device) for k in like.keys]
+    def padded(
+        cls, layers: int, batch: int, heads: int, length: int, head_dim: int, dtype: torch.dtype, device
+    ) -> CrossAttentionCache:
+        """A zeroed cache of `length` positions (filled later with fill()); its mask shows the
+        first position, so attention over it is defined before the first fill."""
+        keys = [torch.zeros(batch, heads, length, head_dim, dtype=dtype, device=device) for _ in range(layers)]
         values = [torch.zeros_like(k) for k in keys]
-        mask = torch.zeros(1, 1, 1, length, dtype=torch.bool, device=like.keys[0].device)
+        mask = torch.zeros(1, 1, 1, length, dtype=torch.bool, device=device)
+        mask[..., :1] = True
         return cls(keys, values, mask)
 
     def fill(self, source: CrossAttentionCache) -> None:

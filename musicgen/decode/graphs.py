@@ -38,10 +38,9 @@ class GraphedStep:
         self.cache = KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, dtype, zeroed=True)
         self.cross = None
         if t.cross:
-            keys = [torch.zeros(batch, t.heads, 1, t.head_dim, dtype=dtype, device=device)]
-            like = CrossAttentionCache(keys * len(t.layers), keys * len(t.layers))
-            self.cross = CrossAttentionCache.padded(like, CROSS_CAPACITY)
-            self.cross.mask[..., :1] = True
+            self.cross = CrossAttentionCache.padded(
+                len(t.layers), batch, t.heads, CROSS_CAPACITY, t.head_dim, dtype, device
+            )
         self.tokens = torch.zeros(batch, lm.num_codebooks, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.graph = None

@@ -142,15 +142,14 @@ def loop_logits(model, fast: FastLoop, graph: GraphedStep | None, tensors: dict,
     with torch.inference_mode(), model.autocast:
         embedded, cross_source = model.lm.fuser(t.embed(tokens[..., :1]), tensors)
         prefix = embedded.shape[1] - 1
-        cache = graph.cache if graph is not None else fast.cache(2, prefix + tokens.shape[-1], embedded)
-        if graph is not None:
-            cache.clear()
         cross = t.cross_cache(cross_source)
-        step = fast.eager_step
-        if graph is not None:
+        if graph is None:
+            cache, step = fast.cache(2, prefix + tokens.shape[-1], embedded), fast.eager_step
+        else:
             if not graph.takes(cross):
                 raise CheckFailed("the check's text does not fit the captured step")
-            step = graph.step
+            cache, step = graph.cache, graph.step
+            cache.clear()
         logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
         for index in range(1, tokens.shape[-1]):
             logits.append(step(tokens[..., index], prefix + index, cache, cross).clone())

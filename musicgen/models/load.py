@@ -169,7 +169,7 @@ def load_models(
     for version, path in models.checkpoints.items():
         name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
         models.generators[version] = assemble(name, codecs[version], lms[version])
-        models.decoders[version] = load_decoder(models.generators[version], version)
+        models.decoder(version)  # chosen (and on CUDA checked) now, at setup
     log.info("loaded %s on %s in %.1f s", ", ".join(versions), models.device, time.perf_counter() - start)
     log.info("memory after setup: %s", format_memory(models.memory_report()))
     return models

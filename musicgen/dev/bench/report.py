@@ -53,7 +53,7 @@ from musicgen.weights.layout import MODEL_DIRS
 
 IMPLS = ("audiocraft", "musicgen", "musicgen-stock-loop")  # stock first in every round
 OURS = IMPLS[1:]
-DECODERS = {"musicgen": "musicgen", "musicgen-stock-loop": "audiocraft"}  # the MUSICGEN_DECODER of each
+DECODER_OF_SIDE = {"musicgen": "musicgen", "musicgen-stock-loop": "audiocraft"}  # each side's MUSICGEN_DECODER
 DEFAULT_PROMPT = "calm piano"
 DEFAULT_SEED = 7
 CHILD_TIMEOUT = 3 * 3600  # s; one process (load + one generation), a large model at 30 s on a CPU included
@@ -131,7 +131,7 @@ def run(
                     "seed": seed,
                     "prompt": prompt,
                     "threads": threads,
-                    "decoder": DECODERS.get(impl),
+                    "decoder": DECODER_OF_SIDE.get(impl),
                     "warm": warm,
                     "model_dir": str(root / MODEL_DIRS[spec.version]),
                     "out_dir": str(out),
