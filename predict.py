@@ -32,7 +32,7 @@ class Predictor(BasePredictor):
         model_version: str = Input(
             description="Model to use for generation. If set to 'encode-decode', the audio specified via 'input_audio' will simply be encoded and then decoded.",
             default="melody",
-            choices=["melody", "large", "encode-decode"],
+            choices=["melody", "large", "encode-decode", "melody-large", "stereo-large", "stereo-melody-large"],
         ),
         prompt: Optional[str] = Input(
             description="A description of the music you want to generate.",

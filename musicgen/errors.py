@@ -1,4 +1,4 @@
-"""The one exception type for a caller's mistakes, and the one for missing weights."""
+"""The exception types whose messages reach the caller: a caller's mistake, missing weights, no room."""
 
 
 class InputError(ValueError):
@@ -7,3 +7,8 @@ class InputError(ValueError):
 
 class WeightsError(RuntimeError):
     """A checkpoint the service needs is missing or unusable. The message says how to get it."""
+
+
+class CapacityError(RuntimeError):
+    """The model asked for cannot fit the deployment's memory budget, even after evicting every
+    model that may go. The message names the model, its size and the budget."""

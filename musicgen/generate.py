@@ -1,7 +1,8 @@
 """The modes (text, melody, continuation, encode-decode): one signature, dispatched from MODES.
 
 Each mode takes the loaded models, the validated request and its decoded input_audio (or None) and
-returns audio [C, T] at the codec's rate. The generating modes prepare the conditions and prompt
+returns audio [C, T] at the codec's rate (two channels for a stereo model: audiocraft's stereo
+wrapper encodes and decodes left and right over the mono EnCodec, interleaving their codebooks). The generating modes prepare the conditions and prompt
 with audiocraft's own steps, take the tokens from the model's decoder (musicgen.decode: our loop,
 token-exact with audiocraft's on the CPU, or audiocraft's own) and decode them with EnCodec, or with
 MultiBand Diffusion when asked.
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from audiocraft.data.audio_utils import convert_audio
 from audiocraft.models import MusicGen
+from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.audio import levels
 from musicgen.audio.decode import DecodedAudio
@@ -56,8 +58,20 @@ def _audio(models: LoadedModels, request: Request, attributes, prompt: torch.Ten
     if head is not None:
         tokens = torch.cat([head, tokens], dim=-1)
     if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
-        return models.mbd.tokens_to_wav(tokens)[0]
+        return diffusion_audio(models, model, tokens)
     return model.generate_audio(tokens)[0]
+
+
+def diffusion_audio(models: LoadedModels, model: MusicGen, tokens: torch.Tensor) -> torch.Tensor:
+    """MultiBand Diffusion's decode of `tokens` [1, K, T] as audio [C, T]. MBD is trained on the
+    mono EnCodec's tokens: a stereo model's interleaved codebooks are split into the left and
+    right streams (audiocraft's own get_left_right_codes), each decoded on its own, and the two
+    channels put back together."""
+    codec = model.compression_model
+    if isinstance(codec, InterleaveStereoCompressionModel):
+        left, right = codec.get_left_right_codes(tokens)
+        return torch.cat([models.mbd.tokens_to_wav(left)[0], models.mbd.tokens_to_wav(right)[0]])
+    return models.mbd.tokens_to_wav(tokens)[0]
 
 
 def text_to_music(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
@@ -105,15 +119,16 @@ def continuation(models: LoadedModels, request: Request, input_audio: DecodedAud
     start, end = continuation_bounds(request, input_audio.seconds)
     window = wav[..., int(start * sample_rate) : int(end * sample_rate)]
     window = levels.convert(window, sample_rate, model.sample_rate, model.audio_channels)
-    hop = model.sample_rate // model.frame_rate  # samples per token frame
+    frame_rate = round(model.frame_rate)  # 50 Hz (a float for the stereo and Hugging Face codecs)
+    hop = model.sample_rate // frame_rate  # samples per token frame
     frames = window.shape[-1] // hop
     attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], window[None, :, : frames * hop])
     head = prompt[..., :0]  # prompt frames kept in the output but no longer in the LM's context
-    if frames >= MAX_CONTEXT * model.frame_rate:
-        head, prompt = prompt[..., : EXTEND_STRIDE * model.frame_rate], prompt[..., EXTEND_STRIDE * model.frame_rate :]
-    new_frames = prompt.shape[-1] + request.duration * model.frame_rate
+    if frames >= MAX_CONTEXT * frame_rate:
+        head, prompt = prompt[..., : EXTEND_STRIDE * frame_rate], prompt[..., EXTEND_STRIDE * frame_rate :]
+    new_frames = prompt.shape[-1] + request.duration * frame_rate
     # audiocraft counts frames as int(duration * frame_rate): half a frame more keeps it exact.
-    set_generation_params(model, request, (new_frames + 0.5) / model.frame_rate)
+    set_generation_params(model, request, (new_frames + 0.5) / frame_rate)
     return _audio(models, request, attributes, prompt, head)
 
 
@@ -183,8 +198,12 @@ def generate(
 ) -> tuple[torch.Tensor, int]:
     """Run the request's mode (validated; input_audio decoded, or None when the request has none);
     return (audio [C, T] float32 on CPU, its rate in Hz)."""
+    # Loaded on first use, before seeding (loading may draw random numbers): the model (and
+    # evicting others to make room for it), MultiBand Diffusion.
+    if request.mode != "encode-decode":
+        models.generator(request.model_version)
     if request.multi_band_diffusion:
-        models.mbd  # noqa: B018  (loads it on first use, before seeding: loading draws random numbers)
+        models.mbd  # noqa: B018
     seed_everything(seed)
     with torch.inference_mode():
         wav = MODES[request.mode](models, request, input_audio)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen.errors import InputError
+from musicgen.versions import ENCODE_DECODE, GENERATING, MODEL_VERSIONS
 
-MODEL_VERSIONS = ("melody", "large", "encode-decode")
 NORMALIZATION_STRATEGIES = ("loudness", "clip", "peak", "rms")
 OUTPUT_FORMATS = ("wav", "mp3")
 MIN_DURATION = 1  # seconds
@@ -53,8 +53,8 @@ class Request:
     @property
     def mode(self) -> str:
         """What the request asks for: text, melody, continuation or encode-decode."""
-        if self.model_version == "encode-decode":
-            return "encode-decode"
+        if self.model_version == ENCODE_DECODE:
+            return ENCODE_DECODE
         if self.input_audio is None:
             return "text"
         return "continuation" if self.continuation else "melody"
@@ -109,16 +109,18 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
             )
         _check_range("seed", request.seed, 0, MAX_SEED)
 
-    if request.model_version == "encode-decode":
+    if request.model_version == ENCODE_DECODE:
         if request.input_audio is None:
             raise InputError("input_audio is required when model_version='encode-decode'.")
         return
     if request.continuation:
         _validate_continuation_window(request)
-    elif request.input_audio is not None and request.model_version == "large":
+    elif request.input_audio is not None and not GENERATING[request.model_version].melody:
+        takes_melody = ", ".join(repr(name) for name, version in GENERATING.items() if version.melody)
         raise InputError(
-            "model_version='large' has no melody conditioning, so input_audio with continuation=False "
-            "is not supported; use model_version='melody', or set continuation=True to continue the audio."
+            f"model_version={request.model_version!r} has no melody conditioning, so input_audio with "
+            f"continuation=False is not supported; use a model_version with melody conditioning ({takes_melody}), "
+            f"or set continuation=True to continue the audio."
         )
     if not request.prompt and request.input_audio is None:
         raise InputError(
@@ -160,7 +162,7 @@ def validate_input_audio(request: Request, channels: int, seconds: float) -> Non
     (encode-decode keeps them, so the output format and normalization must hold that many)."""
     if request.mode == "continuation":
         continuation_bounds(request, seconds)
-    if request.mode != "encode-decode":
+    if request.mode != ENCODE_DECODE:
         return
     if request.normalization_strategy == "loudness" and channels > MAX_LOUDNESS_CHANNELS:
         raise InputError(

@@ -136,6 +136,8 @@ class LoopbackServer:
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
+# The one addition to the published inputs: three model_version choices after the published ones.
+ADDED_CHOICES = {"model_version": ["melody-large", "stereo-large", "stereo-melody-large"]}
 EXPECTED_ORDER = [
     "model_version",
     "prompt",

@@ -68,8 +68,8 @@ def our_tokens(model, decoder, kind: str, seed: int, audio: torch.Tensor | None 
         return decoder.tokens(attributes, prompt)  # a continuation's include its prompt's, as audiocraft's do
 
 
-def tone(audio_dir, seconds: float):
-    path = write_scale(audio_dir / f"tone-{seconds}.wav", seconds, rate=RATE, channels=1)
+def tone(audio_dir, seconds: float, channels: int = 1):
+    path = write_scale(audio_dir / f"tone-{seconds}-{channels}.wav", seconds, rate=RATE, channels=channels)
     wav, _ = soundfile.read(str(path), always_2d=True, dtype="float32")
     return torch.from_numpy(wav.T)
 
@@ -89,6 +89,14 @@ CASES = {
     "cfg-1": ("melody", "text", {"duration": 3, "cfg_coef": 1.0}, None),
     "cfg-3": ("large", "text", {"duration": 3, "cfg_coef": 3.0}, None),
     "two-step-cfg": ("large", "text", {"duration": 2, "two_step_cfg": True}, None),  # handed to audiocraft's loop
+    # The 3.3 B melody model and the stereo ones (8 interleaved codebooks, delays 0,0,1,1,2,2,3,3)
+    "text-melody-large": ("melody-large", "text", {"duration": 3}, None),
+    "melody-melody-large": ("melody-large", "melody", {"duration": 3}, 4.0),
+    "text-stereo-large": ("stereo-large", "text", {"duration": 3}, None),
+    "continuation-stereo-large": ("stereo-large", "continuation", {"duration": 3}, 1.3),
+    "text-40s-stereo-large": ("stereo-large", "text", {"duration": 40}, None),
+    "melody-stereo-melody-large": ("stereo-melody-large", "melody", {"duration": 3}, 4.0),
+    "continuation-stereo-melody-large": ("stereo-melody-large", "continuation", {"duration": 2}, 1.3),
 }
 
 
@@ -97,11 +105,11 @@ def test_tokens_are_audiocrafts(predictor, audio_dir, case):
     version, kind, params, seconds = CASES[case]
     model = predictor.service.models.generator(version)
     model.set_generation_params(extend_stride=18, **params)
-    audio = tone(audio_dir, seconds) if seconds else None
+    audio = tone(audio_dir, seconds, model.audio_channels) if seconds else None
     reference = stock_tokens(model, kind, seed=17, audio=audio)
     ours = our_tokens(model, FastLoop(model), kind, seed=17, audio=audio)
     frames = int(params["duration"] * 50)
-    assert reference.shape == (1, 4, frames)
+    assert reference.shape == (1, 8 if version.startswith("stereo") else 4, frames)
     assert ours.shape == reference.shape
     assert torch.equal(ours, reference)
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from musicgen.dev.demo.builders import write_demo_weights
-from musicgen.models.load import MBD_SAFE_GLOBALS, load_mbd
+from musicgen.models.diffusion import MBD_SAFE_GLOBALS, load_mbd
 from musicgen.weights import layout, store
 
 REPOSITORY = Path(__file__).resolve().parent.parent

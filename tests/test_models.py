@@ -134,7 +134,7 @@ def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None
     models = load_models()
     assert calls["t5"] == ["t5-base"] and calls["tokenizer"] == ["t5-base"]
     assert calls["demucs"] == ["htdemucs"]  # the melody LM's chroma conditioner; large has none
-    assert sorted(calls["lm"]) == sorted(str(path) for path in models.checkpoints.values())
+    assert sorted(calls["lm"]) == sorted(str(models.checkpoints[version]) for version in ("melody", "large"))
     assert len(calls["codec"]) == 1
 
     melody, large = models.generator("melody"), models.generator("large")
@@ -146,7 +146,17 @@ def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None
     # The loading hooks are gone once setup is over.
     assert conditioners.T5EncoderModel is T5EncoderModel and conditioners.T5Tokenizer is T5Tokenizer
     assert loaders.load_lm_model_ckpt.__module__ == "audiocraft.models.loaders"
+    assert demucs.pretrained.get_model.__wrapped__ is not None  # our counter, not a loading hook
     assert torch.nn.init.normal_ is random_init
+
+    # Models loaded on their first request share the same T5, HT-Demucs and EnCodecs.
+    stereo_melody, melody_large = models.generator("stereo-melody-large"), models.generator("melody-large")
+    assert calls["t5"] == ["t5-base"] and calls["demucs"] == ["htdemucs"]
+    assert len(calls["codec"]) == 2  # melody's EnCodec file, and the Hugging Face one the others point to
+    chroma = [m.lm.condition_provider.conditioners["self_wav"] for m in (melody, stereo_melody, melody_large)]
+    assert chroma[0].demucs is chroma[1].demucs is chroma[2].demucs
+    assert stereo_melody.lm.condition_provider.conditioners["description"].t5 is t5[0].t5
+    assert stereo_melody.compression_model.model is melody_large.compression_model
 
 
 def test_random_init_is_skipped_only_where_asked() -> None:
@@ -165,21 +175,38 @@ def test_random_init_is_skipped_only_where_asked() -> None:
 
 
 def test_codec_is_loaded_once_per_distinct_file(demo_weights, tmp_path) -> None:
-    from musicgen.models.load import load_codecs
+
+    from musicgen.models.load import LoadedModels
 
     root = tmp_path / "root"
     for version in ("melody", "large"):
         folder = layout.model_dir(version, root)
         folder.mkdir(parents=True)
         shutil.copyfile(layout.model_dir(version) / layout.CODEC_FILE, folder / layout.CODEC_FILE)
-    codecs = load_codecs(("melody", "large"), "cpu", root)
-    assert codecs["melody"] is codecs["large"]
+    models = LoadedModels(device="cpu", root=root)
+    assert models.codec_for("melody") is models.codec_for("large")
 
     package = torch.load(layout.model_dir("large", root) / layout.CODEC_FILE, weights_only=True)
     package["best_state"]["decoder.model.0.conv.conv.bias"] += 1  # a different codec
     torch.save(package, layout.model_dir("large", root) / layout.CODEC_FILE)
-    codecs = load_codecs(("melody", "large"), "cpu", root)
-    assert codecs["melody"] is not codecs["large"]
+    models = LoadedModels(device="cpu", root=root)
+    assert models.codec_for("melody") is not models.codec_for("large")
+
+
+def test_the_pointer_checkpoints_share_the_hugging_face_encodec(demo_weights) -> None:
+    """melody-large and the stereo models ship {'pretrained': 'facebook/encodec_32khz'}: audiocraft
+    loads transformers' EncodecModel from the hub cache, once for the three."""
+    from audiocraft.models.encodec import HFEncodecCompressionModel
+
+    from musicgen.models.load import LoadedModels
+
+    pointer = torch.load(layout.model_dir("stereo-large") / layout.CODEC_FILE, weights_only=True)
+    assert pointer["pretrained"] == layout.ENCODEC_HF_NAME and pointer["exported"] is True
+    models = LoadedModels(device="cpu", root=demo_weights)
+    codecs = [models.codec_for(version) for version in ("melody-large", "stereo-large", "stereo-melody-large")]
+    assert isinstance(codecs[0], HFEncodecCompressionModel) and codecs[0] is codecs[1] is codecs[2]
+    assert (codecs[0].sample_rate, codecs[0].frame_rate, codecs[0].num_codebooks, codecs[0].channels) == (32000, 50, 4, 1)
+    assert models.codec_for("melody") is not codecs[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +296,8 @@ def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str)
     path = fine_tune(version, tmp_path / "my-finetune" / layout.LM_FILE)
     models = load_models(fine_tuned=str(path.parent))  # a folder holding state_dict.bin works too
     other = "large" if version == "melody" else "melody"
-    assert models.checkpoints == {version: path.resolve(), other: loaded.checkpoints[other]}
+    assert models.checkpoints[version] == path.resolve() and models.checkpoints[other] == loaded.checkpoints[other]
+    assert set(models.generators) == {"melody", "large"}
 
     tuned, base = models.generator(version), loaded.generator(version)
     reference = loaders.load_lm_model(str(path), device="cpu")  # audiocraft's own loader
@@ -281,6 +309,24 @@ def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str)
     if version == "melody":
         conditioner = tuned.lm.condition_provider.conditioners["self_wav"]
         assert conditioner.match_len_on_eval and not conditioner._use_masking
+
+
+@pytest.mark.parametrize(
+    ("tuned_from", "replaces"),
+    [("stereo-large", "stereo-large"), ("stereo-melody-large", "stereo-melody-large"), ("melody-large", "melody")],
+)
+def test_a_fine_tune_replaces_the_served_model_its_conditioners_and_channels_fit(loaded, tmp_path, tuned_from, replaces):
+    """A stereo fine-tune replaces a stereo model (loaded at setup, as the operator gave it); a
+    mono melody one the first preloaded melody model."""
+    from musicgen.models.load import load_models
+
+    path = fine_tune(tuned_from, tmp_path / "tuned.bin")
+    models = load_models(fine_tuned=str(path))
+    assert models.checkpoints[replaces] == path.resolve()
+    assert replaces in models.preloaded and replaces in models.generators
+    tuned = models.generator(replaces)
+    assert tuned.audio_channels == (2 if tuned_from.startswith("stereo") else 1)
+    assert not torch.equal(tokens(tuned), tokens(loaded.generator(tuned_from)))
 
 
 def test_setup_serves_the_weights_argument(demo_weights, tmp_path) -> None:
@@ -302,11 +348,14 @@ def set_key(dotted: str, value):
 REFUSALS = {
     "codebooks": (
         set_key("transformer_lm.n_q", 8),
-        "transformer_lm.n_q \\(codebooks\\) is 8; the served EnCodec has 4",
+        "transformer_lm.n_q \\(codebooks\\) is 8; large over its EnCodec has 4",
     ),
     "codebook size": (set_key("transformer_lm.card", 1024), "transformer_lm.card \\(codebook size\\) is 1024"),
-    "sample rate": (set_key("sample_rate", 16000), "sample_rate is 16000; the served EnCodec has 32000"),
-    "stereo": (set_key("interleave_stereo_codebooks.use", True), "stereo model"),
+    "sample rate": (set_key("sample_rate", 16000), "sample_rate is 16000; large over its EnCodec has 32000"),
+    "stereo": (
+        set_key("interleave_stereo_codebooks.use", True),  # fits stereo-large, but with mono's codebooks
+        "transformer_lm.n_q \\(codebooks\\) is 4; stereo-large over its EnCodec has 8",
+    ),
     "dimension": (
         set_key("transformer_lm.dim", 128),
         "its weight emb.0.weight is \\(2049, 64\\), its config .* says \\(2049, 128\\)",
@@ -329,30 +378,30 @@ def test_fine_tuned_checkpoint_that_does_not_fit_is_refused(loaded, tmp_path, ca
     edit, message = REFUSALS[case]
     path = fine_tune("large", tmp_path / "bad.bin", edit)
     with pytest.raises(WeightsError, match=message):
-        check_fine_tuned(path, {"melody": loaded.codec, "large": loaded.codec})
+        check_fine_tuned(path, loaded.preloaded, list(loaded.checkpoints), loaded.codec_for)
 
 
 def test_files_that_are_not_lm_checkpoints_are_refused(loaded, tmp_path) -> None:
     from musicgen.models.fine_tuned import check_fine_tuned
     from musicgen.models.load import load_models
 
-    codecs = {"melody": loaded.codec, "large": loaded.codec}
+    codecs = (loaded.preloaded, list(loaded.checkpoints), loaded.codec_for)
     codec_file = layout.model_dir("large") / layout.CODEC_FILE  # an audiocraft export, but of EnCodec
     with pytest.raises(WeightsError, match="lm_model is None; only MusicGen's 'transformer_lm' is served"):
-        check_fine_tuned(codec_file, codecs)
+        check_fine_tuned(codec_file, *codecs)
 
     torch.save({"state_dict": {}}, tmp_path / "other.bin")
     with pytest.raises(WeightsError, match="needs the keys 'xp.cfg' and 'best_state', it has \\['state_dict'\\]"):
-        check_fine_tuned(tmp_path / "other.bin", codecs)
+        check_fine_tuned(tmp_path / "other.bin", *codecs)
 
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(WeightsError, match="is not a torch checkpoint"):
-        check_fine_tuned(tmp_path / "notes.txt", codecs)
+        check_fine_tuned(tmp_path / "notes.txt", *codecs)
 
     training = {"best_state": {"model": {}}, "xp.cfg": omegaconf.OmegaConf.create({"lm_model": "transformer_lm"})}
     torch.save(training, tmp_path / "checkpoint.th")  # what a training run saves: a pickled DictConfig
     with pytest.raises(WeightsError, match="training checkpoint.*export_lm"):
-        check_fine_tuned(tmp_path / "checkpoint.th", codecs)
+        check_fine_tuned(tmp_path / "checkpoint.th", *codecs)
 
     with pytest.raises(WeightsError, match="no such file"):
         load_models(fine_tuned=str(tmp_path / "missing.bin"))
@@ -385,7 +434,8 @@ def test_fine_tuned_url_is_downloaded_once_into_the_weights_root(demo_weights, f
 
 
 def test_the_operator_chooses_which_versions_setup_loads(demo_weights, monkeypatch):
-    from musicgen.errors import InputError
+    """Setup loads what MUSICGEN_MODEL_VERSIONS names; every other version with weights in place
+    loads on its first request."""
     from musicgen.request import Request
     from musicgen.service import MusicGenService
 
@@ -393,10 +443,11 @@ def test_the_operator_chooses_which_versions_setup_loads(demo_weights, monkeypat
     monkeypatch.setenv("MUSICGEN_DEVICE", "cpu")
     service = MusicGenService.load()
     assert list(service.models.generators) == ["large"] and service.models.device == "cpu"
+    assert service.models.preloaded == ("large",)
+    assert set(service.models.served) == {"melody", "large", "melody-large", "stereo-large", "stereo-melody-large"}
     assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).path.is_file()
-    with pytest.raises(InputError) as refused:
-        service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0))
-    assert "model_version='melody' is not loaded by this deployment; it serves large" in str(refused.value)
+    assert service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0)).path.is_file()
+    assert list(service.models.generators) == ["large", "melody"]
 
 
 def test_an_unknown_version_in_the_operator_switch_is_named(monkeypatch):

@@ -8,7 +8,7 @@ import inspect
 import typing
 
 import pytest
-from helpers import EXPECTED_ORDER, SEED_TYPES, load_seeds, squash
+from helpers import ADDED_CHOICES, EXPECTED_ORDER, SEED_TYPES, load_seeds, squash
 
 from musicgen.predictor import input_fields, load_predictor_class
 
@@ -54,7 +54,7 @@ def test_types_defaults_and_descriptions_match_every_seed(declared):
                 assert info.default == value_type(field["default"]), field["name"]
                 assert type(info.default) is value_type, field["name"]
             if field["choices"] is not None:
-                assert info.choices == field["choices"], field["name"]
+                assert info.choices == field["choices"] + ADDED_CHOICES.get(field["name"], []), field["name"]
 
 
 def test_bounds_are_only_those_the_seeds_show(declared):
@@ -66,5 +66,9 @@ def test_bounds_are_only_those_the_seeds_show(declared):
 
 
 def test_model_version_choices(declared):
-    assert declared["model_version"][1].choices == ["melody", "large", "encode-decode"]
+    published = ["melody", "large", "encode-decode"]
+    assert all(
+        field["choices"] == published for seed in load_seeds() for field in seed if field["name"] == "model_version"
+    )
+    assert declared["model_version"][1].choices == published + ADDED_CHOICES["model_version"]
     assert declared["model_version"][1].default == "melody"

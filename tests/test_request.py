@@ -31,7 +31,8 @@ AUDIO = Path("song.wav")  # validation does not read the file
     [
         (
             {"model_version": "small"},
-            "model_version='small' is not allowed; choose one of: melody, large, encode-decode.",
+            "model_version='small' is not allowed; choose one of: melody, large, encode-decode, melody-large, "
+            "stereo-large, stereo-melody-large.",
         ),
         ({"duration": 0}, "duration=0 is out of range; it must be between 1 and 60."),
         ({"duration": 61}, "duration=61 is out of range; it must be between 1 and 60."),
@@ -75,7 +76,8 @@ AUDIO = Path("song.wav")  # validation does not read the file
         (
             {"model_version": "large", "input_audio": AUDIO},
             "model_version='large' has no melody conditioning, so input_audio with continuation=False is not "
-            "supported; use model_version='melody', or set continuation=True to continue the audio.",
+            "supported; use a model_version with melody conditioning ('melody', 'melody-large', 'stereo-melody-large'), "
+            "or set continuation=True to continue the audio.",
         ),
         (
             {"continuation": True, "input_audio": AUDIO, "continuation_start": -1},

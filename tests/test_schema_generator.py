@@ -10,7 +10,7 @@ import textwrap
 import typing
 
 import pytest
-from helpers import EXPECTED_ORDER, load_seeds, squash
+from helpers import ADDED_CHOICES, EXPECTED_ORDER, load_seeds, squash
 
 from musicgen.dev.schema import inputs, openapi
 from musicgen.predictor import load_predictor_class
@@ -82,10 +82,13 @@ def test_schema_shows_the_seeds(document):
             else:
                 assert str(prop["default"]).lower() == field["default"].lower(), field["name"]
             if field["choices"]:
-                assert components[field["name"]]["enum"] == field["choices"]
+                assert components[field["name"]]["enum"] == field["choices"] + ADDED_CHOICES.get(field["name"], [])
     assert {name: prop["maximum"] for name, prop in properties.items() if "maximum" in prop} == {"duration": 60}
     assert not any("minimum" in prop for prop in properties.values())
-    assert components["model_version"]["enum"] == ["melody", "large", "encode-decode"]
+    assert components["model_version"]["enum"] == [
+        *("melody", "large", "encode-decode"),  # published
+        *("melody-large", "stereo-large", "stereo-melody-large"),  # added (helpers.ADDED_CHOICES)
+    ]
     assert properties["input_audio"]["format"] == "uri"
 
 

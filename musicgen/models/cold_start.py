@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import demucs.pretrained
 import torch
 from audiocraft.models import loaders
 from audiocraft.modules import conditioners
@@ -38,7 +39,7 @@ _thread = threading.local()  # .skip_init: this thread is building modules a che
 
 
 @contextlib.contextmanager
-def fast_loading() -> Iterator[None]:
+def fast_loading(shared: SharedModules | None = None) -> Iterator[None]:
     """While loading: memory-map checkpoints, allow skipping random init, share T5.
 
     - audiocraft's `load_lm_model_ckpt` / `load_compression_model_ckpt` read the file with
@@ -47,11 +48,14 @@ def fast_loading() -> Iterator[None]:
     - torch.nn.init's random fills become no-ops in threads inside skipping_random_init();
       elsewhere (other threads, T5's own loading) they run as usual.
     - `T5EncoderModel.from_pretrained` / `T5Tokenizer.from_pretrained`, as audiocraft's
-      conditioners module calls them, load each name once and hand every T5Conditioner the same
-      object (the conditioner keeps it outside its state dict, so nothing writes into it).
+      conditioners module calls them, and demucs' `pretrained.get_model` (the chroma conditioner's
+      HT-Demucs), load each name once and hand every conditioner the same object (conditioners
+      keep it outside their state dict, so nothing writes into it). `shared` holds what was
+      loaded, so a model loaded later (on its first request) gets the same objects too.
 
     Everything is restored on exit. Not reentrant across threads: call it from one thread.
     """
+    shared = shared or SharedModules()
     with contextlib.ExitStack() as stack:
         for name, filename in (
             ("load_lm_model_ckpt", LM_FILE),
@@ -60,8 +64,9 @@ def fast_loading() -> Iterator[None]:
             stack.enter_context(_patched(loaders, name, _local_checkpoint(getattr(loaders, name), filename)))
         for name in RANDOM_INIT_FUNCTIONS:
             stack.enter_context(_patched(torch.nn.init, name, _skippable(getattr(torch.nn.init, name))))
-        stack.enter_context(_patched(conditioners, "T5EncoderModel", LoadOnce(conditioners.T5EncoderModel)))
-        stack.enter_context(_patched(conditioners, "T5Tokenizer", LoadOnce(conditioners.T5Tokenizer)))
+        stack.enter_context(_patched(conditioners, "T5EncoderModel", shared.t5_encoder))
+        stack.enter_context(_patched(conditioners, "T5Tokenizer", shared.t5_tokenizer))
+        stack.enter_context(_patched(demucs.pretrained, "get_model", shared.demucs.from_pretrained))
         yield
 
 
@@ -124,11 +129,14 @@ def skipping_random_init():
 
 
 class LoadOnce:
-    """Stands in for a transformers class during setup: `from_pretrained` loads each name once
-    (with normal initialisation) and returns the same object to every caller, in any thread."""
+    """Stands in for a transformers class (or a loading function) while loading: `from_pretrained`
+    loads each name once (with normal initialisation) and returns the same object to every caller,
+    in any thread. `overwrites_init`: the loader overwrites every weight it initialises (demucs'
+    load_model), so the caller's skipping_random_init() may stay in force."""
 
-    def __init__(self, cls: type):
-        self.cls = cls
+    def __init__(self, load: type | Callable, overwrites_init: bool = False):
+        self.load = getattr(load, "from_pretrained", load)
+        self.overwrites_init = overwrites_init
         self.loaded: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
@@ -136,6 +144,16 @@ class LoadOnce:
         key = (name, args, tuple(sorted(kwargs.items())))
         with self._lock:
             if key not in self.loaded:
-                with _random_init(skip=False):
-                    self.loaded[key] = self.cls.from_pretrained(name, *args, **kwargs)
+                with contextlib.nullcontext() if self.overwrites_init else _random_init(skip=False):
+                    self.loaded[key] = self.load(name, *args, **kwargs)
             return self.loaded[key]
+
+
+class SharedModules:
+    """The conditioners' companions loaded so far (T5 encoder and tokenizer, HT-Demucs), one per
+    name, for every model loaded in this process (musicgen.models.load keeps one)."""
+
+    def __init__(self):
+        self.t5_encoder = LoadOnce(conditioners.T5EncoderModel)
+        self.t5_tokenizer = LoadOnce(conditioners.T5Tokenizer)
+        self.demucs = LoadOnce(demucs.pretrained.get_model, overwrites_init=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import omegaconf
@@ -10,18 +11,24 @@ import torch
 
 from musicgen.errors import WeightsError
 from musicgen.models.cold_start import read_checkpoint
+from musicgen.versions import GENERATING
 from musicgen.weights.layout import T5_NAME
 
 LM_KEYS = ("xp.cfg", "best_state")
 
 
-def check_fine_tuned(path: Path, codecs: dict[str, torch.nn.Module]) -> str:
-    """The base version ("melody" or "large") the fine-tuned LM checkpoint at `path` replaces.
+def check_fine_tuned(
+    path: Path, preloaded: Sequence[str], servable: Sequence[str], codec_of: Callable[[str], torch.nn.Module]
+) -> str:
+    """The served version the fine-tuned LM checkpoint at `path` replaces.
 
     Raises WeightsError unless it is an audiocraft LM export (`xp.cfg` + `best_state`) of a
-    MusicGen transformer LM whose conditioners are those of melody (chroma + T5 text) or of large
-    (T5 text only), with the T5 we hold, over the codec we serve (codebooks, codebook size, sample
-    rate, channels), and whose weights have the dimensions its config states.
+    MusicGen transformer LM whose conditioners are a served version's (chroma + T5 text, or T5
+    text only) and whose channels are (mono, or stereo with interleaved codebooks), with the T5 we
+    hold, over that version's codec (codebooks, codebook size, sample rate), and whose weights
+    have the dimensions its config states. Of the versions that fit, the first one setup() loads
+    is replaced, else the first whose weights are present (`servable`); `codec_of(version)` is the
+    mono EnCodec under that version's folder.
     """
     try:
         package = read_checkpoint(path)
@@ -44,7 +51,7 @@ def check_fine_tuned(path: Path, codecs: dict[str, torch.nn.Module]) -> str:
         raise WeightsError(f"{path} is a training checkpoint; export it with audiocraft.utils.export.export_lm")
     try:
         cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
-        return _fine_tuned_version(cfg, state, codecs)
+        return _fine_tuned_version(cfg, state, preloaded, servable, codec_of)
     except (omegaconf.errors.OmegaConfBaseException, AttributeError, KeyError, TypeError) as error:
         raise WeightsError(f"{path}: its 'xp.cfg' is not a MusicGen LM config ({error})") from None
     except _Unfit as error:
@@ -55,41 +62,51 @@ class _Unfit(Exception):
     """Why a fine-tuned checkpoint does not fit, in words."""
 
 
-def _fine_tuned_version(cfg: omegaconf.DictConfig, state: dict, codecs: dict[str, torch.nn.Module]) -> str:
+def _fine_tuned_version(
+    cfg: omegaconf.DictConfig,
+    state: dict,
+    preloaded: Sequence[str],
+    servable: Sequence[str],
+    codec_of: Callable[[str], torch.nn.Module],
+) -> str:
     if cfg.get("lm_model") != "transformer_lm":
         raise _Unfit(f"lm_model is {cfg.get('lm_model')!r}; only MusicGen's 'transformer_lm' is served")
     kinds = {str(name): str(cond.model) for name, cond in (cfg.get("conditioners") or {}).items() if name != "args"}
     if kinds == {"self_wav": "chroma_stem", "description": "t5"}:
-        version = "melody"
+        melody = True
     elif kinds == {"description": "t5"}:
-        version = "large"
+        melody = False
     else:
         raise _Unfit(
-            f"its conditioners are {kinds}; melody has {{'self_wav': 'chroma_stem', 'description': 't5'}}, "
-            f"large has {{'description': 't5'}}"
+            f"its conditioners are {kinds}; the melody models have {{'self_wav': 'chroma_stem', 'description': 't5'}}, "
+            f"the text-only ones {{'description': 't5'}}"
         )
     t5 = cfg.conditioners.description.t5
     if t5.name != T5_NAME:
         raise _Unfit(f"its text encoder is {t5.name!r}; the weights root holds {T5_NAME!r}")
     if t5.get("finetune", False):
         raise _Unfit("its T5 was fine-tuned with it (finetune: true); only LMs over the shared, frozen T5 are served")
-    if version not in codecs:
-        raise _Unfit(f"it replaces {version}, which is not being loaded")
-    codec = codecs[version]
+    stereo = bool(cfg.get("interleave_stereo_codebooks", {}).get("use", False))
+    fitting = [name for name, version in GENERATING.items() if (version.melody, version.stereo) == (melody, stereo)]
+    kind = f"a {'stereo' if stereo else 'mono'} {'melody' if melody else 'text-only'} model"
+    chosen = [name for name in fitting if name in preloaded] or [name for name in fitting if name in servable]
+    if not chosen:
+        raise _Unfit(f"it is {kind}, which only {', '.join(fitting)} serve; none of them has its weights in place")
+    version = chosen[0]
+    codec = codec_of(version)
     lm = cfg.transformer_lm
-    if cfg.get("interleave_stereo_codebooks", {}).get("use", False):
-        raise _Unfit("it is a stereo model (interleaved codebooks); the served EnCodec is mono")
+    codebooks = codec.num_codebooks * (2 if stereo else 1)  # stereo: left and right interleaved
     expected = {
-        "transformer_lm.n_q (codebooks)": (lm.n_q, codec.num_codebooks),
+        "transformer_lm.n_q (codebooks)": (lm.n_q, codebooks),
         "transformer_lm.card (codebook size)": (lm.card, codec.cardinality),
         "sample_rate": (cfg.sample_rate, codec.sample_rate),
-        "channels": (cfg.channels, codec.channels),
+        "channels": (cfg.channels, 2 if stereo else codec.channels),
     }
     if cfg.get("compression_model_n_q") is not None:
         expected["compression_model_n_q"] = (cfg.compression_model_n_q, codec.num_codebooks)
     for what, (value, served) in expected.items():
         if value != served:
-            raise _Unfit(f"{what} is {value}; the served EnCodec has {served}")
+            raise _Unfit(f"{what} is {value}; {version} over its EnCodec has {served}")
     shapes = {"emb.0.weight": (lm.card + 1, lm.dim), "linears.0.weight": (lm.card, lm.dim)}
     shapes |= {f"linears.{q}.weight": (lm.card, lm.dim) for q in range(lm.n_q)}
     for key, shape in shapes.items():

@@ -1,31 +1,35 @@
-"""Load each model once, on the best device and dtype, and say what is resident.
+"""Load each model once, on the best device and dtype, keep what fits, and say what is resident.
 
 The memory plan (README.md, "Memory plan", has the sizes):
 
-- setup() loads the melody and large LMs with audiocraft's own loader: on CUDA their transformer
-  layers are float16 (what `load_lm_model` asks for on a GPU), on CPU everything is float32.
-- One 32 kHz EnCodec, loaded once: the melody and large checkpoints ship byte-identical copies.
-  It serves both LMs, encode-decode and MultiBand Diffusion.
-- One T5-base encoder (and tokenizer), loaded once and handed to both LMs' text conditioners;
-  HT-Demucs is loaded once, by the melody LM's chroma conditioner (the large LM has none).
-- MultiBand Diffusion is loaded on first use, over the same EnCodec, and then kept.
-- A fine-tuned LM checkpoint replaces the base model it matches; that base is never loaded.
+- setup() loads the versions $MUSICGEN_MODEL_VERSIONS names (melody and large by default) with
+  audiocraft's own loader and keeps them: on CUDA their transformer layers are float16 (what
+  `load_lm_model` asks for on a GPU), on CPU everything is float32.
+- Every other version whose weights are present (melody-large, stereo-large, stereo-melody-large)
+  loads on its first request and stays while it fits the memory budget
+  (musicgen.models.budget); the least recently used of them is evicted to make room.
+- One 32 kHz EnCodec per distinct file: melody and large ship byte-identical copies (loaded
+  once; encode-decode and MultiBand Diffusion use it too); the 3.3 B melody and stereo ones point
+  to the Hugging Face EnCodec, loaded once for all of them. A stereo model wraps its EnCodec in
+  audiocraft's interleaving (MusicGen() does it from the LM's config).
+- One T5-base encoder (and tokenizer) and one HT-Demucs (the melody models' chroma conditioner),
+  loaded once and handed to every LM that needs them (cold_start.SharedModules).
+- MultiBand Diffusion is loaded on first use, over melody's EnCodec, and then kept.
+- A fine-tuned LM checkpoint replaces the served version it fits; that base is never loaded.
 
 Cold start (musicgen.models.cold_start): checkpoints memory-mapped, random initialisation skipped,
 the LMs loaded in parallel threads. The result is the very model `MusicGen.get_pretrained` returns.
 """
-
 from __future__ import annotations
 
 import collections
 import filecmp
 import functools
+import gc
 import logging
 import os
-import pickle
 import threading
 import time
-import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,41 +38,22 @@ from pathlib import Path
 import omegaconf
 import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
-from audiocraft.models.loaders import load_diffusion_models
-from audiocraft.models.multibanddiffusion import DiffusionProcess
-from audiocraft.modules.diffusion_schedule import NoiseSchedule
 
 from musicgen.decode.decoders import Decoder
 from musicgen.decode.select import configured_decoder, load_decoder
 from musicgen.errors import WeightsError
-from musicgen.models.cold_start import fast_loading, skipping_random_init
+from musicgen.models.budget import MemoryBudget, configured_budget, evictions
+from musicgen.models.cold_start import SharedModules, fast_loading, read_checkpoint, skipping_random_init
+from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
-from musicgen.models.memory import format_memory, memory_report, release_freed_memory
+from musicgen.models.memory import GB, format_memory, memory_report, release_freed_memory
 from musicgen.request import VERSIONS_ENV
+from musicgen.versions import GENERATING, PRELOADED
 from musicgen.weights import layout, store
 
 log = logging.getLogger(__name__)
 
 DEVICE_ENV = "MUSICGEN_DEVICE"  # "cpu" or "cuda[:N]", to override the automatic choice
-GENERATING_VERSIONS = ("melody", "large")  # loaded at setup; encode-decode reuses their codec
-# The released MultiBand Diffusion file pickles its OmegaConf configs. torch's safe loader
-# (weights_only=True) refuses any class not named here; safety is never switched off.
-MBD_SAFE_GLOBALS = [
-    omegaconf.DictConfig,
-    omegaconf.ListConfig,
-    omegaconf.base.ContainerMetadata,
-    omegaconf.base.Metadata,
-    omegaconf.nodes.AnyNode,
-    omegaconf.nodes.StringNode,
-    omegaconf.nodes.IntegerNode,
-    omegaconf.nodes.FloatNode,
-    omegaconf.nodes.BooleanNode,
-    typing.Any,
-    collections.defaultdict,
-    dict,
-    list,
-    int,
-]
 
 
 def best_device() -> str:
@@ -77,67 +62,165 @@ def best_device() -> str:
 
 
 def configured_versions() -> tuple[str, ...]:
-    """The model versions setup() loads: $MUSICGEN_MODEL_VERSIONS (e.g. "melody"), else both."""
+    """The model versions setup() loads and keeps: $MUSICGEN_MODEL_VERSIONS (e.g. "melody"), else
+    melody and large. Any other generating version whose weights are present loads on first use."""
     text = os.environ.get(VERSIONS_ENV, "")
     versions = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    unknown = [name for name in versions if name not in GENERATING_VERSIONS]
+    unknown = [name for name in versions if name not in GENERATING]
     if unknown:
         raise WeightsError(
             f"{VERSIONS_ENV}={text!r} names {', '.join(unknown)}; use a comma-separated subset of "
-            f"{', '.join(GENERATING_VERSIONS)} (encode-decode uses whichever model's codec is loaded)."
+            f"{', '.join(GENERATING)} (encode-decode uses musicgen-melody's codec)."
         )
-    return versions or GENERATING_VERSIONS
+    return versions or PRELOADED
 
 
 @dataclass
 class LoadedModels:
-    """Everything resident for serving: one MusicGen per model_version, on one device."""
+    """Everything resident for serving, on one device: one MusicGen per loaded model_version.
+
+    `preloaded` versions are loaded by load_models() and stay; every other version in
+    `checkpoints` (its weights were present at setup) is loaded by generator() on first use and
+    evicted, least recently used first, when another needs its room in `budget`.
+    """
 
     device: str
+    root: Path = field(default_factory=layout.weights_root)
+    preloaded: tuple[str, ...] = ()
+    budget: MemoryBudget | None = None  # None: no limit (models assembled by hand, tests)
     generators: dict[str, MusicGen] = field(default_factory=dict)
     decoders: dict[str, Decoder] = field(default_factory=dict)  # the token loop serving each version
-    checkpoints: dict[str, Path] = field(default_factory=dict)  # the LM file each version serves
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # the LM file each servable version loads
+    shared: SharedModules = field(default_factory=SharedModules)  # T5, HT-Demucs: one each, for every LM
+    _codecs: dict[Path, torch.nn.Module] = field(default_factory=dict)  # loaded EnCodec files
+    _sizes: dict[str, int] = field(default_factory=dict)  # bytes each loaded LM holds
+    _cards: dict[str, int] = field(default_factory=dict)  # each servable LM's codebook size
+    _recent: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # least recent first
+    _lock: threading.RLock = field(default_factory=threading.RLock)
     _mbd: MultiBandDiffusion | None = None
-    _mbd_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def generator(self, version: str) -> MusicGen:
-        """The loaded model for `version` (musicgen.request.validate refuses versions not served)."""
-        return self.generators[version]
+        """The model for `version`, loaded now if it is not resident (request.validate refuses
+        versions not in `served`). Raises CapacityError when it cannot fit the budget."""
+        with self._lock:
+            if version not in self.generators:
+                self.load([version])
+            self._recent[version] = None
+            self._recent.move_to_end(version)
+            return self.generators[version]
 
     def decoder(self, version: str) -> Decoder:
         """The loop generating `version`'s tokens (musicgen.decode.select chooses it at load, or
         here on first use for models assembled by hand)."""
-        if version not in self.decoders:
-            self.decoders[version] = load_decoder(self.generators[version], version)
-        return self.decoders[version]
+        with self._lock:
+            if version not in self.decoders:
+                self.decoders[version] = load_decoder(self.generator(version), version)
+            return self.decoders[version]
 
     @property
     def served(self) -> dict[str, int]:
-        """Each generating version served, with its codebook size: what request.validate checks against."""
-        return {version: model.lm.card for version, model in self.generators.items()}
+        """Each generating version served (resident or loadable), with its codebook size: what
+        request.validate checks against."""
+        for version, path in self.checkpoints.items():
+            if version not in self._cards:
+                self._cards[version] = _lm_card(path)  # read once, without loading the weights
+        for version, model in self.generators.items():
+            self._cards[version] = model.lm.card
+        return {version: self._cards[version] for version in {**self.checkpoints, **self.generators}}
 
     def memory_report(self) -> dict[str, int]:
         """Bytes resident per component, then the process (musicgen.models.memory)."""
-        return memory_report(self.generators, self._mbd, self.device)
+        return memory_report(self.generators, self._mbd, self.device, codecs=list(self._codecs.values()))
 
     @property
-    def codec(self):
-        """The 32 kHz EnCodec shared by every MusicGen model; serves encode-decode and MBD."""
-        return next(iter(self.generators.values())).compression_model
+    def codec(self) -> torch.nn.Module:
+        """The mono 32 kHz EnCodec of musicgen-melody's folder (what the encode-decode and mbd
+        download targets fetch): encode-decode and MultiBand Diffusion run on it. The released
+        melody and large checkpoints share it, so it is normally already loaded."""
+        return self.codec_for("melody")
+
+    def codec_for(self, version: str) -> torch.nn.Module:
+        """The mono EnCodec under `version`'s folder, loaded once per distinct file."""
+        with self._lock:
+            return self._load_codecs({version: layout.model_dir(version, self.root) / layout.CODEC_FILE})[version]
 
     @property
     def mbd(self) -> MultiBandDiffusion:
         """MultiBand Diffusion, loaded on first use and then kept."""
-        with self._mbd_lock:
+        with self._lock:
             if self._mbd is None:
                 self._mbd = load_mbd(self.codec, self.device)
                 release_freed_memory()
                 log.info("memory with MultiBand Diffusion: %s", format_memory(self.memory_report()))
         return self._mbd
 
+    def load(self, versions: list[str]) -> None:
+        """Load `versions` (not resident yet), sharing EnCodec, T5 and HT-Demucs with what is;
+        each one beyond the preloaded ones first makes room in the budget."""
+        start = time.perf_counter()
+        for version in versions:
+            if version not in self.preloaded:
+                self._make_room(version)
+        paths = {version: self.checkpoints[version] for version in versions}
+        with fast_loading(self.shared):
+            codecs = self._load_codecs({v: layout.model_dir(v, self.root) / layout.CODEC_FILE for v in versions})
+            lms = _in_parallel(functools.partial(load_lm, device=self.device), paths)
+        release_freed_memory()
+        for version, path in paths.items():
+            name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
+            self.generators[version] = assemble(name, codecs[version], lms[version])
+            self._sizes[version] = self.memory_report()[f"lm:{version}"]
+            self.decoders[version] = load_decoder(self.generators[version], version)  # on CUDA: checked now
+            self._recent[version] = None
+        seconds = time.perf_counter() - start
+        sizes = ", ".join(f"{version} {self._sizes[version] / GB:.2f} GB" for version in versions)
+        log.info("loaded %s on %s in %.1f s (%s)", ", ".join(versions), self.device, seconds, sizes)
+
+    def evict(self, version: str) -> None:
+        """Drop `version`'s model and decoder, and hand their memory back."""
+        start = time.perf_counter()
+        size = self._sizes.pop(version, 0)
+        del self.generators[version]
+        self.decoders.pop(version, None)
+        self._recent.pop(version, None)
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        release_freed_memory()
+        log.info("evicted %s (%.2f GB) in %.2f s", version, size / GB, time.perf_counter() - start)
+
+    def resident_bytes(self) -> int:
+        """What the budget counts: on CUDA everything allocated, on a CPU the models' tensors."""
+        if self.device.startswith("cuda"):
+            return torch.cuda.memory_allocated(torch.device(self.device))
+        report = self.memory_report()
+        return sum(size for name, size in report.items() if name not in ("process_rss", "cuda_allocated"))
+
+    def _make_room(self, version: str) -> None:
+        if self.budget is None:
+            return
+        need = _lm_bytes(self.checkpoints[version], self.device)
+        evictable = {name: self._sizes.get(name, 0) for name in self._recent if name not in self.preloaded}
+        for name in evictions(need, self.resident_bytes(), self.budget, evictable, version):
+            self.evict(name)
+
+    def _load_codecs(self, paths: dict[str, Path]) -> dict[str, torch.nn.Module]:
+        """Each version's EnCodec, loaded once per distinct file (the released mono ones are all
+        the same file; a stereo model wraps it in audiocraft's interleaving when assembled)."""
+        codecs: dict[str, torch.nn.Module] = {}
+        for version, path in paths.items():
+            same = next((codec for other, codec in self._codecs.items() if _same_file(other, path, self.root)), None)
+            if same is None:
+                start = time.perf_counter()
+                with skipping_random_init():
+                    same = self._codecs[path] = loaders.load_compression_model(str(path.parent), device=self.device)
+                log.info("loaded the EnCodec %s in %.1f s", path, time.perf_counter() - start)
+            codecs[version] = same
+        return codecs
+
 
 def load_models(
-    versions: tuple[str, ...] = GENERATING_VERSIONS,
+    versions: tuple[str, ...] = PRELOADED,
     device: str | None = None,
     fine_tuned: str | Path | None = None,
     root: Path | None = None,
@@ -145,34 +228,51 @@ def load_models(
     """Load `versions` once each, sharing EnCodec, T5 and HT-Demucs, and log what is resident.
 
     The weights are checked first (a fast, clear error, or a download when the operator allows it).
+    Every other generating version whose weights are present is servable, loaded on first use.
     `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of the base model whose
-    architecture it has (see check_fine_tuned).
+    conditioners and channels it has (see check_fine_tuned); it is loaded now.
     """
     root = Path(root) if root else layout.weights_root()
     configured_decoder()  # an operator's typo in MUSICGEN_DECODER fails before minutes of loading
     store.ensure_weights(list(versions), root)
     layout.check_hub(root)  # T5 is read through the Hugging Face cache under the same root
-    models = LoadedModels(device=device or best_device())
-    models.checkpoints = {version: layout.model_dir(version, root) / layout.LM_FILE for version in versions}
-    start = time.perf_counter()
-    with fast_loading():
-        codecs = load_codecs(versions, models.device, root)
-        if fine_tuned is not None:
-            path = store.fine_tuned_checkpoint(fine_tuned, root)
-            version = check_fine_tuned(path, codecs)
-            if version not in versions:
-                raise WeightsError(f"the fine-tuned checkpoint {path} replaces {version}, which is not being loaded")
-            log.info("serving the fine-tuned checkpoint %s as %s (the base %s is not loaded)", path, version, version)
-            models.checkpoints[version] = path
-        lms = _in_parallel(functools.partial(load_lm, device=models.device), models.checkpoints)
-    release_freed_memory()
-    for version, path in models.checkpoints.items():
-        name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
-        models.generators[version] = assemble(name, codecs[version], lms[version])
-        models.decoder(version)  # chosen (and on CUDA checked) now, at setup
-    log.info("loaded %s on %s in %.1f s", ", ".join(versions), models.device, time.perf_counter() - start)
-    log.info("memory after setup: %s", format_memory(models.memory_report()))
+    device = device or best_device()
+    models = LoadedModels(device=device, root=root, preloaded=tuple(versions), budget=configured_budget(device))
+    for version in GENERATING:
+        if version in versions or store.is_present([version], root):
+            models.checkpoints[version] = layout.model_dir(version, root) / layout.LM_FILE
+    if fine_tuned is not None:
+        path = store.fine_tuned_checkpoint(fine_tuned, root)
+        version = check_fine_tuned(path, models.preloaded, list(models.checkpoints), models.codec_for)
+        log.info("serving the fine-tuned checkpoint %s as %s (the base %s is not loaded)", path, version, version)
+        models.checkpoints[version] = path
+        models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))
+    models.load(list(models.preloaded))
+    on_demand = [version for version in models.checkpoints if version not in models.preloaded]
+    log.info(
+        "memory after setup: %s; budget %s; loaded on first use: %s",
+        format_memory(models.memory_report()),
+        models.budget.describe(),
+        ", ".join(on_demand) or "none (no other model's weights are present)",
+    )
+    if models.resident_bytes() > models.budget.limit:
+        log.warning("the preloaded models already exceed the memory budget: no other model can be loaded")
     return models
+
+
+def _lm_card(path: Path) -> int:
+    """The codebook size an LM checkpoint's config states (read without loading its weights)."""
+    return int(omegaconf.OmegaConf.create(read_checkpoint(path)["xp.cfg"]).transformer_lm.card)
+
+
+def _lm_bytes(path: Path, device: str) -> int:
+    """The bytes an LM checkpoint takes once loaded on `device`: float32 on a CPU; on CUDA the
+    transformer in float16 and the embeddings and heads in float32 (audiocraft's load_lm_model)."""
+    total = 0
+    for name, tensor in read_checkpoint(path)["best_state"].items():
+        half = device.startswith("cuda") and name.startswith("transformer.")
+        total += tensor.numel() * (2 if half else 4)
+    return total
 
 
 def load_lm(path: Path, device: str) -> torch.nn.Module:
@@ -187,22 +287,6 @@ def load_lm(path: Path, device: str) -> torch.nn.Module:
             raise WeightsError(f"{path} does not fit the model its own config describes: {error}") from None
     log.info("loaded the LM %s in %.1f s", path, time.perf_counter() - start)
     return lm
-
-
-def load_codecs(versions: tuple[str, ...], device: str, root: Path) -> dict[str, torch.nn.Module]:
-    """Each version's EnCodec, loaded once per distinct file (the released ones are all the same)."""
-    codecs: dict[str, torch.nn.Module] = {}
-    loaded: dict[Path, torch.nn.Module] = {}
-    for version in versions:
-        path = layout.model_dir(version, root) / layout.CODEC_FILE
-        same = next((codec for other, codec in loaded.items() if _same_file(other, path, root)), None)
-        if same is None:
-            start = time.perf_counter()
-            with skipping_random_init():
-                same = loaded[path] = loaders.load_compression_model(str(path.parent), device=device)
-            log.info("loaded the EnCodec %s in %.1f s", path, time.perf_counter() - start)
-        codecs[version] = same
-    return codecs
 
 
 def assemble(name: str, codec: torch.nn.Module, lm: torch.nn.Module) -> MusicGen:
@@ -235,29 +319,3 @@ def _in_parallel(load: Callable[[Path], torch.nn.Module], paths: dict[str, Path]
     with ThreadPoolExecutor(max_workers=len(paths), thread_name_prefix="load") as pool:
         futures = {version: pool.submit(load, path) for version, path in paths.items()}
         return {version: future.result() for version, future in futures.items()}
-
-
-def load_mbd(codec, device: str, path: Path | None = None) -> MultiBandDiffusion:
-    """MultiBand Diffusion for 32 kHz MusicGen tokens, over the already loaded EnCodec.
-
-    What `MultiBandDiffusion.get_mbd_musicgen()` does, from the weights root instead of the hub.
-    """
-    path = path or layout.mbd_path()
-    if not path.is_file():
-        store.check_present(["mbd"])
-    start = time.perf_counter()
-    try:
-        with torch.serialization.safe_globals(MBD_SAFE_GLOBALS):
-            models, processors, cfgs = load_diffusion_models(str(path), device=device)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"{path} holds objects outside the MultiBand Diffusion allow-list; refusing to unpickle them: {error}"
-        ) from None
-    processes = [
-        DiffusionProcess(
-            model=model, noise_schedule=NoiseSchedule(**cfg.schedule, sample_processor=processor, device=device)
-        )
-        for model, processor, cfg in zip(models, processors, cfgs, strict=True)
-    ]
-    log.info("loaded MultiBand Diffusion on %s in %.1f s", device, time.perf_counter() - start)
-    return MultiBandDiffusion(DPs=processes, codec_model=codec)

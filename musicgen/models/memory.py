@@ -8,32 +8,37 @@ import itertools
 from collections.abc import Mapping
 
 import torch
+from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 GB = 1e9
 MB = 1e6
 
 
-def resident_components(generators: Mapping, mbd=None) -> dict[str, list[torch.nn.Module]]:
-    """Every loaded module of `generators` (model_version -> MusicGen) and `mbd` (MultiBand
-    Diffusion, once loaded) by component: `lm:<version>`, `codec`, `t5`, `demucs`, `mbd`. A module
-    shared by several models appears once (T5, EnCodec); distinct copies get the version in their
-    name (`codec:large`)."""
+def resident_components(generators: Mapping, mbd=None, codecs=()) -> dict[str, list[torch.nn.Module]]:
+    """Every loaded module of `generators` (model_version -> MusicGen), `mbd` (MultiBand
+    Diffusion, once loaded) and `codecs` (EnCodecs loaded on their own) by component:
+    `lm:<version>`, `codec`, `t5`, `demucs`, `mbd`. A module shared by several models appears once
+    (T5, EnCodec: a stereo model's interleaving wrapper counts as the mono codec it wraps); distinct
+    copies get the version in their name (`codec:stereo-large`)."""
     found: dict[str, list[tuple[str, torch.nn.Module]]] = collections.defaultdict(list)
     for version, model in generators.items():
         found[f"lm:{version}"].append((version, model.lm))
-        found["codec"].append((version, model.compression_model))
+        codec = model.compression_model
+        found["codec"].append((version, codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec))
         for conditioner in model.lm.condition_provider.conditioners.values():
             for name in ("t5", "demucs"):  # kept in __dict__, outside the LM's modules
                 module = conditioner.__dict__.get(name)
                 if isinstance(module, torch.nn.Module):
                     found[name].append((version, module))
+    for codec in codecs:
+        found["codec"].append(("shared", codec))
     if mbd is not None:
         for process in mbd.DPs:
             found["mbd"].append(("mbd", process.model))
             found["mbd"].append(("mbd", process.schedule.sample_processor))
     components: dict[str, list[torch.nn.Module]] = {}
     for name, owners in found.items():
-        distinct = list({id(module): (owner, module) for owner, module in owners}.values())
+        distinct = list({id(module): (owner, module) for owner, module in reversed(owners)}.values())[::-1]
         if len(distinct) == 1 or name == "mbd" or name.startswith("lm:"):
             components[name] = [module for _, module in distinct]
         else:
@@ -42,13 +47,13 @@ def resident_components(generators: Mapping, mbd=None) -> dict[str, list[torch.n
     return components
 
 
-def memory_report(generators: Mapping, mbd=None, device: str = "cpu") -> dict[str, int]:
+def memory_report(generators: Mapping, mbd=None, device: str = "cpu", codecs=()) -> dict[str, int]:
     """Bytes resident per component (parameters and buffers; a storage shared by several
     components is counted once, under the first), then the process as a whole: `process_rss`
     (VmRSS) and, on CUDA, `cuda_allocated`."""
     report: dict[str, int] = {}
     seen: set[tuple[str, int]] = set()
-    for name, modules in resident_components(generators, mbd).items():
+    for name, modules in resident_components(generators, mbd, codecs).items():
         total = 0
         for module in modules:
             for tensor in itertools.chain(module.parameters(), module.buffers()):

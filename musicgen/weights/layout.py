@@ -6,8 +6,11 @@ Layout under the root (default `weights/` in the repository, `MUSICGEN_WEIGHTS` 
     musicgen-melody/compression_state_dict.bin  EnCodec 32 kHz
     musicgen-large/state_dict.bin               LM, text only
     musicgen-large/compression_state_dict.bin
+    musicgen-{melody-large,stereo-large,stereo-melody-large}/state_dict.bin
+    musicgen-{...}/compression_state_dict.bin   a pointer: {'pretrained': 'facebook/encodec_32khz'}
     multiband-diffusion/mbd_musicgen_32khz.th   MultiBand Diffusion decoder (loaded lazily)
-    huggingface/                                HF_HOME: hub/models--t5-base/... (T5 encoder + tokenizer)
+    huggingface/                                HF_HOME: hub/models--t5-base/... (T5 encoder + tokenizer),
+                                                hub/models--facebook--encodec_32khz/... (the pointed-to EnCodec)
     torch/                                      TORCH_HOME: hub/checkpoints/<htdemucs file> (melody stems)
     .verified/                                  the downloader's records (size, sha256) of verified files
     fine-tuned/<key>/<file>                     fine-tuned LM checkpoints fetched from a URL (setup(weights=URL))
@@ -29,12 +32,21 @@ REPOSITORY = Path(__file__).resolve().parent.parent.parent
 DEFAULT_ROOT = REPOSITORY / "weights"
 ROOT_ENV = "MUSICGEN_WEIGHTS"
 
-MODEL_DIRS = {"melody": "musicgen-melody", "large": "musicgen-large"}
+MODEL_DIRS = {
+    "melody": "musicgen-melody",
+    "large": "musicgen-large",
+    "melody-large": "musicgen-melody-large",
+    "stereo-large": "musicgen-stereo-large",
+    "stereo-melody-large": "musicgen-stereo-melody-large",
+}
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 MBD_DIR = "multiband-diffusion"
 MBD_FILE = "mbd_musicgen_32khz.th"
 T5_NAME = "t5-base"  # the text encoder name the released LM checkpoints reference
+# The Hugging Face EnCodec that the melody-large and stereo checkpoints' compression_state_dict.bin
+# points to ({'pretrained': ENCODEC_HF_NAME}); audiocraft loads it with transformers' EncodecModel.
+ENCODEC_HF_NAME = "facebook/encodec_32khz"
 HF_DIR = "huggingface"
 TORCH_DIR = "torch"
 # demucs.pretrained.get_model("htdemucs") reads this file from the torch hub cache.

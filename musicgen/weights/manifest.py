@@ -18,6 +18,16 @@ Where each value was read (November 2026, from the hub's public pages):
   value of the two small non-LFS files (config.json, tokenizer.json), are not published: None.
 - facebook/multiband-diffusion @ aaf67058 ("Upload mbd_musicgen_32khz.th"): pointer in the commit
   diff (sha256 2df3fff4..., 1647495659).
+- facebook/musicgen-melody-large @ 6fdf8d3d, -stereo-large @ bda8ec33, -stereo-melody-large @
+  eea14861: revisions from a third party's pinned model table (melody-large's also from a user's
+  hub-cache snapshot path); not checked against the hub, which is unreachable from here. Their
+  compression_state_dict.bin is audiocraft's export_pretrained_compression_model pointer
+  {'pretrained': 'facebook/encodec_32khz', ...} (audiocraft issue 459; replicate/cog-musicgen
+  fetches models--facebook--encodec_32khz beside them), so each needs that EnCodec too. No size
+  or sha256 of any of these files was found: None (the downloader records what it computed).
+- facebook/encodec_32khz: no revision was found published anywhere readable from here, so it is
+  the one unpinned entry (revision "main", UNPINNED_REPOS); config.json + model.safetensors are
+  what transformers' EncodecModel.from_pretrained reads offline.
 - htdemucs: demucs 4.1's remote/files.txt + pretrained.ROOT_URL give the URL; torch hub's
   convention puts a SHA-256 prefix in the file name (955717e8-8726e21a.th -> "8726e21a"), which is
   all that is published (no full digest, no size).
@@ -117,6 +127,14 @@ T5_REPO = "google-t5/t5-base"  # the hub's canonical id of `t5-base`, the name a
 T5_REVISION = "fe6d9bf207cd3337512ca838a8b453f87a9178ef"
 MBD_REPO = "facebook/multiband-diffusion"
 MBD_REVISION = "aaf67058af16d7f889cc2f24ef74c2d174ce051f"
+MELODY_LARGE_REPO = "facebook/musicgen-melody-large"
+MELODY_LARGE_REVISION = "6fdf8d3d815995108c9bdb5183414ff464b171ac"
+STEREO_LARGE_REPO = "facebook/musicgen-stereo-large"
+STEREO_LARGE_REVISION = "bda8ec330c9c17e09728589eaf678f58f7d2d932"
+STEREO_MELODY_LARGE_REPO = "facebook/musicgen-stereo-melody-large"
+STEREO_MELODY_LARGE_REVISION = "eea14861e6c29c47aea1055982a217468cd1634d"
+ENCODEC_HF_REVISION = "main"  # no commit id published where we could read it (see above)
+UNPINNED_REPOS = (layout.ENCODEC_HF_NAME,)
 HTDEMUCS_URL = f"https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/{layout.HTDEMUCS_FILE}"
 
 # The 32 kHz EnCodec: one file, byte-identical in musicgen-medium, -melody and -large (the same LFS
@@ -127,7 +145,9 @@ CODEC_SHA256 = "37d256b525d4117f8bbf790ab448a8e9f4746cd401900fe1ae72e154b1513a30
 CODEC_SIZE = 236001935
 
 
-def _musicgen_file(version: str, filename: str, repo_id: str, revision: str, size: int, sha256: str) -> Artifact:
+def _musicgen_file(
+    version: str, filename: str, repo_id: str, revision: str, size: int | None = None, sha256: str | None = None
+) -> Artifact:
     """One file of a released MusicGen repository, placed in `version`'s model folder."""
     kind = "LM" if filename == layout.LM_FILE else "EnCodec"
     return Artifact(
@@ -160,6 +180,16 @@ LARGE_LM = _musicgen_file(
 )
 LARGE_CODEC = _musicgen_file("large", layout.CODEC_FILE, LARGE_REPO, LARGE_REVISION, CODEC_SIZE, CODEC_SHA256)
 
+# The released 3.3 B melody and stereo models: an LM and the pointer to the Hugging Face EnCodec.
+NEW_LARGE_FILES = {
+    version: tuple(_musicgen_file(version, name, repo, revision) for name in (layout.LM_FILE, layout.CODEC_FILE))
+    for version, repo, revision in (
+        ("melody-large", MELODY_LARGE_REPO, MELODY_LARGE_REVISION),
+        ("stereo-large", STEREO_LARGE_REPO, STEREO_LARGE_REVISION),
+        ("stereo-melody-large", STEREO_MELODY_LARGE_REPO, STEREO_MELODY_LARGE_REVISION),
+    )
+}
+
 # T5: the files transformers 5 reads offline for T5Tokenizer / T5EncoderModel.from_pretrained("t5-base")
 # (measured: config.json, model.safetensors, tokenizer.json; spiece.model, tokenizer_config.json and
 # generation_config.json are looked up but optional), in the Hugging Face cache layout.
@@ -190,6 +220,21 @@ T5_WEIGHTS = _t5_file(
 T5_TOKENIZER = _t5_file("tokenizer.json", "T5-base tokenizer", approx_size=1_390_000)
 T5_FILES = (T5_CONFIG, T5_WEIGHTS, T5_TOKENIZER)
 
+# The EnCodec those pointers name, in the Hugging Face cache layout (transformers' EncodecModel).
+_ENCODEC_HF_CACHE = layout.hf_home(_LAYOUT_ROOT) / "hub" / f"models--{layout.ENCODEC_HF_NAME.replace('/', '--')}"
+ENCODEC_HF_REF = _root_relative(_ENCODEC_HF_CACHE / "refs" / "main")
+ENCODEC_HF_FILES = tuple(
+    Artifact(
+        name=f"EnCodec 32 kHz (transformers) {path}",
+        dest=_root_relative(_ENCODEC_HF_CACHE / "snapshots" / ENCODEC_HF_REVISION / path),
+        repo_id=layout.ENCODEC_HF_NAME,
+        revision=ENCODEC_HF_REVISION,
+        path=path,
+        hub_ref=ENCODEC_HF_REF,
+    )
+    for path in ("config.json", "model.safetensors")
+)
+
 HTDEMUCS = Artifact(
     name="HT-Demucs (melody stems)",
     dest=_root_relative(layout.htdemucs_path(_LAYOUT_ROOT)),
@@ -216,11 +261,19 @@ MANIFEST = Manifest(
         "large": (LARGE_LM, LARGE_CODEC, *T5_FILES),
         "encode-decode": (MELODY_CODEC,),
         "mbd": (MBD, MELODY_CODEC),
+        "melody-large": (*NEW_LARGE_FILES["melody-large"], *ENCODEC_HF_FILES, *T5_FILES, HTDEMUCS),
+        "stereo-large": (*NEW_LARGE_FILES["stereo-large"], *ENCODEC_HF_FILES, *T5_FILES),
+        "stereo-melody-large": (*NEW_LARGE_FILES["stereo-melody-large"], *ENCODEC_HF_FILES, *T5_FILES, HTDEMUCS),
     },
     descriptions={
         "melody": "facebook/musicgen-melody (1.5 B, text + melody) + T5-base + HT-Demucs",
         "large": "facebook/musicgen-large (3.3 B, text only) + T5-base",
         "encode-decode": "the 32 kHz EnCodec alone (musicgen-melody's)",
         "mbd": "MultiBand Diffusion decoder + the 32 kHz EnCodec",
+        "melody-large": "facebook/musicgen-melody-large (3.3 B, text + melody) + its EnCodec + T5-base + HT-Demucs",
+        "stereo-large": "facebook/musicgen-stereo-large (3.3 B, stereo, text only) + its EnCodec + T5-base",
+        "stereo-melody-large": (
+            "facebook/musicgen-stereo-melody-large (3.3 B, stereo, text + melody) + its EnCodec + T5-base + HT-Demucs"
+        ),
     },
 )

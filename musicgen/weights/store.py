@@ -100,6 +100,15 @@ def check_present(versions: list[str], root: Path | None = None, manifest=None) 
         )
 
 
+def is_present(versions: list[str], root: Path | None = None) -> bool:
+    """Whether every file `versions` need is in place (check_present without the message)."""
+    try:
+        check_present(versions, root)
+    except WeightsError:
+        return False
+    return True
+
+
 def download_allowed() -> bool:
     """The operator's switch: may setup() download missing weights? Off unless set to 1/true/yes."""
     return os.environ.get(DOWNLOAD_ON_SETUP_ENV, "").strip().lower() in ("1", "true", "yes")

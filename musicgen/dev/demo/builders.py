@@ -9,6 +9,13 @@ format of the file it stands in for, so the real loading code runs unchanged on 
     musicgen-{melody,large}/compression_state_dict.bin
                                                 same export format, EnCodec 32 kHz mono, hop 640
                                                 (50 Hz), 4 codebooks of 2048, 2 filters
+    musicgen-{melody-large,stereo-large,stereo-melody-large}/state_dict.bin
+                                                the same LMs (stereo: 8 interleaved codebooks,
+                                                delays 0,0,1,1,2,2,3,3), each with its own seed
+    musicgen-{melody-large,stereo-...}/compression_state_dict.bin
+                                                {'pretrained': 'facebook/encodec_32khz', ...}
+    huggingface/hub/models--facebook--encodec_32khz/...
+                                                transformers EncodecModel, same sizes as above
     multiband-diffusion/mbd_musicgen_32khz.th   {'sample_rate', 'n_bands': 4, 0..3: {'model_state',
                                                 'processor_state', 'cfg': pickled DictConfig}}
     huggingface/hub/models--t5-base/...         T5 encoder (d_model 768, 1 layer) + tokenizer,
@@ -38,12 +45,15 @@ from audiocraft.models.lm import LMModel
 from audiocraft.modules.conditioners import BaseConditioner, ConditioningProvider
 from audiocraft.utils.utils import dict_from_config
 from demucs.htdemucs import HTDemucs
-from transformers import T5Config, T5EncoderModel, T5Tokenizer
+from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel, T5Tokenizer
 
 from musicgen import files
 from musicgen.dev.demo.configs import (
     CODEC_CONFIG,
+    HF_ENCODEC_CONFIG,
+    HF_ENCODEC_SNAPSHOT,
     HTDEMUCS_KWARGS,
+    LM_SEEDS,
     MBD_BANDS,
     SAMPLE_RATE,
     SEED,
@@ -54,8 +64,10 @@ from musicgen.dev.demo.configs import (
     lm_config,
     mbd_config,
 )
+from musicgen.versions import GENERATING
 from musicgen.weights.layout import (
     CODEC_FILE,
+    ENCODEC_HF_NAME,
     HTDEMUCS_FILE,
     LM_FILE,
     T5_NAME,
@@ -75,11 +87,16 @@ def write_demo_weights(root: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         write_t5(root)
         write_htdemucs(htdemucs_path(root))
+        write_hf_encodec(root)
         codec = export_package(build_codec(), CODEC_CONFIG, half=False)
-        for version in ("melody", "large"):
-            save(codec, model_dir(version, root) / CODEC_FILE)
+        pointer = {"pretrained": ENCODEC_HF_NAME, "exported": True, "version": audiocraft.__version__}
+        for version in GENERATING:
+            # melody and large ship the EnCodec itself; the 3.3 B melody and stereo ones a pointer
+            # (audiocraft's export_pretrained_compression_model) to the Hugging Face EnCodec.
+            save(codec if version in ("melody", "large") else pointer, model_dir(version, root) / CODEC_FILE)
             config = lm_config(version)
-            save(export_package(build_lm(config), config, half=True), model_dir(version, root) / LM_FILE)
+            lm = build_lm(config, seed=LM_SEEDS[version])
+            save(export_package(lm, config, half=True), model_dir(version, root) / LM_FILE)
         save(mbd_package(), mbd_path(root))
 
 
@@ -142,11 +159,11 @@ class _ChromaStandIn(torch.nn.Module):
         )
 
 
-def build_lm(config: dict) -> LMModel:
+def build_lm(config: dict, seed: int = SEED + 2) -> LMModel:
     """The LM audiocraft's builders.get_lm_model makes from `config`, with stand-ins for the
     conditioners: the real ones load T5 and demucs, but their weights are not part of the LM state,
     which holds only each conditioner's output projection (and the chroma window)."""
-    torch.manual_seed(SEED + 2)
+    torch.manual_seed(seed)
     cfg = _cpu(config)
     kwargs = dict_from_config(cfg.transformer_lm)
     dim = kwargs["dim"]
@@ -203,6 +220,31 @@ def write_t5(root: Path, dims: dict[str, int] | None = None) -> None:
     tokenizer.save_pretrained(snapshot)
     # refs/main last: until it exists the snapshot is not found, so a crash leaves nothing half-made.
     files.write_text(repo / "refs" / "main", T5_SNAPSHOT)
+
+
+def write_hf_encodec(root: Path) -> None:
+    """A transformers EncodecModel filed as facebook/encodec_32khz in the Hugging Face cache under
+    root: what the 3.3 B melody and stereo checkpoints' pointer makes audiocraft load."""
+    torch.manual_seed(SEED + 9)
+    model = EncodecModel(EncodecConfig(**HF_ENCODEC_CONFIG)).eval()
+    with torch.no_grad():  # as build_codec: random codebooks, marked initialised; no DC offset
+        for layer in model.quantizer.layers:
+            codebook = layer.codebook
+            codebook.embed.copy_(torch.randn_like(codebook.embed))
+            codebook.embed_avg.copy_(codebook.embed)
+            codebook.cluster_size.fill_(1.0)
+            codebook.inited.fill_(True)
+        last = model.decoder.layers[-1].conv
+        direction = last.parametrizations.weight.original1  # weight_norm's direction (v)
+        direction.sub_(direction.mean(dim=-1, keepdim=True))
+        last.bias.zero_()
+    repo = hf_home(root) / "hub" / f"models--{ENCODEC_HF_NAME.replace('/', '--')}"
+    snapshot = repo / "snapshots" / HF_ENCODEC_SNAPSHOT
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    snapshot.mkdir(parents=True)
+    model.save_pretrained(snapshot)
+    files.write_text(repo / "refs" / "main", HF_ENCODEC_SNAPSHOT)  # last: see write_t5
 
 
 def write_htdemucs(path: Path) -> None:

@@ -119,9 +119,51 @@ T5_CONDITIONER = {
 }
 
 
+# The Hugging Face EnCodec (transformers' EncodecConfig) the 3.3 B melody and stereo checkpoints
+# point to, shrunk: 32 kHz mono, hop 640 (50 Hz), 4 codebooks of 2048 (2.2 kbps).
+HF_ENCODEC_CONFIG: dict[str, tp.Any] = {
+    "sampling_rate": SAMPLE_RATE,
+    "audio_channels": 1,
+    "num_filters": 2,
+    "hidden_size": CODEC_DIMENSION,
+    "codebook_dim": CODEC_DIMENSION,
+    "upsampling_ratios": [8, 5, 4, 4],
+    "codebook_size": CARD,
+    "target_bandwidths": [2.2],
+    "num_lstm_layers": 2,
+    "num_residual_layers": 1,
+    "normalize": False,
+    "chunk_length_s": None,
+    "overlap": None,
+    "use_causal_conv": False,
+    "use_conv_shortcut": False,
+    "norm_type": "weight_norm",
+    "pad_mode": "reflect",
+}
+# Commit id the stand-in encodec_32khz snapshot is filed under (any fixed 40-hex string; made up).
+HF_ENCODEC_SNAPSHOT = "0e1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5"
+# Each demo LM's seed (melody and large keep the ones they always had).
+LM_SEEDS = {"melody": SEED + 2, "large": SEED + 2, "melody-large": SEED + 6, "stereo-large": SEED + 7,
+            "stereo-melody-large": SEED + 8}  # fmt: skip
+STEREO_DELAYS = [0, 0, 1, 1, 2, 2, 3, 3]  # left and right codebooks of each level share a delay
+
+
 def lm_config(version: str) -> dict[str, tp.Any]:
-    """The `xp.cfg` of the demo LM for `version` ("melody": text + chroma prefix, "large": text via
-    cross attention), as a plain dict."""
+    """The `xp.cfg` of the demo LM for `version` as a plain dict: melody-conditioned ("melody",
+    "melody-large", "stereo-melody-large": text + chroma prefix) or text-only ("large",
+    "stereo-large": text via cross attention); the stereo ones over 8 interleaved codebooks."""
+    base = {"melody-large": "melody", "stereo-melody-large": "melody", "stereo-large": "large"}.get(version, version)
+    config = _mono_lm_config(base)
+    if version.startswith("stereo-"):  # audiocraft's grids/musicgen/musicgen_stereo_finetune_32khz.py
+        config["channels"] = 2
+        config["interleave_stereo_codebooks"] = {"use": True, "per_timestep": False}
+        config["transformer_lm"]["n_q"] = 2 * N_Q
+        config["codebooks_pattern"]["delay"]["delays"] = list(STEREO_DELAYS)
+        config["codebooks_pattern"]["unroll"] = {"flattening": list(range(2 * N_Q)), "delays": [0] * 2 * N_Q}
+    return config
+
+
+def _mono_lm_config(version: str) -> dict[str, tp.Any]:
     config: dict[str, tp.Any] = {
         "device": "cuda",
         "dtype": "float32",
