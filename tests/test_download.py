@@ -26,10 +26,9 @@ from helpers import LoopbackServer
 from musicgen.cli import main
 from musicgen.errors import WeightsError
 from musicgen.request import MODEL_VERSIONS
-from musicgen.weights.manifest import UNPINNED_REPOS
 from musicgen.weights import layout, store
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.manifest import MANIFEST, Artifact, Manifest
+from musicgen.weights.manifest import MANIFEST, UNPINNED_REPOS, Artifact, Manifest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 REVISION = "0123456789abcdef0123456789abcdef01234567"

@@ -205,7 +205,12 @@ def test_the_pointer_checkpoints_share_the_hugging_face_encodec(demo_weights) ->
     models = LoadedModels(device="cpu", root=demo_weights)
     codecs = [models.codec_for(version) for version in ("melody-large", "stereo-large", "stereo-melody-large")]
     assert isinstance(codecs[0], HFEncodecCompressionModel) and codecs[0] is codecs[1] is codecs[2]
-    assert (codecs[0].sample_rate, codecs[0].frame_rate, codecs[0].num_codebooks, codecs[0].channels) == (32000, 50, 4, 1)
+    assert (codecs[0].sample_rate, codecs[0].frame_rate, codecs[0].num_codebooks, codecs[0].channels) == (
+        32000,
+        50,
+        4,
+        1,
+    )
     assert models.codec_for("melody") is not codecs[0]
 
 
@@ -315,7 +320,9 @@ def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str)
     ("tuned_from", "replaces"),
     [("stereo-large", "stereo-large"), ("stereo-melody-large", "stereo-melody-large"), ("melody-large", "melody")],
 )
-def test_a_fine_tune_replaces_the_served_model_its_conditioners_and_channels_fit(loaded, tmp_path, tuned_from, replaces):
+def test_a_fine_tune_replaces_the_served_model_its_conditioners_and_channels_fit(
+    loaded, tmp_path, tuned_from, replaces
+):
     """A stereo fine-tune replaces a stereo model (loaded at setup, as the operator gave it); a
     mono melody one the first preloaded melody model."""
     from musicgen.models.load import load_models

@@ -20,6 +20,7 @@ The memory plan (README.md, "Memory plan", has the sizes):
 Cold start (musicgen.models.cold_start): checkpoints memory-mapped, random initialisation skipped,
 the LMs loaded in parallel threads. The result is the very model `MusicGen.get_pretrained` returns.
 """
+
 from __future__ import annotations
 
 import collections
