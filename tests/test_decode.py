@@ -117,10 +117,8 @@ def test_tokens_are_audiocrafts(predictor, audio_dir, case):
 def test_the_service_serves_our_loop_and_both_loops_write_the_same_bytes(predictor, monkeypatch):
     """The default decoder is ours; MUSICGEN_DECODER=audiocraft serves audiocraft's loop, same file."""
     models = predictor.service.models
-    assert {version: type(decoder) for version, decoder in models.decoders.items()} == {
-        "melody": FastLoop,
-        "large": FastLoop,
-    }
+    assert {"melody", "large"} <= set(models.decoders)  # and any version a test loaded since
+    assert {type(decoder) for decoder in models.decoders.values()} == {FastLoop}
     ours = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9).read_bytes()
     saved = dict(models.decoders)
     try:
