@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from musicgen.dev.bench import report as bench
-from musicgen.errors import InputError, WeightsError
+from musicgen.errors import CapacityError, InputError, WeightsError
 from musicgen.logs import FORMAT, quiet_libraries
 from musicgen.predictor import input_fields, load_predictor_class
 from musicgen.server import serve
@@ -180,6 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         args.directory = str(weights_root())
     try:
         return args.run(args)
-    except (InputError, WeightsError) as error:
+    except (InputError, WeightsError, CapacityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
