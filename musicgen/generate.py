@@ -66,7 +66,8 @@ def diffusion_audio(models: LoadedModels, model: MusicGen, tokens: torch.Tensor)
     """MultiBand Diffusion's decode of `tokens` [1, K, T] as audio [C, T]. MBD is trained on the
     mono EnCodec's tokens: a stereo model's interleaved codebooks are split into the left and
     right streams (audiocraft's own get_left_right_codes), each decoded on its own, and the two
-    channels put back together."""
+    channels put back together. Each channel gets its own re-EQ against EnCodec's decode of it
+    (audiocraft's demo app batches the two instead, sharing one EQ over both channels)."""
     codec = model.compression_model
     if isinstance(codec, InterleaveStereoCompressionModel):
         left, right = codec.get_left_right_codes(tokens)
@@ -198,12 +199,12 @@ def generate(
 ) -> tuple[torch.Tensor, int]:
     """Run the request's mode (validated; input_audio decoded, or None when the request has none);
     return (audio [C, T] float32 on CPU, its rate in Hz)."""
-    # Loaded on first use, before seeding (loading may draw random numbers): the model (and
-    # evicting others to make room for it), MultiBand Diffusion.
-    if request.mode != "encode-decode":
-        models.generator(request.model_version)
+    # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
+    # (kept once loaded), then the model, evicting others to make room beside what is resident.
     if request.multi_band_diffusion:
         models.mbd  # noqa: B018
+    if request.mode != "encode-decode":
+        models.generator(request.model_version)
     seed_everything(seed)
     with torch.inference_mode():
         wav = MODES[request.mode](models, request, input_audio)

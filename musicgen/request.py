@@ -150,7 +150,8 @@ def _validate_served(request: Request, served: Mapping[str, int]) -> None:
     if request.model_version not in served:
         raise InputError(
             f"model_version={request.model_version!r} is not loaded by this deployment; it serves "
-            f"{', '.join(served)} (the operator chooses with {VERSIONS_ENV})."
+            f"{', '.join(served)} (the operator preloads with {VERSIONS_ENV}; any other version is served once "
+            f"its weights are in place: python -m musicgen download {request.model_version})."
         )
     card = served[request.model_version]
     if request.top_k > card:

@@ -26,6 +26,7 @@ from audiocraft.utils.autocast import TorchAutocast
 from helpers import predict_with_defaults, write_scale
 
 from musicgen.decode.decoders import AudiocraftLoop, FastLoop, plan_windows
+from musicgen.decode.graphs import GraphedStep, static_cache_bytes
 from musicgen.decode.loop import steps_in_window
 from musicgen.decode.progress import Progress
 from musicgen.decode.select import DECODER_ENV, Tolerance, configured_decoder, load_decoder
@@ -177,6 +178,15 @@ def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
     ours, reference = our_tokens(model, decoder, "text", 2), stock_tokens(model, "text", 2)
     assert ours.shape == reference.shape == (1, 4, 50)
     assert 0 <= ours.min() and ours.max() < model.lm.card  # (rounding differs: not compared token for token)
+
+
+@pytest.mark.parametrize("version", ["melody", "large", "stereo-large", "stereo-melody-large"])
+def test_the_static_buffers_are_known_before_the_lm_loads(predictor, version):
+    """The memory budget's estimate of a CUDA graph's buffers, from the LM's config alone, is what
+    a GraphedStep allocates (here in float32, as on the CPU)."""
+    model = predictor.service.models.generator(version)
+    graph = GraphedStep(FastLoop(model).transformer, model, capture=False)
+    assert static_cache_bytes(model.lm.cfg, element_bytes=4) == graph.nbytes
 
 
 def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):

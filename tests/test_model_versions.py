@@ -256,3 +256,14 @@ def test_versions_without_weights_are_not_served(demo_weights, monkeypatch):
     with pytest.raises(Exception, match=r"model_version='stereo-large' is not loaded by this deployment; it serves"):
         MusicGenService(models).predict(Request(model_version="stereo-large", prompt="calm", duration=1))
     assert set(models.generators) == {"melody"}
+
+
+def test_without_melodys_files_encode_decode_uses_a_loaded_models_codec(demo_weights, monkeypatch):
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    folder = demo_weights / "musicgen-melody"
+    hidden = folder.rename(folder.with_name("hidden-melody"))
+    try:
+        models = load_models(("large",), root=demo_weights)
+        assert models.codec is models.generator("large").compression_model
+    finally:
+        hidden.rename(folder)

@@ -143,7 +143,8 @@ SERVED = {"melody": 2048, "large": 2048}  # version -> codebook size, as LoadedM
             {"model_version": "melody"},
             {"large": 2048},
             "model_version='melody' is not loaded by this deployment; it serves large "
-            "(the operator chooses with MUSICGEN_MODEL_VERSIONS).",
+            "(the operator preloads with MUSICGEN_MODEL_VERSIONS; any other version is served once its weights "
+            "are in place: python -m musicgen download melody).",
         ),
         ({"top_k": 2049}, SERVED, "top_k=2049 is out of range; it must be between 0 and 2048."),
     ],

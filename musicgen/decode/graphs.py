@@ -18,6 +18,20 @@ PREFIX_CAPACITY = 512  # positions reserved before the pattern steps (the melody
 WARMUP_STEPS = 3  # eager runs on a side stream before capture, as torch.cuda.graph asks
 
 
+def static_cache_bytes(cfg, batch: int = 2, element_bytes: int = 2) -> int:
+    """What a GraphedStep for the LM config `cfg` (its xp.cfg) holds, before the LM is loaded:
+    keys and values for PREFIX_CAPACITY + the 30 s window's steps (the delay pattern adds its
+    largest delay and one start step), and the cross-attention buffers when text is fused by
+    cross attention; float16 on a GPU."""
+    lm = cfg.transformer_lm
+    frames = int(cfg.dataset.segment_duration * 50)
+    delays = cfg.codebooks_pattern.get("delay", {}).get("delays") or [lm.n_q]
+    positions = PREFIX_CAPACITY + frames + max(delays) + 1
+    per_position = 2 * lm.num_layers * batch * lm.dim * element_bytes  # keys and values
+    cross = CROSS_CAPACITY * per_position if "description" in (cfg.fuser.get("cross") or []) else 0
+    return positions * per_position + cross
+
+
 class GraphedStep:
     """A captured step of `transformer` for guidance batches of `batch` rows and windows of up to
     the model's max_duration (plus PREFIX_CAPACITY positions of prefix)."""

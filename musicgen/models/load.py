@@ -39,8 +39,10 @@ from pathlib import Path
 import omegaconf
 import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
+from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.decode.decoders import Decoder
+from musicgen.decode.graphs import static_cache_bytes
 from musicgen.decode.select import configured_decoder, load_decoder
 from musicgen.errors import WeightsError
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
@@ -137,8 +139,11 @@ class LoadedModels:
     def codec(self) -> torch.nn.Module:
         """The mono 32 kHz EnCodec of musicgen-melody's folder (what the encode-decode and mbd
         download targets fetch): encode-decode and MultiBand Diffusion run on it. The released
-        melody and large checkpoints share it, so it is normally already loaded."""
-        return self.codec_for("melody")
+        melody and large checkpoints share it, so it is normally already loaded. Without
+        melody's file: the mono EnCodec of the first loaded model."""
+        if (layout.model_dir("melody", self.root) / layout.CODEC_FILE).is_file() or not self.generators:
+            return self.codec_for("melody")
+        return _mono(next(iter(self.generators.values())).compression_model)
 
     def codec_for(self, version: str) -> torch.nn.Module:
         """The mono EnCodec under `version`'s folder, loaded once per distinct file."""
@@ -170,8 +175,10 @@ class LoadedModels:
         for version, path in paths.items():
             name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
             self.generators[version] = assemble(name, codecs[version], lms[version])
-            self._sizes[version] = self.memory_report()[f"lm:{version}"]
             self.decoders[version] = load_decoder(self.generators[version], version)  # on CUDA: checked now
+            # its weights, and on CUDA its decoder's static buffers (the CUDA graph's cache)
+            graph = getattr(self.decoders[version], "graph", None)
+            self._sizes[version] = self.memory_report()[f"lm:{version}"] + (graph.nbytes if graph is not None else 0)
             self._recent[version] = None
         seconds = time.perf_counter() - start
         sizes = ", ".join(f"{version} {self._sizes[version] / GB:.2f} GB" for version in versions)
@@ -267,13 +274,22 @@ def _lm_card(path: Path) -> int:
 
 
 def _lm_bytes(path: Path, device: str) -> int:
-    """The bytes an LM checkpoint takes once loaded on `device`: float32 on a CPU; on CUDA the
-    transformer in float16 and the embeddings and heads in float32 (audiocraft's load_lm_model)."""
+    """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
+    float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
+    (audiocraft's load_lm_model), plus its decoder's CUDA-graph cache (graphs.static_cache_bytes)."""
+    package = read_checkpoint(path)
     total = 0
-    for name, tensor in read_checkpoint(path)["best_state"].items():
+    for name, tensor in package["best_state"].items():
         half = device.startswith("cuda") and name.startswith("transformer.")
         total += tensor.numel() * (2 if half else 4)
+    if device.startswith("cuda"):
+        total += static_cache_bytes(omegaconf.OmegaConf.create(package["xp.cfg"]))
     return total
+
+
+def _mono(codec: torch.nn.Module) -> torch.nn.Module:
+    """The mono EnCodec inside a stereo model's interleaving wrapper (or the codec itself)."""
+    return codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec
 
 
 def load_lm(path: Path, device: str) -> torch.nn.Module:
