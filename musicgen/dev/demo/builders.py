@@ -211,15 +211,21 @@ def write_t5(root: Path, dims: dict[str, int] | None = None) -> None:
     config = T5Config(d_model=T5_DIM, num_decoder_layers=sizes["num_layers"], **sizes)
     model = T5EncoderModel(config).eval()
 
-    repo = hf_home(root) / "hub" / f"models--{T5_NAME}"
-    snapshot = repo / "snapshots" / T5_SNAPSHOT
+    write_hub_snapshot(root, T5_NAME, T5_SNAPSHOT, model, tokenizer)
+
+
+def write_hub_snapshot(root: Path, name: str, commit: str, *parts) -> None:
+    """`parts` (save_pretrained-able) filed as the hub repository `name` at `commit` in the
+    Hugging Face cache under root, and `refs/main` pointed at it."""
+    repo = hf_home(root) / "hub" / f"models--{name.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
     if snapshot.exists():
         shutil.rmtree(snapshot)
     snapshot.mkdir(parents=True)
-    model.save_pretrained(snapshot)
-    tokenizer.save_pretrained(snapshot)
+    for part in parts:
+        part.save_pretrained(snapshot)
     # refs/main last: until it exists the snapshot is not found, so a crash leaves nothing half-made.
-    files.write_text(repo / "refs" / "main", T5_SNAPSHOT)
+    files.write_text(repo / "refs" / "main", commit)
 
 
 def write_hf_encodec(root: Path) -> None:
@@ -238,13 +244,7 @@ def write_hf_encodec(root: Path) -> None:
         direction = last.parametrizations.weight.original1  # weight_norm's direction (v)
         direction.sub_(direction.mean(dim=-1, keepdim=True))
         last.bias.zero_()
-    repo = hf_home(root) / "hub" / f"models--{ENCODEC_HF_NAME.replace('/', '--')}"
-    snapshot = repo / "snapshots" / HF_ENCODEC_SNAPSHOT
-    if snapshot.exists():
-        shutil.rmtree(snapshot)
-    snapshot.mkdir(parents=True)
-    model.save_pretrained(snapshot)
-    files.write_text(repo / "refs" / "main", HF_ENCODEC_SNAPSHOT)  # last: see write_t5
+    write_hub_snapshot(root, ENCODEC_HF_NAME, HF_ENCODEC_SNAPSHOT, model)
 
 
 def write_htdemucs(path: Path) -> None:
