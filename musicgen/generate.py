@@ -2,10 +2,10 @@
 
 Each mode takes the loaded models, the validated request and its decoded input_audio (or None) and
 returns audio [C, T] at the codec's rate (two channels for a stereo model: audiocraft's stereo
-wrapper encodes and decodes left and right over the mono EnCodec, interleaving their codebooks). The generating modes prepare the conditions and prompt
-with audiocraft's own steps, take the tokens from the model's decoder (musicgen.decode: our loop,
-token-exact with audiocraft's on the CPU, or audiocraft's own) and decode them with EnCodec, or with
-MultiBand Diffusion when asked.
+wrapper encodes and decodes left and right over the mono EnCodec, interleaving their codebooks).
+The generating modes prepare the conditions and prompt with audiocraft's own steps, take the
+tokens from the model's decoder (musicgen.decode: our loop, token-exact with audiocraft's on the
+CPU, or audiocraft's own) and decode them with EnCodec, or with MultiBand Diffusion when asked.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from musicgen.audio import levels
 from musicgen.audio.decode import DecodedAudio
 from musicgen.models.load import LoadedModels
 from musicgen.request import MAX_CONTEXT, Request, continuation_bounds
+from musicgen.versions import ENCODE_DECODE
 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
 CODEC_CHUNK = 30  # seconds of audio per EnCodec pass in encode-decode (bounds the memory)
@@ -190,7 +191,7 @@ MODES: dict[str, Mode] = {
     "text": text_to_music,
     "melody": melody_to_music,
     "continuation": continuation,
-    "encode-decode": encode_decode,
+    ENCODE_DECODE: encode_decode,
 }
 
 
@@ -203,10 +204,10 @@ def generate(
     # (kept once loaded), then the model, evicting others to make room beside what is resident.
     if request.multi_band_diffusion:
         models.mbd  # noqa: B018
-    if request.mode != "encode-decode":
+    if request.mode != ENCODE_DECODE:
         models.generator(request.model_version)
     seed_everything(seed)
     with torch.inference_mode():
         wav = MODES[request.mode](models, request, input_audio)
-    model = models.codec if request.mode == "encode-decode" else models.generator(request.model_version)
+    model = models.codec if request.mode == ENCODE_DECODE else models.generator(request.model_version)
     return wav.float().cpu(), model.sample_rate

@@ -9,27 +9,28 @@ runs eagerly instead. Capture happens under the model's own autocast (float16 on
 from __future__ import annotations
 
 import torch
+from audiocraft.models import builders
 
 from musicgen.decode.cache import CrossAttentionCache, KVCache
 from musicgen.decode.transformer import CachedTransformer
 
 CROSS_CAPACITY = 256  # text tokens the captured step's cross-attention holds (T5 tokens of the prompt)
 PREFIX_CAPACITY = 512  # positions reserved before the pattern steps (the melody model's chroma + text prefix)
+FRAME_RATE = 50  # Hz: the 32 kHz EnCodec's token frames, which the LM config does not state
 WARMUP_STEPS = 3  # eager runs on a side stream before capture, as torch.cuda.graph asks
 
 
 def static_cache_bytes(cfg, batch: int = 2, element_bytes: int = 2) -> int:
     """What a GraphedStep for the LM config `cfg` (its xp.cfg) holds, before the LM is loaded:
-    keys and values for PREFIX_CAPACITY + the 30 s window's steps (the delay pattern adds its
-    largest delay and one start step), and the cross-attention buffers when text is fused by
-    cross attention; float16 on a GPU."""
+    keys and values for PREFIX_CAPACITY + the 30 s window's pattern steps (audiocraft's pattern
+    provider, as GraphedStep counts them), and the padded cross-attention buffers when text is
+    fused by cross attention; float16 on a GPU."""
     lm = cfg.transformer_lm
-    frames = int(cfg.dataset.segment_duration * 50)
-    delays = cfg.codebooks_pattern.get("delay", {}).get("delays") or [lm.n_q]
-    positions = PREFIX_CAPACITY + frames + max(delays) + 1
+    frames = int(cfg.dataset.segment_duration * FRAME_RATE)
+    steps = len(builders.get_codebooks_pattern_provider(lm.n_q, cfg.codebooks_pattern).get_pattern(frames).layout)
     per_position = 2 * lm.num_layers * batch * lm.dim * element_bytes  # keys and values
-    cross = CROSS_CAPACITY * per_position if "description" in (cfg.fuser.get("cross") or []) else 0
-    return positions * per_position + cross
+    cross = CROSS_CAPACITY * per_position if cfg.fuser.get("cross") else 0
+    return (PREFIX_CAPACITY + steps) * per_position + cross
 
 
 class GraphedStep:

@@ -39,7 +39,6 @@ from pathlib import Path
 import omegaconf
 import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
-from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.decode.decoders import Decoder
 from musicgen.decode.graphs import static_cache_bytes
@@ -49,7 +48,7 @@ from musicgen.models.budget import MemoryBudget, configured_budget, evictions
 from musicgen.models.cold_start import SharedModules, fast_loading, read_checkpoint, skipping_random_init
 from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
-from musicgen.models.memory import GB, format_memory, memory_report, release_freed_memory
+from musicgen.models.memory import GB, format_memory, memory_report, mono_codec, release_freed_memory
 from musicgen.request import VERSIONS_ENV
 from musicgen.versions import GENERATING, PRELOADED
 from musicgen.weights import layout, store
@@ -143,7 +142,7 @@ class LoadedModels:
         melody's file: the mono EnCodec of the first loaded model."""
         if (layout.model_dir("melody", self.root) / layout.CODEC_FILE).is_file() or not self.generators:
             return self.codec_for("melody")
-        return _mono(next(iter(self.generators.values())).compression_model)
+        return mono_codec(next(iter(self.generators.values())).compression_model)
 
     def codec_for(self, version: str) -> torch.nn.Module:
         """The mono EnCodec under `version`'s folder, loaded once per distinct file."""
@@ -285,11 +284,6 @@ def _lm_bytes(path: Path, device: str) -> int:
     if device.startswith("cuda"):
         total += static_cache_bytes(omegaconf.OmegaConf.create(package["xp.cfg"]))
     return total
-
-
-def _mono(codec: torch.nn.Module) -> torch.nn.Module:
-    """The mono EnCodec inside a stereo model's interleaving wrapper (or the codec itself)."""
-    return codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec
 
 
 def load_lm(path: Path, device: str) -> torch.nn.Module:

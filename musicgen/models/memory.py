@@ -23,8 +23,7 @@ def resident_components(generators: Mapping, mbd=None, codecs=()) -> dict[str, l
     found: dict[str, list[tuple[str, torch.nn.Module]]] = collections.defaultdict(list)
     for version, model in generators.items():
         found[f"lm:{version}"].append((version, model.lm))
-        codec = model.compression_model
-        found["codec"].append((version, codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec))
+        found["codec"].append((version, mono_codec(model.compression_model)))
         for conditioner in model.lm.condition_provider.conditioners.values():
             for name in ("t5", "demucs"):  # kept in __dict__, outside the LM's modules
                 module = conditioner.__dict__.get(name)
@@ -45,6 +44,11 @@ def resident_components(generators: Mapping, mbd=None, codecs=()) -> dict[str, l
             for owner, module in distinct:
                 components[f"{name}:{owner}"] = [module]
     return components
+
+
+def mono_codec(codec: torch.nn.Module) -> torch.nn.Module:
+    """The mono EnCodec inside a stereo model's interleaving wrapper (or the codec itself)."""
+    return codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec
 
 
 def memory_report(generators: Mapping, mbd=None, device: str = "cpu", codecs=()) -> dict[str, int]:
