@@ -214,6 +214,24 @@ def test_the_pointer_checkpoints_share_the_hugging_face_encodec(demo_weights) ->
     assert models.codec_for("melody") is not codecs[0]
 
 
+def test_pointers_exported_by_different_audiocraft_versions_load_one_encodec(demo_weights, tmp_path) -> None:
+    """The released pointer files were exported separately: their bytes may differ (the 'version'
+    they record) while they name the same EnCodec, which is then loaded once."""
+    from musicgen.models.load import LoadedModels
+
+    root = tmp_path / "root"
+    shutil.copytree(layout.hf_home(demo_weights), layout.hf_home(root))
+    for version, exported_by in (("stereo-large", "1.2.0"), ("melody-large", "1.3.0")):
+        folder = layout.model_dir(version, root)
+        folder.mkdir(parents=True)
+        pointer = {"pretrained": layout.ENCODEC_HF_NAME, "exported": True, "version": exported_by}
+        torch.save(pointer, folder / layout.CODEC_FILE)
+    files = [(layout.model_dir(v, root) / layout.CODEC_FILE).read_bytes() for v in ("stereo-large", "melody-large")]
+    assert files[0] != files[1]
+    models = LoadedModels(device="cpu", root=root)
+    assert models.codec_for("stereo-large") is models.codec_for("melody-large")
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory report.
 

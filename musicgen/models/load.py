@@ -212,11 +212,12 @@ class LoadedModels:
             self.evict(name)
 
     def _load_codecs(self, paths: dict[str, Path]) -> dict[str, torch.nn.Module]:
-        """Each version's EnCodec, loaded once per distinct file (the released mono ones are all
-        the same file; a stereo model wraps it in audiocraft's interleaving when assembled)."""
+        """Each version's EnCodec, loaded once per distinct codec (_same_codec: the released mono
+        files are all the same; the pointers all name the same Hugging Face EnCodec); a stereo
+        model wraps it in audiocraft's interleaving when assembled."""
         codecs: dict[str, torch.nn.Module] = {}
         for version, path in paths.items():
-            same = next((codec for other, codec in self._codecs.items() if _same_file(other, path, self.root)), None)
+            same = next((codec for other, codec in self._codecs.items() if _same_codec(other, path, self.root)), None)
             if same is None:
                 start = time.perf_counter()
                 with skipping_random_init():
@@ -306,6 +307,28 @@ def assemble(name: str, codec: torch.nn.Module, lm: torch.nn.Module) -> MusicGen
         lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
         lm.condition_provider.conditioners["self_wav"]._use_masking = False
     return MusicGen(name, codec, lm)
+
+
+POINTER_MAX_BYTES = 64 * 1024  # an EnCodec pointer is a few hundred bytes; the EnCodec itself 236 MB
+
+
+def _pointer_target(path: Path) -> str | None:
+    """The pretrained EnCodec a pointer checkpoint names ({'pretrained': name, ...}: audiocraft's
+    export_pretrained_compression_model), or None for a checkpoint holding the weights."""
+    if path.stat().st_size > POINTER_MAX_BYTES:
+        return None
+    package = read_checkpoint(path)
+    return package.get("pretrained") if isinstance(package, dict) else None
+
+
+def _same_codec(a: Path, b: Path, root: Path) -> bool:
+    """Whether two compression checkpoints load the same EnCodec: pointers naming the same
+    pretrained model (whatever else their files record, e.g. the exporting audiocraft version),
+    or files with the same bytes."""
+    targets = _pointer_target(a), _pointer_target(b)
+    if targets != (None, None):
+        return targets[0] == targets[1]
+    return _same_file(a, b, root)
 
 
 def _same_file(a: Path, b: Path, root: Path) -> bool:
