@@ -24,7 +24,6 @@ the LMs loaded in parallel threads. The result is the very model `MusicGen.get_p
 from __future__ import annotations
 
 import collections
-import filecmp
 import functools
 import gc
 import logging
@@ -45,6 +44,7 @@ from musicgen.decode.graphs import static_cache_bytes
 from musicgen.decode.select import configured_decoder, load_decoder
 from musicgen.errors import WeightsError
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
+from musicgen.models.codecs import same_codec
 from musicgen.models.cold_start import SharedModules, fast_loading, read_checkpoint, skipping_random_init
 from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
@@ -212,12 +212,12 @@ class LoadedModels:
             self.evict(name)
 
     def _load_codecs(self, paths: dict[str, Path]) -> dict[str, torch.nn.Module]:
-        """Each version's EnCodec, loaded once per distinct codec (_same_codec: the released mono
+        """Each version's EnCodec, loaded once per distinct codec (codecs.same_codec: the released mono
         files are all the same; the pointers all name the same Hugging Face EnCodec); a stereo
         model wraps it in audiocraft's interleaving when assembled."""
         codecs: dict[str, torch.nn.Module] = {}
         for version, path in paths.items():
-            same = next((codec for other, codec in self._codecs.items() if _same_codec(other, path, self.root)), None)
+            same = next((codec for other, codec in self._codecs.items() if same_codec(other, path, self.root)), None)
             if same is None:
                 start = time.perf_counter()
                 with skipping_random_init():
@@ -307,44 +307,6 @@ def assemble(name: str, codec: torch.nn.Module, lm: torch.nn.Module) -> MusicGen
         lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
         lm.condition_provider.conditioners["self_wav"]._use_masking = False
     return MusicGen(name, codec, lm)
-
-
-POINTER_MAX_BYTES = 64 * 1024  # an EnCodec pointer is a few hundred bytes; the EnCodec itself 236 MB
-
-
-def _pointer_target(path: Path) -> str | None:
-    """The pretrained EnCodec a pointer checkpoint names ({'pretrained': name, ...}: audiocraft's
-    export_pretrained_compression_model), or None for a checkpoint holding the weights."""
-    if path.stat().st_size > POINTER_MAX_BYTES:
-        return None
-    package = read_checkpoint(path)
-    return package.get("pretrained") if isinstance(package, dict) else None
-
-
-def _same_codec(a: Path, b: Path, root: Path) -> bool:
-    """Whether two compression checkpoints load the same EnCodec: pointers naming the same
-    pretrained model (whatever else their files record, e.g. the exporting audiocraft version),
-    or files with the same bytes."""
-    targets = _pointer_target(a), _pointer_target(b)
-    if targets != (None, None):
-        return targets[0] == targets[1]
-    return _same_file(a, b, root)
-
-
-def _same_file(a: Path, b: Path, root: Path) -> bool:
-    """Whether two checkpoint files hold the same bytes: the downloader's records (sha256) when
-    both have one, else a byte comparison (under a second for the 236 MB EnCodec)."""
-    if a == b:
-        return True
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    digests = []
-    for path in (a, b):
-        record = layout.read_record(path.relative_to(root).as_posix(), root)
-        digests.append(record.get("sha256") if record.get("size") == path.stat().st_size else None)
-    if None not in digests:
-        return digests[0] == digests[1]
-    return filecmp.cmp(a, b, shallow=False)
 
 
 def _in_parallel(load: Callable[[Path], torch.nn.Module], paths: dict[str, Path]) -> dict[str, torch.nn.Module]:
