@@ -9,12 +9,15 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from audiocraft.data.audio_utils import normalize_audio
 from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, sines
 
 from musicgen.audio import decode
-from musicgen.audio.decode import load_audio
+from musicgen.audio.channels import bs1770_weights, default_layout, undefined_for_loudness
+from musicgen.audio.decode import DecodedAudio, load_audio
 from musicgen.audio.encode import EncoderError, metadata_comment, parse_metadata_comment, read_metadata, write_output
 from musicgen.audio.levels import convert, normalize
+from musicgen.audio.loudness import TORCHAUDIO_WEIGHTS, integrated_loudness
 from musicgen.errors import InputError
 
 SECONDS = 0.5  # s: 2 Hz FFT bins, enough to tell the channel frequencies apart
@@ -240,6 +243,54 @@ def test_load_audio_refuses_long_files_whose_header_states_no_length(tmp_path, m
         load_audio(path)
 
 
+@pytest.mark.parametrize(
+    ("layout", "ext"), [("5.1", "wav"), ("5.1", "flac"), ("5.1(side)", "flac"), ("7.1", "wav"), ("quad", "flac")]
+)
+def test_load_audio_reports_the_channel_positions_a_file_names(tmp_path, layout, ext):
+    names = tuple(channel.name for channel in av.AudioLayout(layout).channels)
+    frequencies = [200 + 100 * k for k in range(len(names))]  # Hz: a swapped channel shows
+    sources = [f"sine=frequency={frequency}:sample_rate=48000:duration={SECONDS}" for frequency in frequencies]
+    path = tmp_path / f"surround.{ext}"
+    mapping = "|".join(f"{k}.0-{name}" for k, name in enumerate(names))  # input k -> output channel k
+    joined = f"join=inputs={len(names)}:channel_layout={layout}:map={mapping}"
+    ffmpeg(*[arg for source in sources for arg in ("-f", "lavfi", "-i", source)], "-filter_complex", joined, str(path))
+    decoded = load_audio(path)
+    assert decoded.channel_names == names
+    assert layout != "5.1" or names == ("FL", "FR", "FC", "LFE", "BL", "BR")
+    for k, frequency in enumerate(frequencies):
+        assert peak_frequency(decoded.wav[k], 48000) == pytest.approx(frequency, abs=3), names[k]
+
+
+@pytest.mark.parametrize("channels", range(1, decode.MAX_INPUT_CHANNELS + 1))
+def test_load_audio_gives_unnamed_channels_the_positions_ffmpeg_assumes(tmp_path, channels):
+    """libsndfile writes plain PCM WAVs that name no positions; ffmpeg assumes its default layout."""
+    path = tmp_path / "plain.wav"
+    soundfile.write(path, sines(SECONDS, 8000, min(channels, len(FREQUENCIES))).repeat(2, axis=1)[:, :channels], 8000)
+    with av.open(str(path)) as container:
+        assert [channel.name for channel in container.streams.audio[0].codec_context.layout.channels] == [
+            "NONE"
+        ] * channels
+    ffmpeg_default = tuple(channel.name for channel in av.AudioLayout(f"{channels}c").channels)
+    assert load_audio(path).channel_names == default_layout(channels) == ffmpeg_default
+
+
+def test_default_layouts_are_ffmpegs():
+    assert default_layout(1) == ("FC",)
+    assert default_layout(2) == ("FL", "FR")
+    assert default_layout(6) == ("FL", "FR", "FC", "LFE", "BL", "BR")
+    assert default_layout(8) == ("FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR")
+    assert default_layout(9) == ("NONE",) * 9  # no standard layout: positions stay unnamed
+
+
+def test_decoded_audio_unpacks_as_samples_and_rate_and_defaults_its_positions():
+    wav = torch.zeros(6, 100)
+    decoded = DecodedAudio(wav, 32000)
+    samples, rate = decoded
+    assert samples is wav and rate == 32000
+    assert (decoded.channels, decoded.channel_names) == (6, default_layout(6))
+    assert DecodedAudio(torch.zeros(2, 100), 8000, ("DL", "DR")).channel_names == ("DL", "DR")
+
+
 def test_max_input_length_is_twenty_minutes():
     assert decode.MAX_INPUT_SECONDS == 20 * 60
     assert "at most 1200 s (20 minutes) of audio" in decode._too_long("input_audio", 1260.0)
@@ -318,6 +369,178 @@ def test_normalize_leaves_silence_and_the_input_alone(strategy):
 def test_normalize_loudness_on_less_than_one_measuring_block_only_clips():
     wav = torch.randn(1, 3200) * 2  # 0.1 s: BS.1770 measures 400 ms blocks
     assert torch.equal(normalize(wav, 32000, "loudness"), wav.clamp(-1, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Loudness by channel position (ITU-R BS.1770-4)
+
+LOUDNESS_RATE = 16000  # Hz
+SURROUND = 1.41  # BS.1770-4's weight for a channel at 60 to 120 degrees
+
+
+def programme(channels: int, seed: int = 0) -> torch.Tensor:
+    """[C, 3 s] noise, each channel at its own level: a silent second (under the -70 LUFS gate),
+    a quiet one (under the relative gate), then a loud one."""
+    generator = torch.Generator().manual_seed(seed)
+    wav = torch.randn(channels, 3 * LOUDNESS_RATE, generator=generator) * 0.1
+    wav *= torch.tensor([1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2][:channels])[:, None]
+    envelope = torch.ones(wav.shape[-1])
+    envelope[:LOUDNESS_RATE] = 0
+    envelope[LOUDNESS_RATE : 2 * LOUDNESS_RATE] = 0.01
+    return wav * envelope
+
+
+def torchaudio_loudness(*channels: torch.Tensor) -> float:
+    """torchaudio's measurement of the channels given, in its positional slots L R C Ls Rs."""
+    return torchaudio.functional.loudness(torch.stack(channels), LOUDNESS_RATE).item()
+
+
+def names_of(layout: str) -> tuple[str, ...]:
+    return tuple(channel.name for channel in av.AudioLayout(layout).channels)
+
+
+@pytest.mark.parametrize(
+    ("layout", "weights"),
+    [
+        ("mono", (1.0,)),
+        ("stereo", (1.0, 1.0)),
+        ("2.1", (1.0, 1.0, 0.0)),
+        ("3.0", (1.0, 1.0, 1.0)),
+        ("4.0", (1.0, 1.0, 1.0, 1.0)),  # back centre, 180 degrees
+        ("quad", (1.0, 1.0, SURROUND, SURROUND)),  # BL BR: the surrounds, at +-110
+        ("5.0", (1.0, 1.0, 1.0, SURROUND, SURROUND)),
+        ("5.0(side)", (1.0, 1.0, 1.0, SURROUND, SURROUND)),
+        ("5.1", (1.0, 1.0, 1.0, 0.0, SURROUND, SURROUND)),
+        ("5.1(side)", (1.0, 1.0, 1.0, 0.0, SURROUND, SURROUND)),
+        ("6.1", (1.0, 1.0, 1.0, 0.0, 1.0, SURROUND, SURROUND)),
+        ("7.1", (1.0, 1.0, 1.0, 0.0, 1.0, 1.0, SURROUND, SURROUND)),  # BL BR: the rear pair, beside SL SR
+        ("7.1(wide)", (1.0, 1.0, 1.0, 0.0, SURROUND, SURROUND, 1.0, 1.0)),
+        ("5.1.4", (1.0, 1.0, 1.0, 0.0, SURROUND, SURROUND, 1.0, 1.0, 1.0, 1.0)),  # heights: 1.0
+        ("hexadecagonal", (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, SURROUND, SURROUND, *[1.0] * 6, SURROUND, SURROUND)),
+        ("22.2", (1, 1, 1, 0, 1, 1, 1, 1, 1, SURROUND, SURROUND, *[1] * 7, 0, 1, 1, 1, 1, 1)),
+    ],
+)
+def test_bs1770_weights_by_position(layout, weights):
+    assert bs1770_weights(names_of(layout)) == weights
+
+
+@pytest.mark.parametrize("layout", ["mono", "stereo", "3.0", "5.0", "5.0(side)"])
+def test_weighted_loudness_is_torchaudios_where_its_positional_weights_are_right(layout):
+    names = names_of(layout)
+    weights = bs1770_weights(names)
+    assert weights == TORCHAUDIO_WEIGHTS[: len(names)]
+    wav = programme(len(names))
+    expected = torchaudio_loudness(*wav)
+    assert integrated_loudness(wav, LOUDNESS_RATE, weights).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_5_1_is_measured_without_its_lfe_channel():
+    wav = programme(6)
+    weights = bs1770_weights(names_of("5.1"))
+    measured = integrated_loudness(wav, LOUDNESS_RATE, weights)
+    front_left, front_right, centre, _, back_left, back_right = wav
+    assert measured.item() == pytest.approx(
+        torchaudio_loudness(front_left, front_right, centre, back_left, back_right), abs=1e-4
+    )
+    t = torch.arange(wav.shape[-1]) / LOUDNESS_RATE
+    wav[3] = 0.9 * torch.sin(2 * torch.pi * 40 * t)  # a loud LFE channel
+    assert torch.equal(integrated_loudness(wav, LOUDNESS_RATE, weights), measured)
+
+
+@pytest.mark.parametrize("channel_names", [("FL", "FR", "FC", "LFE", "BL", "BR"), None])  # None: 6 channels are 5.1
+def test_normalize_5_1_reaches_minus_14_lufs_with_one_gain_on_every_channel(channel_names):
+    wav = programme(6)
+    wav[3] = 0.3 * torch.sin(2 * torch.pi * 40 * torch.arange(wav.shape[-1]) / LOUDNESS_RATE)
+    out = normalize(wav, LOUDNESS_RATE, "loudness", channel_names)
+    assert torchaudio_loudness(*out[[0, 1, 2, 4, 5]]) == pytest.approx(-14, abs=1e-3)
+    assert out.abs().max() < 1  # no clipping: the same gain on every channel, LFE included
+    gain = out[0].abs().max() / wav[0].abs().max()
+    assert torch.allclose(out, wav * gain, rtol=1e-5, atol=1e-7)
+
+
+def test_quad_weighs_its_back_pair_as_surrounds_and_4_0_its_back_centre_as_1():
+    front_left, front_right, back_left, back_right = programme(4)
+    quad = integrated_loudness(torch.stack([front_left, front_right, back_left, back_right]), LOUDNESS_RATE,
+                               bs1770_weights(names_of("quad")))  # fmt: skip
+    silent = torch.zeros_like(front_left)
+    assert quad.item() == pytest.approx(
+        torchaudio_loudness(front_left, front_right, silent, back_left, back_right), abs=1e-4
+    )
+    assert quad.item() != pytest.approx(torchaudio_loudness(front_left, front_right, back_left, back_right), abs=0.05)
+
+    front_left, front_right, centre, back_centre = programme(4, seed=1)
+    four = integrated_loudness(torch.stack([front_left, front_right, centre, back_centre]), LOUDNESS_RATE,
+                               bs1770_weights(names_of("4.0")))  # fmt: skip
+    # torchaudio has three 1.0 slots: back centre goes into a 1.41 slot at 1/sqrt(1.41) of its amplitude
+    expected = torchaudio_loudness(front_left, front_right, centre, back_centre / SURROUND**0.5, silent)
+    assert four.item() == pytest.approx(expected, abs=1e-4)
+    assert four.item() != pytest.approx(torchaudio_loudness(front_left, front_right, centre, back_centre), abs=0.05)
+
+
+def test_7_1_weighs_its_sides_as_surrounds_and_its_back_pair_as_1():
+    wav = programme(8, seed=2)
+    wav[2] = wav[7] = 0  # centre and side right silent: torchaudio has only five slots
+    front_left, front_right, _, _, back_left, back_right, side_left, _ = wav
+    measured = integrated_loudness(wav, LOUDNESS_RATE, bs1770_weights(names_of("7.1"))).item()
+    expected = torchaudio_loudness(front_left, front_right, back_left, back_right / SURROUND**0.5, side_left)
+    assert measured == pytest.approx(expected, abs=1e-4)
+    out = normalize(programme(8), LOUDNESS_RATE, "loudness", names_of("7.1"))
+    assert integrated_loudness(out, LOUDNESS_RATE, bs1770_weights(names_of("7.1"))).item() == pytest.approx(
+        -14, abs=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    ("names", "undefined"),
+    [
+        (("DL", "DR"), "DL DR"),
+        (("FL", "FR", "AMBI0", "AMBI0"), "AMBI0"),
+        (("NONE",) * 9, "NONE"),
+        (("FL", "FR", "UNK", "USR3"), "UNK USR3"),
+    ],
+)
+def test_loudness_of_a_channel_without_a_position_is_refused_naming_it(names, undefined):
+    assert undefined_for_loudness(names) == undefined.split()
+    wav = torch.randn(len(names), LOUDNESS_RATE) * 0.1
+    with pytest.raises(ValueError, match=f"not defined for channel\\(s\\) {undefined} "):
+        normalize(wav, LOUDNESS_RATE, "loudness", names)
+    assert torch.equal(normalize(wav, LOUDNESS_RATE, "peak", names), normalize(wav, LOUDNESS_RATE, "peak"))
+    assert undefined_for_loudness(names_of("22.2")) == []
+
+
+def test_normalize_refuses_names_that_do_not_match_the_channels():
+    with pytest.raises(ValueError, match="2 channel names"):
+        normalize(torch.zeros(6, LOUDNESS_RATE), LOUDNESS_RATE, "loudness", ("FL", "FR"))
+
+
+@pytest.mark.parametrize(
+    "channel_names", [None, ("FC",), ("FL", "FR"), ("FL", "FR", "FC"), ("FL", "FR", "FC", "SL", "SR")]
+)
+def test_normalize_loudness_is_audiocrafts_bit_for_bit_where_torchaudio_weighs_right(channel_names):
+    channels = len(channel_names) if channel_names else 2
+    wav = programme(channels, seed=channels) * 3  # loud enough to clip
+    expected = normalize_audio(wav.clone(), strategy="loudness", sample_rate=LOUDNESS_RATE)
+    assert torch.equal(normalize(wav, LOUDNESS_RATE, "loudness", channel_names), expected)
+
+
+@pytest.mark.parametrize("layout", ["5.1", "quad", "7.1"])
+def test_weighted_loudness_leaves_what_it_cannot_measure_at_its_level(layout):
+    names = names_of(layout)
+    short = torch.randn(len(names), 3200) * 2  # 0.2 s: less than one 400 ms block
+    before = short.clone()
+    assert torch.equal(normalize(short, LOUDNESS_RATE, "loudness", names), short.clamp(-1, 1))
+    assert torch.equal(short, before)
+    silence = torch.zeros(len(names), LOUDNESS_RATE)
+    assert torch.equal(normalize(silence, LOUDNESS_RATE, "loudness", names), silence)
+    rumble = 0.01 * torch.sin(2 * torch.pi * 2 * torch.arange(10 * LOUDNESS_RATE) / LOUDNESS_RATE).repeat(len(names), 1)
+    assert torch.equal(normalize(rumble, LOUDNESS_RATE, "loudness", names), rumble)  # 2 Hz: K-weighted away
+
+
+def test_audio_only_in_the_lfe_channel_is_left_at_its_level():
+    wav = torch.zeros(6, LOUDNESS_RATE)
+    wav[3] = 0.5 * torch.sin(2 * torch.pi * 40 * torch.arange(LOUDNESS_RATE) / LOUDNESS_RATE)
+    assert integrated_loudness(wav, LOUDNESS_RATE, bs1770_weights(names_of("5.1"))).isnan()
+    assert torch.equal(normalize(wav, LOUDNESS_RATE, "loudness", names_of("5.1")), wav)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import av
 import numpy as np
 import torch
 
+from musicgen.audio.channels import default_layout, with_default_positions
 from musicgen.errors import InputError
 from musicgen.request import MIN_INPUT_SECONDS
 
@@ -24,11 +26,28 @@ INPUT_DEMUXERS = "wav,w64,mp3,flac,ogg,mov,aac,aiff,matroska,caf,au,wv"
 OPEN_OPTIONS = {"format_whitelist": INPUT_DEMUXERS, "protocol_whitelist": "file"}
 
 
-class DecodedAudio(NamedTuple):
-    """A decoded file: float32 samples [C, T] and their rate in Hz (unpacks as `wav, sample_rate`)."""
+@dataclass(frozen=True, eq=False)
+class DecodedAudio:
+    """A decoded file: float32 samples [C, T], their rate in Hz and the channels' positions.
+
+    Unpacks as `wav, sample_rate`. channel_names: ffmpeg's name for each channel (5.1: FL FR FC
+    LFE BL BR); a stream that names no positions (a plain multichannel WAV) gets the layout ffmpeg
+    assumes for its channel count, channels.default_layout(C), and so does a DecodedAudio made
+    without names.
+    """
 
     wav: torch.Tensor
     sample_rate: int
+    channel_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.channel_names:
+            object.__setattr__(self, "channel_names", default_layout(self.channels))
+        assert len(self.channel_names) == self.channels, (self.channel_names, self.wav.shape)
+
+    def __iter__(self) -> Iterator[torch.Tensor | int]:
+        """`wav, sample_rate = decoded`."""
+        return iter((self.wav, self.sample_rate))
 
     @property
     def channels(self) -> int:
@@ -43,7 +62,8 @@ def load_audio(path: Path, name: str = "input_audio") -> DecodedAudio:
     """Decode an audio file to float32 [C, T] (integer PCM scaled to [-1, 1)) at its native rate.
 
     Any container/codec in INPUT_FORMATS works, with or without a file extension (the content is
-    probed). Returns (wav, sample_rate in Hz) with the file's own channel count. Raises
+    probed). Returns (wav, sample_rate in Hz) with the file's own channel count, and the channels'
+    positions as the first decoded frame names them (DecodedAudio.channel_names). Raises
     InputError naming `name` for a file that is empty, not audio, damaged, shorter than
     MIN_INPUT_SECONDS, longer than MAX_INPUT_SECONDS, or outside the channel/sample-rate limits.
     Like media players, it skips the odd undecodable packet and plays a truncated file up to
@@ -93,6 +113,7 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
         _check_format(name, codec.sample_rate, codec.layout.nb_channels)
 
     chunks: list[np.ndarray] = []
+    names: tuple[str, ...] = ()
     rate = channels = length = packets = damaged = 0
     for packet in container.demux(stream):
         packets += packet.size > 0  # the last, empty packet only flushes the decoder
@@ -106,6 +127,7 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
             if not chunks:
                 rate, channels = frame.sample_rate, frame_channels
                 _check_format(name, rate, channels)
+                names = with_default_positions(channel.name for channel in frame.layout.channels)
             elif (frame.sample_rate, frame_channels) != (rate, channels):
                 raise InputError(
                     f"{name} changes from {rate} Hz x {channels} channels to {frame.sample_rate} Hz x "
@@ -127,7 +149,7 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
         raise InputError(f"{name} contains no audio samples; upload an audio file ({INPUT_FORMATS}).")
     if length < MIN_INPUT_SECONDS * rate:
         raise InputError(f"{name} is {length / rate:.3f} s long; it must be at least {MIN_INPUT_SECONDS} s of audio.")
-    return DecodedAudio(torch.from_numpy(np.concatenate(chunks, axis=1)), rate)
+    return DecodedAudio(torch.from_numpy(np.concatenate(chunks, axis=1)), rate, names)
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:

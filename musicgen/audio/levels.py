@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import av
 import numpy as np
@@ -10,17 +11,15 @@ import torch
 import torchaudio
 from audiocraft.data.audio_utils import convert_audio, convert_audio_channels, normalize_audio
 
-from musicgen.audio import iir
-from musicgen.request import MAX_LOUDNESS_CHANNELS
+from musicgen.audio import loudness
+from musicgen.audio.channels import bs1770_weights, default_layout
+from musicgen.audio.loudness import LOUDNESS_ENERGY_FLOOR
 
-LOUDNESS_ENERGY_FLOOR = 2e-3  # RMS under which audiocraft's loudness step applies no gain
 # Largest julius (audiocraft's resampler) kernel we build: rates whose ratio does not reduce to
 # small integers (44056 -> 32000 is 5507/4000) take seconds to gigabytes; those go through
 # ffmpeg's swresample instead.
 _MAX_JULIUS_PHASES = 2000
 _MAX_JULIUS_KERNEL = 2_000_000  # float32 elements
-
-iir.install()  # once, here: loudness filters through it where torchaudio lacks its compiled loop
 
 
 def convert(wav: torch.Tensor, from_rate: int, to_rate: int, channels: int) -> torch.Tensor:
@@ -62,7 +61,9 @@ def _swresample(channel: torch.Tensor, from_rate: int, to_rate: int) -> torch.Te
     return out.to(channel.device)
 
 
-def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tensor:
+def normalize(
+    wav: torch.Tensor, sample_rate: int, strategy: str, channel_names: Sequence[str] | None = None
+) -> torch.Tensor:
     """Apply one of audiocraft's `audio_write` strategies with its default headrooms.
 
     wav: [C, T] float. peak: peak at -1 dBFS; clip: clamp to -1 dBFS, no gain; rms: RMS of the
@@ -70,12 +71,23 @@ def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tenso
     left unscaled when the RMS is below 2e-3. Where audiocraft would divide by zero (silence for
     peak; a zero mono mix for rms) or cannot measure (loudness on less than one 400 ms
     BS.1770 block, or of audio that BS.1770 filters away entirely, such as a DC offset) the level
-    is left as is and only the clipping step applies. Loudness is defined for at most
-    MAX_LOUDNESS_CHANNELS channels (musicgen.request refuses more before any model runs).
-    Never modifies `wav` in place.
+    is left as is and only the clipping step applies.
+
+    Loudness weighs each channel by its position, `channel_names` (ffmpeg's names, as
+    DecodedAudio.channel_names; None: channels.default_layout(C), so mono is FC and stereo FL FR):
+    LFE is not measured, surrounds weigh 1.41 (channels.bs1770_weights). Layouts that torchaudio's
+    positional weights measure right (mono, stereo, 3.0, 5.0) go through audiocraft's own
+    `normalize_audio`; the others (5.1, 7.1, quad, ...) through the same steps on the weighted
+    measurement (loudness.normalize_loudness). A channel BS.1770 does not define raises
+    ValueError (musicgen.request refuses those before any model runs). Never modifies `wav` in place.
     """
-    if strategy == "loudness" and wav.shape[0] > MAX_LOUDNESS_CHANNELS:
-        raise ValueError(f"loudness is defined for at most {MAX_LOUDNESS_CHANNELS} channels, got {wav.shape[0]}")
+    if strategy == "loudness":
+        names = default_layout(wav.shape[0]) if channel_names is None else tuple(channel_names)
+        if len(names) != wav.shape[0]:
+            raise ValueError(f"{len(names)} channel names ({' '.join(names)}) for {wav.shape[0]} channels")
+        weights = bs1770_weights(names)
+        if not loudness.torchaudio_weighs_like(weights):
+            return loudness.normalize_loudness(wav, sample_rate, weights)
     wav = wav.clone()
     unmeasurable = (
         (strategy == "peak" and not wav.abs().max() > 0)
@@ -89,7 +101,7 @@ def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tenso
 
 def _loudness_is_measurable(wav: torch.Tensor, sample_rate: int) -> bool:
     """Whether audiocraft's loudness step can scale `wav` [C, T] to a finite level."""
-    if wav.shape[-1] < 0.4 * sample_rate:  # shorter than one BS.1770 block
+    if wav.shape[-1] < loudness.BLOCK_SECONDS * sample_rate:  # shorter than one BS.1770 block
         return False
     if wav.pow(2).mean().sqrt() < LOUDNESS_ENERGY_FLOOR:  # audiocraft leaves it unscaled anyway
         return True
