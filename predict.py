@@ -1,6 +1,8 @@
 """Cog entry point: the published MusicGen input schema, one Request, one call into the package.
 
 Cog builds the HTTP schema by statically parsing this file, so every Input(...) stays literal.
+predict() is async so that Cog's runtime may give it a second slot (musicgen/runner.py says why);
+predictions still run one at a time. From Python: `asyncio.run(predictor.predict(...))`.
 """
 
 from typing import Optional
@@ -23,11 +25,12 @@ class Predictor(BasePredictor):
         configure_logging()
         configure_hub()  # before the service imports audiocraft: Hugging Face reads its paths once
 
-        from musicgen.service import MusicGenService
+        from musicgen.runner import PredictionRunner
 
-        self.service = MusicGenService.load(fine_tuned=weights)
+        self.runner = PredictionRunner.load(fine_tuned=weights)
+        self.service = self.runner.service
 
-    def predict(
+    async def predict(
         self,
         model_version: str = Input(
             description="Model to use for generation. If set to 'encode-decode', the audio specified via 'input_audio' will simply be encoded and then decoded.",
@@ -111,4 +114,4 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
         )
-        return Path(self.service.predict(request).path)
+        return Path((await self.runner.predict(request)).path)

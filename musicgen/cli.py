@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import shutil
 import sys
@@ -12,6 +13,7 @@ from musicgen.dev.bench import report as bench
 from musicgen.errors import CapacityError, InputError, WeightsError
 from musicgen.logs import FORMAT, quiet_libraries
 from musicgen.predictor import input_fields, load_predictor_class
+from musicgen.request import is_url
 from musicgen.server import serve
 from musicgen.weights.download import DownloadError, download
 from musicgen.weights.layout import configure_hub, weights_root
@@ -29,13 +31,15 @@ def parse_value(name: str, text: str, value_type: type) -> object:
                 raise ValueError
             return text.lower() in TRUE_WORDS
         if value_type is int:
-            return int(text)
+            return int(text) if text.strip().lstrip("+-").isdigit() else float(text)  # 7.0: Request takes 7
         if value_type is float:
             return float(text)
         if value_type is str:
             return text
     except ValueError:
         raise InputError(f"{name}={text!r} is not a valid {value_type.__name__}.") from None
+    if is_url(text):
+        return text  # fetched by the prediction, under the same limits as over HTTP
     path = Path(text).expanduser()
     if not path.is_file():
         raise InputError(f"{name}={text!r}: no such file.")
@@ -60,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> int:
     values = parse_inputs(args.input, input_fields(predictor_class))
     predictor = predictor_class()
     predictor.setup()
-    result = Path(predictor.predict(**values))
+    result = Path(asyncio.run(predictor.predict(**values)))
     output = Path(args.output).resolve() if args.output else Path.cwd() / result.name
     if output.suffix.lower() != result.suffix.lower():
         raise InputError(f"-o {args.output}: the output is {result.suffix} audio; name the file *{result.suffix}.")

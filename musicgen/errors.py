@@ -12,3 +12,8 @@ class WeightsError(RuntimeError):
 class CapacityError(RuntimeError):
     """The model asked for cannot fit the deployment's memory budget, even after evicting every
     model that may go. The message names the model, its size and the budget."""
+
+
+class PredictionCancelled(BaseException):
+    """Raised in a running prediction's thread when its caller cancels it. A BaseException, like
+    asyncio's CancelledError and Cog's CancelationException, so `except Exception` never stops it."""

@@ -7,10 +7,12 @@ deployment serves; validate_input_audio() once input_audio is decoded (its lengt
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from musicgen.audio.channels import undefined_for_loudness
 from musicgen.errors import InputError
 from musicgen.versions import ENCODE_DECODE, GENERATING, MODEL_VERSIONS
 
@@ -25,9 +27,9 @@ MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1  # like None: draw a random seed
 MAX_CONTEXT = 30  # seconds the LM attends to; a continuation window may not be longer
 MIN_INPUT_SECONDS = 0.1  # shorter inputs carry no usable melody or prompt
-MAX_LOUDNESS_CHANNELS = 5  # torchaudio's BS.1770 channel weights: L, R, C, Ls, Rs
 MAX_MP3_CHANNELS = 2  # MP3 holds mono or stereo
 VERSIONS_ENV = "MUSICGEN_MODEL_VERSIONS"  # the operator's choice of what setup() loads
+URL_SCHEMES = ("http", "https", "data")  # what input_audio given as text may be
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,10 @@ class Request:
     """Every input of one prediction, as declared in predict.py (same names and defaults)."""
 
     model_version: str = "melody"
-    prompt: str | None = None
-    input_audio: Path | None = None  # any audio file ffmpeg can decode
+    prompt: str | None = None  # whitespace only counts as empty
+    # A local file as a Path (the command line, Python), or an http(s) / data: URL as text (HTTP
+    # callers: text is never read as a path, so a caller cannot name the server's own files).
+    input_audio: Path | str | None = None
     duration: int = 8  # seconds of NEW audio (a continuation's prompt window comes on top)
     continuation: bool = False
     continuation_start: int = 0  # seconds into input_audio
@@ -50,6 +54,15 @@ class Request:
     output_format: str = "wav"
     seed: int | None = None  # None or -1: random
 
+    def __post_init__(self) -> None:
+        """JSON and the command line may send a whole number as 7.0: it is 7; 7.5 is refused."""
+        for name in WHOLE_NUMBER_INPUTS:
+            value = getattr(self, name)
+            if isinstance(value, float):
+                object.__setattr__(self, name, _whole_number(name, value))
+        if self.prompt is not None and not self.prompt.strip():
+            object.__setattr__(self, "prompt", "")  # like "": no text condition
+
     @property
     def mode(self) -> str:
         """What the request asks for: text, melody, continuation or encode-decode."""
@@ -62,6 +75,23 @@ class Request:
     @property
     def wants_random_seed(self) -> bool:
         return self.seed is None or self.seed == RANDOM_SEED
+
+
+# The integer inputs (seed, duration, top_k, ...), by their declared types.
+WHOLE_NUMBER_INPUTS = tuple(
+    name for name, hint in typing.get_type_hints(Request).items() if int in (hint, *typing.get_args(hint))
+)
+
+
+def _whole_number(name: str, value: float) -> int:
+    if not (math.isfinite(value) and value.is_integer()):
+        raise InputError(f"{name}={value!r} is not allowed; it must be a whole number.")
+    return int(value)
+
+
+def is_url(value: object) -> bool:
+    """Whether `value` is text naming one of URL_SCHEMES (what HTTP callers send for a file)."""
+    return isinstance(value, str) and value.partition(":")[0].lower() in URL_SCHEMES and ":" in value
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -109,6 +139,11 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
             )
         _check_range("seed", request.seed, 0, MAX_SEED)
 
+    if isinstance(request.input_audio, str) and not is_url(request.input_audio):
+        raise InputError(
+            f"input_audio={shortened(request.input_audio)!r} is not a URL; give an http(s) URL or a data: URI "
+            f"(a local file only from the command line, -i input_audio=song.wav, or as a pathlib.Path from Python)."
+        )
     if request.model_version == ENCODE_DECODE:
         if request.input_audio is None:
             raise InputError("input_audio is required when model_version='encode-decode'.")
@@ -129,6 +164,11 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
         )
     if served is not None:
         _validate_served(request, served)
+
+
+def shortened(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters for a message (a caller's URL can be megabytes of data: URI)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _validate_continuation_window(request: Request) -> None:
@@ -158,18 +198,23 @@ def _validate_served(request: Request, served: Mapping[str, int]) -> None:
         raise InputError(f"top_k={request.top_k} is out of range; it must be between 0 and {card}.")
 
 
-def validate_input_audio(request: Request, channels: int, seconds: float) -> None:
+def validate_input_audio(request: Request, channel_names: Sequence[str], seconds: float) -> None:
     """The rules that need the decoded input_audio: its length (continuation window) and channels
-    (encode-decode keeps them, so the output format and normalization must hold that many)."""
+    (encode-decode keeps them, so the output format and normalization must hold them).
+
+    `channel_names`: ffmpeg's names of the input's channels (FL FR FC LFE BL BR for 5.1).
+    """
     if request.mode == "continuation":
         continuation_bounds(request, seconds)
     if request.mode != ENCODE_DECODE:
         return
-    if request.normalization_strategy == "loudness" and channels > MAX_LOUDNESS_CHANNELS:
+    channels = len(channel_names)
+    undefined = undefined_for_loudness(channel_names)
+    if request.normalization_strategy == "loudness" and undefined:
         raise InputError(
-            f"normalization_strategy='loudness' measures at most {MAX_LOUDNESS_CHANNELS} channels (ITU-R BS.1770), "
-            f"but this audio has {channels} (encode-decode keeps input_audio's channels); "
-            f"use normalization_strategy 'peak', 'rms' or 'clip'."
+            f"normalization_strategy='loudness' (ITU-R BS.1770) weighs each channel by its loudspeaker position, "
+            f"but this audio's channel(s) {' '.join(undefined)} have none (layout: {' '.join(channel_names)}; "
+            f"encode-decode keeps input_audio's channels); use normalization_strategy 'peak', 'rms' or 'clip'."
         )
     if request.output_format == "mp3" and channels > MAX_MP3_CHANNELS:
         raise InputError(

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from musicgen.dev.schema import openapi
+from musicgen.runtime import SLOTS_ENV
 from musicgen.weights.layout import REPOSITORY
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 COG_YAML = REPOSITORY / "cog.yaml"
 DEFAULT_HOST = "127.0.0.1"  # loopback; the container binds 0.0.0.0
 DEFAULT_PORT = 5000
+# Two runtime slots: the runtime frees a slot just after answering, so a client's next request
+# takes the other one instead of a 409; predictions still run one at a time (musicgen/runner.py).
+DEFAULT_SLOTS = "2"
 
 
 def predict_ref(config_file: Path = COG_YAML) -> str:
@@ -35,7 +39,8 @@ def predict_ref(config_file: Path = COG_YAML) -> str:
 
 
 def server_environment(port: int, ref: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the container gives the server, on top of `base` (default: ours).
+    """The environment the container gives the server, on top of `base` (default: ours), with
+    COG_MAX_CONCURRENCY=2 unless `base` sets it.
 
     coglet starts its worker as `python` found on PATH, not as sys.executable: this interpreter's
     folder goes first, or the worker cannot import coglet and the server stays STARTING forever.
@@ -45,6 +50,7 @@ def server_environment(port: int, ref: str, base: dict[str, str] | None = None) 
     env["PATH"] = os.pathsep.join([interpreter_dir, env.get("PATH", "")]).rstrip(os.pathsep)
     env["COG_PREDICT_TYPE_STUB"] = ref
     env["PORT"] = str(port)
+    env.setdefault(SLOTS_ENV, DEFAULT_SLOTS)  # an operator's own value wins
     return env
 
 

@@ -1,4 +1,4 @@
-"""One prediction end to end: validate, decode the input, validate it, seed, generate, normalize, write."""
+"""One prediction end to end: validate, fetch and decode the input, validate it, seed, generate, normalize, write."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen.audio import decode, encode, levels
+from musicgen.audio.decode import DecodedAudio
+from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.generate import generate
 from musicgen.models.load import LoadedModels, configured_versions, load_models
-from musicgen.request import MAX_SEED, Request, validate, validate_input_audio
+from musicgen.request import MAX_SEED, Request, is_url, validate, validate_input_audio
+from musicgen.versions import ENCODE_DECODE
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,10 @@ class Prediction:
     generate_seconds: float  # seeding, the mode's model work and its decode; not input or output I/O
 
 
-def remove_folders(folders: list[Path]) -> None:
-    while folders:
-        shutil.rmtree(folders.pop(), ignore_errors=True)
+def remove_folders(folders: list[Path], keep: int = 0) -> None:
+    """Remove all but the last `keep` of `folders` (oldest first), from the list and the disk."""
+    while len(folders) > keep:
+        shutil.rmtree(folders.pop(0), ignore_errors=True)
 
 
 def draw_seed() -> int:
@@ -41,40 +45,62 @@ def draw_seed() -> int:
 class MusicGenService:
     """Holds the loaded models; turns one Request into one output file."""
 
-    def __init__(self, models: LoadedModels):
+    def __init__(self, models: LoadedModels, fetch_limits: FetchLimits | None = None, outputs_kept: int = 0):
         self.models = models
-        # The last prediction's folder: kept until the next prediction (the caller, or Cog, reads
-        # the file after predict() returns), removed then, or when the service goes away.
+        self.fetch_limits = fetch_limits or FetchLimits()
+        # Each prediction works in a folder of its own. Its output is read after predict() returns
+        # (by the caller, or Cog), so the folder stays until `outputs_kept` later predictions have
+        # started (one more per extra runtime slot: see musicgen.runner), or the service goes away.
+        self._outputs_kept = outputs_kept
         self._output_dirs: list[Path] = []
         weakref.finalize(self, remove_folders, self._output_dirs)
 
     @classmethod
-    def load(cls, fine_tuned: str | Path | None = None) -> MusicGenService:
+    def load(cls, fine_tuned: str | Path | None = None, outputs_kept: int = 0) -> MusicGenService:
         """Check the weights (or fetch them, when the operator allows it), then load the models
-        once; `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of its base."""
-        return cls(load_models(configured_versions(), fine_tuned=fine_tuned or None))
+        once; `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of its base.
+        The input download limits are the operator's (MUSICGEN_INPUT_TIMEOUT, MUSICGEN_INPUT_MAX_MB):
+        a bad value stops setup, naming it."""
+        limits = FetchLimits.from_environment()
+        models = load_models(configured_versions(), fine_tuned=fine_tuned or None)
+        log.info("input_audio downloads: at most %s", limits.describe())
+        return cls(models, limits, outputs_kept)
 
     def predict(self, request: Request) -> Prediction:
         """Every caller mistake is refused (InputError) before any model runs."""
-        remove_folders(self._output_dirs)  # the previous answer was delivered: nothing is left behind
+        remove_folders(self._output_dirs, self._outputs_kept)  # answers already delivered
         validate(request, self.models.served)
-        input_audio = None
-        if request.input_audio is not None:
-            input_audio = decode.load_audio(request.input_audio)
-            validate_input_audio(request, input_audio.channels, input_audio.seconds)
-        seed = draw_seed() if request.wants_random_seed else request.seed
-        log.info("seed %d (model_version=%s, mode=%s)", seed, request.model_version, request.mode)
-        output_dir = Path(tempfile.mkdtemp(prefix="musicgen-"))
+        folder = Path(tempfile.mkdtemp(prefix="musicgen-"))
         try:
+            input_audio = self._read_input(request, folder)
+            seed = draw_seed() if request.wants_random_seed else request.seed
+            log.info("seed %d (model_version=%s, mode=%s)", seed, request.model_version, request.mode)
             start = time.perf_counter()
             wav, sample_rate = generate(request, self.models, seed, input_audio)
             generate_seconds = time.perf_counter() - start
-            wav = levels.normalize(wav, sample_rate, request.normalization_strategy)
+            # encode-decode keeps the input's channels (and loudness weighs them by position)
+            layout = input_audio.channel_names if request.mode == ENCODE_DECODE else None
+            wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
             metadata = {"model_version": request.model_version, "seed": str(seed)}
             stem = f"musicgen-{request.model_version}-{seed}"
-            path = encode.write_output(wav, sample_rate, output_dir, stem, request.output_format, metadata)
+            path = encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
         except BaseException:
-            shutil.rmtree(output_dir, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
-        self._output_dirs.append(output_dir)
+        self._output_dirs.append(folder)
         return Prediction(path, seed, generate_seconds)
+
+    def _read_input(self, request: Request, folder: Path) -> DecodedAudio | None:
+        """input_audio decoded (a URL first fetched into `folder`, then removed), and checked."""
+        if request.input_audio is None:
+            return None
+        source = request.input_audio
+        if is_url(source):
+            source = fetch(source, folder, self.fetch_limits)
+        try:
+            input_audio = decode.load_audio(source)
+        finally:
+            if source is not request.input_audio:
+                source.unlink(missing_ok=True)
+        validate_input_audio(request, input_audio.channel_names, input_audio.seconds)
+        return input_audio

@@ -38,6 +38,33 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# The session server's input limits: small, so the tests of slow and endless senders end quickly.
+SERVER_INPUT_TIMEOUT = 5  # seconds
+SERVER_INPUT_MAX_MB = 16
+
+
+@pytest.fixture(scope="session")
+def server(demo_weights, tmp_path_factory):
+    """`python -m musicgen serve` on the demo weights, READY, shared by the session; its TMPDIR is
+    `server.tmp` (empty at start), so what the worker leaves behind can be inspected."""
+    from helpers import START_TIMEOUT, Server
+
+    folder = tmp_path_factory.mktemp("server")
+    (folder / "tmp").mkdir()
+    env = {
+        "TMPDIR": str(folder / "tmp"),
+        "MUSICGEN_INPUT_TIMEOUT": str(SERVER_INPUT_TIMEOUT),
+        "MUSICGEN_INPUT_MAX_MB": str(SERVER_INPUT_MAX_MB),
+    }
+    server = Server(demo_weights, folder / "server.log", env)
+    server.tmp = folder / "tmp"
+    try:
+        server.wait_for({"READY"}, START_TIMEOUT)
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def predictor(demo_weights):
     """predict.py's Predictor after setup() on the demo weights, shared by the session."""

@@ -6,17 +6,24 @@ HTTP server and the published schemas in ../shared/seeds/.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
+import requests
 import soundfile
 
 from musicgen.weights.layout import REPOSITORY
@@ -29,7 +36,7 @@ def predict_with_defaults(predictor, **inputs) -> Path:
     """predictor.predict() with every input not given at its declared default, as Cog fills them in."""
     parameters = inspect.signature(predictor.predict).parameters
     values = {name: parameter.default.default for name, parameter in parameters.items()}
-    return Path(predictor.predict(**{**values, **inputs}))
+    return Path(asyncio.run(predictor.predict(**{**values, **inputs})))
 
 
 def run_cli(*args: str, cwd: Path, weights: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -129,6 +136,127 @@ class LoopbackServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class FileServer(LoopbackServer):
+    """A loopback HTTP server for test files (input audio) that also records POSTed JSON (webhooks)."""
+
+    def __init__(self, directory: Path):
+        self.received: list[dict] = []
+        self.arrived = threading.Condition()
+        outer = self
+
+        class Handler(QuietFileHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(directory), **kwargs)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.arrived:
+                    outer.received.append(body)
+                    outer.arrived.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+        super().__init__(Handler)
+
+    def wait_for_webhook(self, prediction_id: str, statuses: set[str], timeout: float, logs: str = "") -> dict:
+        """The first webhook body for `prediction_id` with a status in `statuses` and `logs` in its logs."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while True:
+                for body in self.received:
+                    if body.get("id") == prediction_id and body.get("status") in statuses and logs in body["logs"]:
+                        return body
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"no webhook with status {statuses} for {prediction_id}: {self.received}")
+                self.arrived.wait(remaining)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real Cog server
+
+START_TIMEOUT = 300  # s: imports torch and audiocraft, loads two demo models, on a shared 2-core CPU
+PREDICT_TIMEOUT = 240  # s for one prediction on the demo weights
+HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A `python -m musicgen serve` process on a free loopback port, its log, and its environment
+    (`env`: added to ours; TMPDIR is a folder of the caller's, so what the worker leaves is visible)."""
+
+    def __init__(self, weights: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "musicgen", "serve", "--host", LOOPBACK, "--port", str(self.port)],
+            cwd=REPOSITORY,
+            env={**os.environ, "MUSICGEN_WEIGHTS": str(weights), **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, characters: int = 4000) -> str:
+        return self.log_text()[-characters:]
+
+    def health(self) -> dict:
+        return requests.get(f"{self.url}/health-check", timeout=HTTP_TIMEOUT).json()
+
+    def wait_for(self, statuses: set[str], timeout: float) -> dict:
+        """Poll /health-check until its status is one of `statuses`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                health = self.health()
+                if health.get("status") in statuses:
+                    return health
+            except requests.ConnectionError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        pytest.fail(f"server not {statuses} after {timeout} s:\n{self.log_tail()}")
+
+    def worker_pid(self) -> int:
+        """The runtime's worker process (the one that loads the models): the server's child."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        return int(children[0])
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group (the server and its worker), then SIGKILL if needed."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+    def post(self, path: str, body: dict, headers: dict | None = None, timeout: float = PREDICT_TIMEOUT):
+        """One POST, answered as it is: no retry on 409 (a client that waits for each answer never
+        gets one; the tests check that)."""
+        return requests.post(f"{self.url}{path}", json=body, headers=headers, timeout=timeout)
+
+    def predict(self, **inputs) -> dict:
+        """A synchronous prediction; returns the response body (any status)."""
+        response = self.post("/predictions", {"input": inputs})
+        assert response.status_code == 200, response.text
+        return response.json()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def test_values_are_parsed_by_the_schema_types(tmp_path):
     assert Path(values["input_audio"]) == audio and type(values["input_audio"]).__name__ == "Path"
     assert values["prompt"] == "a=b"
     assert values["model_version"] == "melody" and values["seed"] is None  # untouched defaults
+    url = "https://example.com/melody.mp3"  # fetched by the prediction, as over HTTP
+    assert parse_inputs([f"input_audio={url}"], fields)["input_audio"] == url
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 from helpers import failing_ffmpeg, ffmpeg, run_cli, sines
 from helpers import predict_with_defaults as predict
 
+from musicgen.audio.channels import bs1770_weights
 from musicgen.audio.decode import load_audio
 from musicgen.audio.encode import EncoderError
+from musicgen.audio.loudness import integrated_loudness
 from musicgen.errors import InputError
 
 RATE = 32000  # Hz, every output
@@ -174,9 +177,9 @@ def test_a_window_shorter_than_a_tenth_of_a_second_is_refused(predictor, tmp_pat
     )
 
 
-def test_output_channels_mp3_and_loudness_cannot_hold_are_refused_before_any_model_runs(predictor, files):
-    """encode-decode keeps 6 channels: MP3 holds 2, BS.1770 loudness weighs 5. The refusal comes
-    before EnCodec (or an LM) runs: every module call is counted by forward hooks on the real models."""
+def test_output_channels_mp3_cannot_hold_are_refused_before_any_model_runs(predictor, files):
+    """encode-decode keeps 6 channels and MP3 holds 2. The refusal comes before EnCodec (or an LM)
+    runs: every module call is counted by forward hooks on the real models."""
     models = predictor.service.models
     calls: list[str] = []
     owners = {"codec": models.codec, **{f"lm:{version}": model.lm for version, model in models.generators.items()}}
@@ -190,15 +193,23 @@ def test_output_channels_mp3_and_loudness_cannot_hold_are_refused_before_any_mod
         assert refused(predictor, **six, output_format="mp3", normalization_strategy="peak").startswith(
             "output_format='mp3' holds mono or stereo audio, but this audio has 6 channels"
         )
-        assert refused(predictor, **six).startswith(
-            "normalization_strategy='loudness' measures at most 5 channels (ITU-R BS.1770), but this audio has 6"
-        )
         assert calls == []
         predict(predictor, **six, normalization_strategy="peak")  # the counter does see a real encode-decode
         assert "codec" in calls
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_a_5_1_file_gets_the_default_loudness_normalization_by_bs1770s_weights(predictor, files):
+    """A plain 6-channel WAV (no channel mask) is read as 5.1, ffmpeg's default: LFE not measured,
+    surrounds weighted 1.41. The output keeps the six channels at -14 LUFS by that measure."""
+    out = predict(predictor, model_version="encode-decode", input_audio=files["six-channels"])  # loudness
+    samples, rate = soundfile.read(str(out), always_2d=True)
+    assert samples.shape[1] == 6
+    wav = torch.from_numpy(samples.T.astype(np.float32))
+    weights = bs1770_weights(("FL", "FR", "FC", "LFE", "BL", "BR"))
+    assert integrated_loudness(wav, rate, weights).item() == pytest.approx(-14, abs=0.1)
 
 
 # ---------------------------------------------------------------------------------------------

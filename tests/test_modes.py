@@ -209,7 +209,7 @@ def test_encode_decode_keeps_channels_and_length(predictor, audio_dir, channels,
     source = write_scale(audio_dir / f"ed-{channels}.wav", 1.5, rate=rate, channels=channels)
     out = predict(
         predictor, model_version="encode-decode", input_audio=source, seed=0, normalization_strategy="peak"
-    )  # 6 channels: loudness (BS.1770) is defined for at most 5, see test_errors.py
+    )  # loudness of 6 channels (5.1, by BS.1770's weights): test_errors.py
     assert out.rate == RATE
     assert out.samples.shape == (round(1.5 * RATE), channels)
     assert out.metadata == {"model_version": "encode-decode", "seed": "0"}

@@ -158,41 +158,52 @@ def test_what_the_deployment_serves_bounds_the_request(changes, served, message)
     assert validate(Request(prompt="calm piano", top_k=2048), SERVED) is None
 
 
+MONO = ("FC",)
+FIVE_ONE = ("FL", "FR", "FC", "LFE", "BL", "BR")
+
+
 @pytest.mark.parametrize(
-    ("changes", "channels", "seconds", "message"),
+    ("changes", "channel_names", "seconds", "message"),
     [
-        ({"continuation": True, "continuation_start": 5}, 1, 4.0,
+        ({"continuation": True, "continuation_start": 5}, MONO, 4.0,
          "continuation_start=5 is past the end of input_audio (4.00 s long); it must be less than 4.00."),
-        ({"continuation": True, "continuation_end": 9}, 1, 4.0,
+        ({"continuation": True, "continuation_end": 9}, MONO, 4.0,
          "continuation_end=9 is past the end of input_audio (4.00 s long); use a value up to 4, or -1 for the end "
          "of the file."),
-        ({"continuation": True}, 1, 31.0,
+        ({"continuation": True}, MONO, 31.0,
          "the continuation window continuation_start=0 to continuation_end=end of file is 31.00 s long; "
          "it may be at most 30 s (the model's context)."),
-        ({"continuation": True, "continuation_start": 2}, 1, 2.05,
+        ({"continuation": True, "continuation_start": 2}, MONO, 2.05,
          "the continuation window continuation_start=2 to continuation_end=end of file is 0.050 s long; "
          "it must be at least 0.1 s of input_audio."),
-        ({"model_version": "encode-decode", "output_format": "mp3", "normalization_strategy": "peak"}, 3, 1.0,
+        ({"model_version": "encode-decode", "output_format": "mp3", "normalization_strategy": "peak"}, ("FL", "FR", "FC"), 1.0,
          "output_format='mp3' holds mono or stereo audio, but this audio has 3 channels (encode-decode keeps "
          "input_audio's channels); use output_format='wav'."),
-        ({"model_version": "encode-decode"}, 6, 1.0,
-         "normalization_strategy='loudness' measures at most 5 channels (ITU-R BS.1770), but this audio has 6 "
-         "(encode-decode keeps input_audio's channels); use normalization_strategy 'peak', 'rms' or 'clip'."),
+        ({"model_version": "encode-decode"}, ("AMBI0", "AMBI1", "AMBI2", "AMBI3"), 1.0,
+         "normalization_strategy='loudness' (ITU-R BS.1770) weighs each channel by its loudspeaker position, but "
+         "this audio's channel(s) AMBI0 AMBI1 AMBI2 AMBI3 have none (layout: AMBI0 AMBI1 AMBI2 AMBI3; encode-decode "
+         "keeps input_audio's channels); use normalization_strategy 'peak', 'rms' or 'clip'."),
+        ({"model_version": "encode-decode"}, ("FL", "FR", "DL", "DR"), 1.0,
+         "normalization_strategy='loudness' (ITU-R BS.1770) weighs each channel by its loudspeaker position, but "
+         "this audio's channel(s) DL DR have none (layout: FL FR DL DR; encode-decode keeps input_audio's "
+         "channels); use normalization_strategy 'peak', 'rms' or 'clip'."),
     ],
 )  # fmt: skip
-def test_the_decoded_input_bounds_the_request(changes, channels, seconds, message):
+def test_the_decoded_input_bounds_the_request(changes, channel_names, seconds, message):
     request = Request(**{"prompt": "calm piano", "input_audio": AUDIO, **changes})
     validate(request)
     with pytest.raises(InputError) as raised:
-        validate_input_audio(request, channels, seconds)
+        validate_input_audio(request, channel_names, seconds)
     assert str(raised.value) == message
 
 
 def test_the_decoded_input_within_bounds_passes():
-    assert validate_input_audio(Request(input_audio=AUDIO, continuation=True), 2, 30.0) is None
-    assert validate_input_audio(Request(model_version="encode-decode", input_audio=AUDIO), 5, 600.0) is None
+    assert validate_input_audio(Request(input_audio=AUDIO, continuation=True), ("FL", "FR"), 30.0) is None
+    encode_decode = Request(model_version="encode-decode", input_audio=AUDIO)  # loudness, by BS.1770's positions:
+    for layout in [("FL", "FR", "FC", "SL", "SR"), FIVE_ONE, ("FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR")]:
+        assert validate_input_audio(encode_decode, layout, 600.0) is None  # 5.0, 5.1, 7.1
     wav_peak = Request(model_version="encode-decode", input_audio=AUDIO, normalization_strategy="peak")
-    assert validate_input_audio(wav_peak, 8, 1.0) is None
+    assert validate_input_audio(wav_peak, ("AMBI0", "AMBI1", "AMBI2", "AMBI3"), 1.0) is None
     assert continuation_bounds(Request(input_audio=AUDIO, continuation_start=1, continuation_end=-1), 4.5) == (1, 4.5)
 
 

@@ -1,7 +1,7 @@
 """End to end through the real Cog HTTP server: `python -m musicgen serve` on the demo weights.
 
-One server for the session (it takes a while to load), on a free loopback port. Every wait is
-bounded. Clients retry on 409: the runtime frees its slot slightly after answering.
+One server for the session (conftest's `server`: it takes a while to load), on a free loopback
+port. Every wait is bounded. Hostile and careless callers are in test_server_callers.py.
 """
 
 from __future__ import annotations
@@ -11,146 +11,20 @@ import io
 import json
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import soundfile
-from helpers import LOOPBACK, LoopbackServer, QuietFileHandler, write_scale
+from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, START_TIMEOUT, FileServer, Server, write_scale
 
 from musicgen.dev.schema import openapi
 from musicgen.server import server_command, server_environment
-from musicgen.weights.layout import REPOSITORY
 
-HOST = LOOPBACK
-START_TIMEOUT = 300  # s: imports torch and audiocraft, loads two demo models, on a shared 2-core CPU
-PREDICT_TIMEOUT = 240  # s for one prediction on the demo weights
-HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
 SAMPLE_RATE = 32000  # Hz, every MusicGen output
 MELODY_SECONDS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """A `python -m musicgen serve` process and its log."""
-
-    def __init__(self, weights: Path, log_path: Path):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "musicgen", "serve", "--host", HOST, "--port", str(self.port)],
-            cwd=REPOSITORY,
-            env=dict(os.environ, MUSICGEN_WEIGHTS=str(weights)),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log_tail(self, characters: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-characters:]
-
-    def health(self) -> dict:
-        return requests.get(f"{self.url}/health-check", timeout=HTTP_TIMEOUT).json()
-
-    def wait_for(self, statuses: set[str], timeout: float) -> dict:
-        """Poll /health-check until its status is one of `statuses`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                health = self.health()
-                if health.get("status") in statuses:
-                    return health
-            except requests.ConnectionError:
-                pass  # not listening yet
-            time.sleep(0.5)
-        pytest.fail(f"server not {statuses} after {timeout} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM the server's process group (the server and its worker), then SIGKILL if needed."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
-
-    def post(self, path: str, body: dict, headers: dict | None = None, timeout: float = PREDICT_TIMEOUT):
-        """POST, retrying while the runtime answers 409 (its one slot not yet free)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            response = requests.post(f"{self.url}{path}", json=body, headers=headers, timeout=timeout)
-            if response.status_code != 409 or time.monotonic() > deadline:
-                return response
-            time.sleep(0.2)
-
-    def predict(self, **inputs) -> dict:
-        """A synchronous prediction; returns the response body (any status)."""
-        response = self.post("/predictions", {"input": inputs})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-
-@pytest.fixture(scope="session")
-def server(demo_weights, tmp_path_factory):
-    server = Server(demo_weights, tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        server.wait_for({"READY"}, START_TIMEOUT)
-        yield server
-    finally:
-        server.stop()
-
-
-class FileServer(LoopbackServer):
-    """A loopback HTTP server for test files (input audio) that also records POSTed JSON (webhooks)."""
-
-    def __init__(self, directory: Path):
-        self.received: list[dict] = []
-        self.arrived = threading.Condition()
-        outer = self
-
-        class Handler(QuietFileHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(directory), **kwargs)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.arrived:
-                    outer.received.append(body)
-                    outer.arrived.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-        super().__init__(Handler)
-
-    def wait_for_webhook(self, prediction_id: str, statuses: set[str], timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while True:
-                for body in self.received:
-                    if body.get("id") == prediction_id and body.get("status") in statuses:
-                        return body
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    pytest.fail(f"no webhook with status {statuses} for {prediction_id}: {self.received}")
-                self.arrived.wait(remaining)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +197,7 @@ def test_cancel_a_running_prediction(server, files):
         timeout=HTTP_TIMEOUT,
     )
     assert response.status_code == 202, response.text
-    server.wait_for({"BUSY"}, HTTP_TIMEOUT)
+    file_server.wait_for_webhook("to-cancel", {"processing"}, PREDICT_TIMEOUT, logs="generating: ")  # mid-way
     cancel = requests.post(f"{server.url}/predictions/to-cancel/cancel", timeout=HTTP_TIMEOUT)
     assert cancel.status_code == 200, cancel.text
     final = file_server.wait_for_webhook("to-cancel", {"succeeded", "failed", "canceled"}, PREDICT_TIMEOUT)
@@ -333,7 +207,7 @@ def test_cancel_a_running_prediction(server, files):
 
 
 def test_burst_of_sequential_requests(server):
-    """Back-to-back clients all get through (retrying on 409), and a seed reproduces its audio."""
+    """Back-to-back requests all get through (no retry on 409), and a seed reproduces its audio."""
     outputs = [server.predict(prompt="burst", duration=1, seed=7 + index % 2) for index in range(6)]
     assert all(output["status"] == "succeeded" for output in outputs), [o.get("error") for o in outputs]
     assert outputs[0]["output"] == outputs[2]["output"] == outputs[4]["output"]

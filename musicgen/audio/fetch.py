@@ -1,0 +1,256 @@
+"""input_audio given as a URL: http(s) fetched under a deadline and a size cap, data: URIs decoded.
+
+Over HTTP every file input is a URL (musicgen.runtime keeps Cog from downloading it first), so a
+caller cannot make the server read its own files, hold the one prediction slot with a slow sender,
+or fill the disk with an endless body. The transfer runs in a helper thread while the calling
+thread waits in short steps: the deadline holds whatever the sender does, and a cancel (Cog's
+runtime raises CancelationException in the predicting thread) stops the wait at once, closes the
+connection and removes the partial file. Every failure is an InputError naming input_audio, the
+host and what to do; no library text reaches the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from musicgen.errors import InputError
+from musicgen.request import URL_SCHEMES, shortened
+
+TIMEOUT_ENV = "MUSICGEN_INPUT_TIMEOUT"  # seconds for the whole download of one input
+MAX_INPUT_MB_ENV = "MUSICGEN_INPUT_MAX_MB"  # megabytes (10^6 bytes) one input may hold
+DEFAULT_TIMEOUT = 120.0  # seconds: 350 MB at 25 Mbit/s
+# 20 minutes (the longest input decoded) of 24-bit 48 kHz stereo WAV is 346 MB; every compressed
+# format of that length is far smaller. Wider or longer uncompressed files: FLAC, or a larger cap.
+DEFAULT_MAX_MB = 400.0
+CONNECT_TIMEOUT = 10.0  # seconds to open the connection
+STALL_TIMEOUT = 30.0  # seconds without a byte before the helper thread gives up on its own
+WAIT_STEP = 0.05  # seconds between two looks of the waiting thread (the cancel latency)
+CHUNK = 1 << 16  # bytes per read
+MAX_REDIRECTS = 5
+USER_AGENT = "musicgen-cog-input/1"
+MEGABYTE = 1_000_000
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """What one input download may take: `timeout` seconds in all, `max_bytes` bytes."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    max_bytes: int = int(DEFAULT_MAX_MB * MEGABYTE)
+
+    @classmethod
+    def from_environment(cls, environ: os._Environ | dict | None = None) -> FetchLimits:
+        """The operator's limits: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_INPUT_MAX_MB (10^6 bytes).
+
+        A value that is not a positive number raises ValueError naming the variable (setup fails).
+        """
+        environ = os.environ if environ is None else environ
+        timeout = _positive(environ, TIMEOUT_ENV, DEFAULT_TIMEOUT)
+        max_mb = _positive(environ, MAX_INPUT_MB_ENV, DEFAULT_MAX_MB)
+        return cls(timeout=timeout, max_bytes=int(max_mb * MEGABYTE))
+
+    def describe(self) -> str:
+        return f"{self.timeout:g} s and {self.max_bytes / MEGABYTE:g} MB per input ({TIMEOUT_ENV}, {MAX_INPUT_MB_ENV})"
+
+
+def _positive(environ, name: str, default: float) -> float:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={text!r} is not a positive number; leave it unset for the default {default:g}.")
+    return value
+
+
+def fetch(url: str, folder: Path, limits: FetchLimits, name: str = "input_audio") -> Path:
+    """Write the content of `url` (http, https or data:) into `folder`; return the file's path.
+
+    Raises InputError when the URL is malformed, the server refuses or cannot be reached, the body
+    is larger than `limits.max_bytes`, or the transfer has not finished after `limits.timeout`
+    seconds. On any failure (cancellation included) no partial file is left in `folder`.
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme not in URL_SCHEMES:
+        raise InputError(f"{name} must be an http(s) URL or a data: URI.")
+    dest = Path(folder) / "input"
+    if scheme == "data":
+        _write_data_uri(url, dest, limits, name)
+    else:
+        _Transfer(url, dest, limits, name).run()
+    return dest
+
+
+def _write_data_uri(url: str, dest: Path, limits: FetchLimits, name: str) -> None:
+    """RFC 2397: data:[<media type>][;base64],<data>."""
+    header, comma, payload = url[len("data:") :].partition(",")
+    if not comma:
+        raise InputError(
+            f"{name} is a data: URI without a comma; write it as data:<media type>;base64,<base64 data> "
+            f"(e.g. data:audio/wav;base64,UklGR...)."
+        )
+    is_base64 = header.lower().split(";")[-1].strip() == "base64"
+    limit = f"at most {limits.max_bytes / MEGABYTE:g} MB ({MAX_INPUT_MB_ENV})"
+    if (len(payload) * 3 // 4 if is_base64 else len(payload)) > limits.max_bytes:
+        raise InputError(
+            f"{name} (a data: URI) holds more than {limits.max_bytes / MEGABYTE:g} MB; {limit} is allowed."
+        )
+    if is_base64:
+        try:
+            content = base64.b64decode("".join(payload.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(
+                f"{name} is a data: URI marked base64 whose data is not valid base64; "
+                f"encode the file with standard base64 (RFC 4648)."
+            ) from None
+    else:
+        content = urllib.parse.unquote_to_bytes(payload)
+    if len(content) > limits.max_bytes:
+        raise InputError(f"{name} (a data: URI) holds {len(content) / MEGABYTE:.1f} MB; {limit} is allowed.")
+    dest.write_bytes(content)
+
+
+class _Transfer:
+    """One http(s) download: a helper thread reads into `dest`, the caller waits in WAIT_STEPs."""
+
+    def __init__(self, url: str, dest: Path, limits: FetchLimits, name: str):
+        self.url, self.dest, self.limits, self.name = url, dest, limits, name
+        parsed = urllib.parse.urlsplit(url)
+        try:
+            self.host = parsed.hostname or ""
+            if parsed.port:
+                self.host += f":{parsed.port}"
+        except ValueError:  # a port that is not a number
+            self.host = ""
+        if not self.host:
+            raise InputError(f"{name}={shortened(url)!r} is not a valid URL: it names no host.")
+        self.done = threading.Event()
+        self.aborted = threading.Event()
+        self.error: InputError | None = None
+        self.response: requests.Response | None = None
+        self.lock = threading.Lock()  # guards `response` between the two threads
+
+    def run(self) -> None:
+        helper = threading.Thread(target=self._download, name="musicgen-input-fetch", daemon=True)
+        deadline = time.monotonic() + self.limits.timeout
+        helper.start()
+        try:
+            while not self.done.wait(WAIT_STEP):  # returns to Python every step: a cancel lands here
+                if time.monotonic() > deadline:
+                    raise InputError(
+                        f"{self.name}: the download from {self.host} did not finish within {self.limits.timeout:g} s "
+                        f"(this server's limit, {TIMEOUT_ENV}); use a faster host, or a smaller file."
+                    )
+            if self.error is not None:
+                raise self.error
+        except BaseException:
+            self._abort()
+            helper.join(timeout=1.0)
+            self.dest.unlink(missing_ok=True)
+            raise
+
+    def _abort(self) -> None:
+        """Stop the helper thread: wake its blocked read and let it close the connection."""
+        self.aborted.set()
+        with self.lock:
+            response = self.response
+        if response is not None:
+            try:
+                response.raw.shutdown()  # wakes a read blocked in the socket (urllib3 >= 2.3)
+            except (OSError, ValueError, RuntimeError):
+                pass
+
+    def _download(self) -> None:
+        try:
+            self._transfer()
+        except InputError as error:
+            self.error = error
+        except requests.RequestException as error:
+            self.error = InputError(self._describe(error))
+        except OSError as error:
+            self.error = InputError(
+                f"{self.name}: the download from {self.host} failed ({error.strerror or 'I/O error'})."
+            )
+        finally:
+            self.done.set()
+
+    def _transfer(self) -> None:
+        session = requests.Session()
+        session.max_redirects = MAX_REDIRECTS
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        with session:
+            response = session.get(
+                self.url, stream=True, timeout=(CONNECT_TIMEOUT, STALL_TIMEOUT), headers=headers, allow_redirects=True
+            )
+            with self.lock:
+                self.response = response
+            if self.aborted.is_set():
+                response.close()
+                return
+            with response:
+                if response.status_code >= 400:
+                    reason = f" {response.reason}" if response.reason else ""
+                    raise InputError(
+                        f"{self.name}: {self.host} answered HTTP {response.status_code}{reason} for this URL; "
+                        f"check that the URL is right and publicly readable."
+                    )
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.limits.max_bytes:
+                    raise InputError(self._too_large(f"is {int(declared) / MEGABYTE:.1f} MB"))
+                self._copy(response)
+
+    def _copy(self, response: requests.Response) -> None:
+        received = 0
+        with open(self.dest, "wb") as file:
+            for chunk in response.iter_content(CHUNK):
+                if self.aborted.is_set():
+                    return
+                received += len(chunk)
+                if received > self.limits.max_bytes:
+                    raise InputError(self._too_large(f"is larger than {self.limits.max_bytes / MEGABYTE:g} MB"))
+                file.write(chunk)
+
+    def _too_large(self, size: str) -> str:
+        return (
+            f"{self.name} from {self.host} {size}; this server accepts at most "
+            f"{self.limits.max_bytes / MEGABYTE:g} MB per input ({MAX_INPUT_MB_ENV}). Send a compressed format "
+            f"(FLAC, MP3, ...) or a shorter file."
+        )
+
+    def _describe(self, error: requests.RequestException) -> str:
+        """A requests failure in words the caller can act on (no pool or socket internals)."""
+        where = f"{self.name}: the download from {self.host}"
+        if self.aborted.is_set():
+            return f"{where} was stopped."
+        if isinstance(error, requests.exceptions.SSLError):
+            return f"{where} failed: the TLS connection could not be verified."
+        if isinstance(error, requests.exceptions.ConnectTimeout):
+            return f"{where} failed: no connection within {CONNECT_TIMEOUT:g} s."
+        if isinstance(error, requests.exceptions.ReadTimeout):
+            return f"{where} failed: the server sent nothing for {STALL_TIMEOUT:g} s."
+        if isinstance(error, requests.exceptions.ChunkedEncodingError):
+            return f"{where} failed: the connection closed before the whole file had arrived."
+        if isinstance(error, requests.exceptions.TooManyRedirects):
+            return f"{where} failed: more than {MAX_REDIRECTS} redirects."
+        if isinstance(error, requests.exceptions.ConnectionError):
+            text = str(error)
+            if "Name or service not known" in text or "NameResolutionError" in text or "nodename nor servname" in text:
+                return f"{where} failed: the host name could not be resolved."
+            if "refused" in text:
+                return f"{where} failed: the connection was refused."
+            return f"{where} failed: the connection was lost."
+        if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+            return f"{self.name}={shortened(self.url)!r} is not a valid URL."
+        return f"{where} failed."

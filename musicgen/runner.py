@@ -1,0 +1,92 @@
+"""predict.py's async predict(): the service's predictions one at a time, in arrival order, cancellable.
+
+Cog's runtime gives a prediction a slot and answers 409 when none is free. It frees a slot a few
+milliseconds after it has answered, so a client that sends its next request as soon as the answer
+arrives can find the one slot still taken. With two slots (COG_MAX_CONCURRENCY=2, which the runtime
+allows only for an async predict()) the next request always finds one; the models still run one
+prediction at a time: every prediction is a job on one worker thread, taken in arrival order, so a
+second request waits for the first instead of being refused.
+
+A cancel arrives as asyncio's CancelledError in the waiting coroutine. A job still queued is
+dropped; a running one is stopped the way the runtime stops a synchronous predict(): an exception
+raised in its thread at the next Python instruction, so every `finally` of the service runs
+(partial downloads and outputs are removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from musicgen import runtime
+from musicgen.errors import PredictionCancelled
+from musicgen.request import Request
+from musicgen.service import MusicGenService, Prediction
+
+
+class PredictionRunner:
+    """Runs MusicGenService.predict on one worker thread; `await runner.predict(request)`."""
+
+    def __init__(self, service: MusicGenService, after_each: Callable[[float], object] | None = None):
+        self.service = service
+        self._after_each = after_each  # called with each job's start time (time.time()) when it ends
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgen-predict")
+
+    @classmethod
+    def load(cls, fine_tuned: str | None = None) -> PredictionRunner:
+        """Load the service; inside Cog's server, also adapt its runtime (musicgen.runtime)."""
+        if not runtime.under_cog_server():
+            return cls(MusicGenService.load(fine_tuned=fine_tuned))
+        runtime.keep_url_inputs()
+        # Each slot's answer is sent after its predict() returns: keep that many outputs on disk.
+        service = MusicGenService.load(fine_tuned=fine_tuned, outputs_kept=runtime.slot_count() - 1)
+        return cls(service, after_each=runtime.remove_prediction_folders)
+
+    async def predict(self, request: Request) -> Prediction:
+        job = _Job(self.service.predict, request, contextvars.copy_context(), self._after_each)
+        future = self._executor.submit(job.run)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # still queued: never runs
+            job.cancel()  # running: stopped at its next Python instruction
+            raise
+
+
+class _Job:
+    """One call on the worker thread, with the caller's context (Cog routes log lines by it)."""
+
+    def __init__(self, function, request, context: contextvars.Context, after: Callable[[float], object] | None):
+        self._call = lambda: context.run(function, request)
+        self._after = after
+        self._state = threading.Lock()  # guards _thread: a cancel never lands outside run()
+        self._thread: int | None = None
+
+    def run(self) -> Prediction:
+        started = time.time()
+        with self._state:
+            self._thread = threading.get_ident()
+        try:
+            return self._call()
+        finally:
+            with self._state:
+                self._thread = None
+                _set_async_exception(threading.get_ident(), None)  # a cancel that came too late
+            if self._after is not None:
+                self._after(started)
+
+    def cancel(self) -> None:
+        with self._state:
+            if self._thread is not None:
+                _set_async_exception(self._thread, PredictionCancelled)
+
+
+def _set_async_exception(thread: int, exception: type[BaseException] | None) -> None:
+    """CPython's PyThreadState_SetAsyncExc: raise `exception` in `thread` (None: clear a pending one)."""
+    pending = None if exception is None else ctypes.py_object(exception)  # None is passed as NULL
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), pending)

@@ -1,0 +1,152 @@
+"""musicgen.audio.fetch on its own: data: URIs, the operator's limits, and http(s) transfers from
+local senders (refusals, the cap, the deadline, a cancel raised in the waiting thread)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import select
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+from helpers import LoopbackServer
+
+from musicgen.audio.fetch import MAX_INPUT_MB_ENV, TIMEOUT_ENV, FetchLimits, fetch
+from musicgen.errors import InputError, PredictionCancelled
+from musicgen.runner import _set_async_exception
+
+LIMITS = FetchLimits(timeout=3, max_bytes=100_000)
+
+
+class Sender(LoopbackServer):
+    """GET /ok: 1000 bytes; /missing: 404; /long: 200 KB declared; /endless; /hang: headers only."""
+
+    def __init__(self):
+        self.closed = threading.Event()
+        self.started = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self):
+                try:
+                    if self.path == "/missing":
+                        self.send_error(404)
+                        return
+                    self.send_response(200)
+                    length = {"/ok": 1000, "/long": 200_000, "/hang": 1000}.get(self.path)
+                    if length:
+                        self.send_header("Content-Length", str(length))
+                    self.end_headers()
+                    outer.started.set()
+                    if self.path == "/ok":
+                        self.wfile.write(b"a" * 1000)
+                    while self.path == "/endless":
+                        self.wfile.write(b"b" * 4096)
+                    if self.path == "/hang":  # nothing more: wait until the client goes away
+                        while not select.select([self.connection], [], [], 0.05)[0]:
+                            pass
+                        assert self.connection.recv(1) == b""
+                        outer.closed.set()
+                except (BrokenPipeError, ConnectionResetError):
+                    outer.closed.set()
+
+        super().__init__(Handler)
+
+
+@pytest.fixture
+def sender():
+    sender = Sender()
+    yield sender
+    sender.close()
+
+
+def test_limits_come_from_the_environment_and_bad_values_are_named():
+    assert FetchLimits.from_environment({}) == FetchLimits()
+    limits = FetchLimits.from_environment({TIMEOUT_ENV: "30", MAX_INPUT_MB_ENV: "2.5"})
+    assert limits == FetchLimits(timeout=30.0, max_bytes=2_500_000)
+    for name, value in [(TIMEOUT_ENV, "0"), (TIMEOUT_ENV, "soon"), (MAX_INPUT_MB_ENV, "-1"), (MAX_INPUT_MB_ENV, "inf")]:
+        with pytest.raises(ValueError, match=f"{name}='{value}' is not a positive number"):
+            FetchLimits.from_environment({name: value})
+
+
+@pytest.mark.parametrize(
+    "uri, content",
+    [
+        (f"data:audio/wav;base64,{base64.b64encode(b'RIFF-data').decode()}", b"RIFF-data"),
+        ("data:audio/wav;base64,UklG\nRg==", b"RIFF"),  # line breaks in base64 are skipped
+        ("data:,plain%20text", b"plain text"),  # percent-encoded
+    ],
+)
+def test_a_data_uri_is_written_as_its_content(tmp_path, uri, content):
+    assert fetch(uri, tmp_path, LIMITS).read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("data:audio/wav;base64", "input_audio is a data: URI without a comma"),
+        ("data:audio/wav;base64,@@@", "not valid base64"),
+        ("data:audio/wav;base64," + "A" * 200_000, "holds more than 0.1 MB; at most 0.1 MB (MUSICGEN_INPUT_MAX_MB)"),
+        ("ftp://example.com/a.wav", "input_audio must be an http(s) URL or a data: URI."),
+        ("http:///a.wav", "is not a valid URL: it names no host."),
+    ],
+)
+def test_bad_uris_are_refused_naming_input_audio(tmp_path, uri, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        fetch(uri, tmp_path, LIMITS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_http_file_within_the_limits_is_fetched(tmp_path, sender):
+    assert fetch(f"{sender.url}/ok", tmp_path, LIMITS).read_bytes() == b"a" * 1000
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/missing", "answered HTTP 404 Not Found for this URL"),
+        ("/long", "is 0.2 MB; this server accepts at most 0.1 MB per input (MUSICGEN_INPUT_MAX_MB)"),
+        ("/endless", "is larger than 0.1 MB; this server accepts at most 0.1 MB per input"),
+    ],
+)
+def test_refusals_and_the_cap_leave_no_file(tmp_path, sender, path, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        fetch(f"{sender.url}{path}", tmp_path, LIMITS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_deadline_holds_against_a_silent_sender(tmp_path, sender):
+    start = time.monotonic()
+    with pytest.raises(InputError, match="did not finish within 3 s"):
+        fetch(f"{sender.url}/hang", tmp_path, LIMITS)
+    assert 3 <= time.monotonic() - start < 4.5
+    assert list(tmp_path.iterdir()) == []
+    assert sender.closed.wait(5), "the connection was left open"
+
+
+def test_a_cancel_in_the_waiting_thread_stops_the_transfer_at_once(tmp_path, sender):
+    """Cog's runtime cancels by raising an exception in the predicting thread: the wait ends,
+    the connection closes and the partial file goes."""
+    outcome = {}
+
+    def download():
+        try:
+            fetch(f"{sender.url}/hang", tmp_path, FetchLimits(timeout=60, max_bytes=10**6))
+        except BaseException as error:  # the injected cancel
+            outcome["error"], outcome["at"] = error, time.monotonic()
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    assert sender.started.wait(5)
+    cancelled = time.monotonic()
+    _set_async_exception(thread.ident, PredictionCancelled)
+    thread.join(5)
+    assert isinstance(outcome["error"], PredictionCancelled)
+    assert outcome["at"] - cancelled < 0.5
+    assert sender.closed.wait(5), "the connection was left open"
+    assert list(tmp_path.iterdir()) == []
