@@ -1,4 +1,4 @@
-"""predict.py as Cog loads it: the Predictor class, and its inputs in declaration order."""
+"""predict.py and train.py as Cog loads them: the Predictor class, the train function, and their inputs in order."""
 
 from __future__ import annotations
 
@@ -12,22 +12,35 @@ from pathlib import Path
 from musicgen.weights.layout import REPOSITORY
 
 PREDICT_FILE = REPOSITORY / "predict.py"
+TRAIN_FILE = REPOSITORY / "train.py"
+
+
+def _load_module(path: Path, name: str) -> types.ModuleType:
+    """Import a file by path, as Cog does."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_predictor_class(path: Path = PREDICT_FILE) -> type:
-    """Import predict.py by path, as Cog does, and return its Predictor class."""
-    spec = importlib.util.spec_from_file_location("predict", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("predict", module)
-    spec.loader.exec_module(module)
-    return module.Predictor
+    """predict.py's Predictor class."""
+    return _load_module(path, "predict").Predictor
 
 
-def input_fields(predictor_class: type) -> dict[str, tuple[type, object]]:
-    """The predict() inputs in declaration order: name -> (value type, default)."""
+def load_train_function(path: Path = TRAIN_FILE) -> typing.Callable:
+    """train.py's train function."""
+    return _load_module(path, "train").train
+
+
+def input_fields(entry: type | typing.Callable) -> dict[str, tuple[type, object]]:
+    """The inputs of a Predictor class's predict() or of a train function, in declaration order:
+    name -> (value type, default)."""
+    function = entry.predict if isinstance(entry, type) else entry
     fields = {}
-    hints = typing.get_type_hints(predictor_class.predict)
-    for name, parameter in inspect.signature(predictor_class.predict).parameters.items():
+    hints = typing.get_type_hints(function)
+    for name, parameter in inspect.signature(function).parameters.items():
         if name == "self":
             continue
         value_type = hints[name]

@@ -1,9 +1,12 @@
-"""`python -m musicgen serve`: the real Cog HTTP server (coglet) on predict.py, as the container runs it.
+"""`python -m musicgen serve`: the real Cog HTTP server (coglet) on predict.py or train.py, as the container runs it.
 
 The image built by `cog build` runs `python -m cog.server.http` in the model folder with
-COG_PREDICT_TYPE_STUB set from cog.yaml and `.cog/openapi_schema.json` beside it. `serve` does the
-same outside Docker: it (re)writes the schema from predict.py, so inputs are validated exactly as in
-the container, then replaces itself with the server process.
+COG_PREDICT_TYPE_STUB and COG_TRAIN_TYPE_STUB set from cog.yaml and `.cog/openapi_schema.json` beside
+it. `cog train` and Replicate start the same image with `--x-mode train` for trainings (POST
+/trainings runs train.py's `train()`), and give a trained version's predictor its weights in
+COG_WEIGHTS (predict.py's `setup(weights=...)`). `serve` does the same outside Docker: it (re)writes
+the schema from cog.yaml's targets, so inputs are validated exactly as in the container, then
+replaces itself with the server process.
 """
 
 from __future__ import annotations
@@ -13,60 +16,95 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from musicgen.dev.schema import openapi
+from musicgen.dev.schema.refs import COG_YAML, CogRefs, cog_refs
 from musicgen.runtime import SLOTS_ENV
 from musicgen.weights.layout import REPOSITORY
 
 log = logging.getLogger(__name__)
 
-COG_YAML = REPOSITORY / "cog.yaml"
 DEFAULT_HOST = "127.0.0.1"  # loopback; the container binds 0.0.0.0
 DEFAULT_PORT = 5000
 # Two runtime slots: the runtime frees a slot just after answering, so a client's next request
 # takes the other one instead of a 409; predictions still run one at a time (musicgen/runner.py).
 DEFAULT_SLOTS = "2"
+# train() is a plain (sync) function: coglet refuses COG_MAX_CONCURRENCY > 1 for it at setup.
+TRAIN_SLOTS = "1"
+WEIGHTS_ENV = "COG_WEIGHTS"  # what the runtime passes to setup(weights=...)
 
 
-def predict_ref(config_file: Path = COG_YAML) -> str:
-    """cog.yaml's `predict:` (or `run:`) reference, e.g. "predict.py:Predictor"."""
-    config = yaml.safe_load(config_file.read_text()) or {}
-    ref = config.get("run") or config.get("predict")
-    if not isinstance(ref, str) or ".py:" not in ref:
-        raise ValueError(f"{config_file}: `predict:` must look like 'predict.py:Predictor', got {ref!r}")
-    return ref
+def server_environment(
+    port: int,
+    refs: CogRefs | str,
+    base: dict[str, str] | None = None,
+    *,
+    train: bool = False,
+    weights: str | None = None,
+) -> dict[str, str]:
+    """The environment the container gives the server, on top of `base` (default: ours).
 
-
-def server_environment(port: int, ref: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the container gives the server, on top of `base` (default: ours), with
-    COG_MAX_CONCURRENCY=2 unless `base` sets it.
+    `refs`: cog.yaml's targets (a string is a predict ref alone): COG_PREDICT_TYPE_STUB and
+    COG_TRAIN_TYPE_STUB, as the image sets both. Predict mode gets COG_MAX_CONCURRENCY=2 unless
+    `base` sets it; train mode (`train`) exactly 1. `weights` (a path or URL) becomes COG_WEIGHTS.
 
     coglet starts its worker as `python` found on PATH, not as sys.executable: this interpreter's
     folder goes first, or the worker cannot import coglet and the server stays STARTING forever.
     """
+    refs = CogRefs(predict=refs) if isinstance(refs, str) else refs
     env = dict(os.environ if base is None else base)
     interpreter_dir = str(Path(sys.executable).parent)  # not resolved: a venv's bin/ is a symlink farm
     env["PATH"] = os.pathsep.join([interpreter_dir, env.get("PATH", "")]).rstrip(os.pathsep)
-    env["COG_PREDICT_TYPE_STUB"] = ref
+    for name, ref in (("COG_PREDICT_TYPE_STUB", refs.predict), ("COG_TRAIN_TYPE_STUB", refs.train)):
+        if ref:
+            env[name] = ref
     env["PORT"] = str(port)
-    env.setdefault(SLOTS_ENV, DEFAULT_SLOTS)  # an operator's own value wins
+    if train:
+        env[SLOTS_ENV] = TRAIN_SLOTS
+    else:
+        env.setdefault(SLOTS_ENV, DEFAULT_SLOTS)  # an operator's own value wins
+    if weights is not None:
+        env[WEIGHTS_ENV] = weights
     return env
 
 
-def server_command(host: str, upload_url: str | None = None) -> list[str]:
+def server_command(host: str, upload_url: str | None = None, train: bool = False) -> list[str]:
+    """`python -m cog.server.http` as the image runs it; `--x-mode train` serves POST /trainings."""
     command = [sys.executable, "-m", "cog.server.http", "--host", host]
     if upload_url:
         command += ["--upload-url", upload_url]
+    if train:
+        command += ["--x-mode", "train"]
     return command
 
 
-def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, upload_url: str | None = None) -> None:
-    """Write the schema, then exec the Cog server in the repository folder. Does not return."""
-    ref = predict_ref()
-    schema_file = openapi.write(predict_ref=ref)
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    upload_url: str | None = None,
+    train: bool = False,
+    weights: str | None = None,
+) -> None:
+    """Write the schema, then exec the Cog server in the repository folder. Does not return.
+
+    train: serve cog.yaml's `train:` target (POST /trainings) instead of predict.py; one server
+        runs one mode, as in the container.
+    weights: a fine-tuned checkpoint (local path or http(s) URL, e.g. a training's output) that
+        predict.py's setup() serves, as Replicate does for a trained version (COG_WEIGHTS).
+        Predict mode only: train() is a function without setup().
+    ValueError when cog.yaml names no target for the mode, or for `weights` with `train`.
+    """
+    refs = cog_refs()
+    if train and refs.train is None:
+        raise ValueError(f"{COG_YAML} has no `train:` target to serve")
+    if not train and refs.predict is None:
+        raise ValueError(f"{COG_YAML} has no `predict:` target to serve")
+    if train and weights is not None:
+        raise ValueError("weights are loaded by predict.py's setup(); a training server has no setup()")
+    schema_file = openapi.write(refs=refs)
+    ref = refs.train if train else refs.predict
     log.info("schema %s; starting Cog server for %s on http://%s:%d", schema_file, ref, host, port)
-    os.chdir(REPOSITORY)  # coglet resolves the predict ref and .cog/ against its working directory
+    os.chdir(REPOSITORY)  # coglet resolves the refs and .cog/ against its working directory
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, server_command(host, upload_url), server_environment(port, ref))
+    env = server_environment(port, refs, train=train, weights=weights)
+    os.execve(sys.executable, server_command(host, upload_url, train), env)

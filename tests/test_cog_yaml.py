@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from musicgen.dev.schema import inputs, openapi
-from musicgen.server import predict_ref
+from musicgen.dev.schema.refs import CogRefs, cog_refs
 from musicgen.weights.layout import REPOSITORY
 
 COG_YAML = REPOSITORY / "cog.yaml"
@@ -196,10 +196,41 @@ def test_sdk_and_audiocraft_pins(config):
     assert any(re.search(r"pip install --no-deps .*audiocraft==1\.3\.0$", command) for command in build["run"])
 
 
-def test_predict_ref_names_the_predictor(config):
-    assert config["predict"] == predict_ref() == openapi.PREDICT_REF
-    fields, _ = inputs.read_inputs((REPOSITORY / "predict.py").read_text(), predict_ref().split(":")[1])
-    assert fields
+def test_refs_name_the_predictor_and_the_trainer(config):
+    """`predict:` a class with run()/predict(), `train:` a function: both read statically."""
+    refs = cog_refs()
+    assert (
+        refs
+        == CogRefs(predict=config["predict"], train=config["train"])
+        == CogRefs("predict.py:Predictor", "train.py:train")
+    )
+    assert "run" not in config  # only one of run / predict
+    for ref, mode in ((refs.predict, inputs.PREDICT), (refs.train, inputs.TRAIN)):
+        file_name, name = ref.split(":")
+        fields, _ = inputs.read_inputs((REPOSITORY / file_name).read_text(), name, mode)
+        assert fields, ref
+
+
+@pytest.mark.parametrize(
+    "text, refs",
+    [
+        ('predict: "predict.py:Predictor"\n', CogRefs("predict.py:Predictor")),
+        ('run: "run.py:Runner"\ntrain: "train.py:train"\n', CogRefs("run.py:Runner", "train.py:train")),
+        ('train: "train.py:Trainer"\n', CogRefs(None, "train.py:Trainer")),
+        ('run: "a.py:A"\npredict: "b.py:B"\n', "only one of run or predict"),
+        ('predict: "predict.py:Predictor"\ntrain: "train:train"\n', "`train:` must be in the form"),
+        ('predict: "predict.Predictor"\n', "`predict:` must be in the form"),
+        ("build:\n  gpu: false\n", "no predict or train reference"),
+    ],
+)
+def test_refs_are_read_as_cog_reads_them(tmp_path, text, refs):
+    """pkg/config/parse.go and validate.go: `run:` is `predict:`, `train:` is optional, refs are "x.py:Name"."""
+    (tmp_path / "cog.yaml").write_text(text)
+    if isinstance(refs, str):
+        with pytest.raises(ValueError, match=refs):
+            cog_refs(tmp_path / "cog.yaml")
+    else:
+        assert cog_refs(tmp_path / "cog.yaml") == refs
 
 
 def test_docker_context_leaves_out_the_virtualenv():

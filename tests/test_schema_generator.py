@@ -1,21 +1,27 @@
 """The schema generator in musicgen/dev/schema: it writes the OpenAPI document `cog build` would
-(the committed .cog/openapi_schema.json is current), agrees with predict.py as Python sees it and
-shows the published seeds, and refuses what `cog build` would refuse.
+(the committed .cog/openapi_schema.json is current: predict.py's and train.py's documents merged),
+agrees with predict.py as Python sees it and shows the published seeds, writes JSON as Go does,
+and refuses what `cog build` would refuse.
 
-predict.py itself against the published seeds is tested in test_published_schema.py.
+predict.py itself against the published seeds is tested in test_published_schema.py; train.py's
+document, BaseModel outputs and the merge in test_training_schema.py.
 """
 
+import inspect
 import json
+import re
 import textwrap
 import typing
 
 import pytest
 from helpers import ADDED_CHOICES, EXPECTED_ORDER, load_seeds, squash
 
-from musicgen.dev.schema import inputs, openapi
+from musicgen.dev.schema import gojson, inputs, openapi
+from musicgen.dev.schema.refs import CogRefs
 from musicgen.predictor import load_predictor_class
 
 SEED_OUTPUT = {"format": "uri", "title": "Output", "type": "string"}
+PREDICT_ONLY = CogRefs(predict="predict.py:Predictor")  # a cog.yaml without `train:`
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +29,15 @@ def document() -> dict:
     return json.loads(openapi.generate())
 
 
+def in_order(properties: dict) -> dict:
+    """Properties by x-order: the merged file sorts every object's keys."""
+    return dict(sorted(properties.items(), key=lambda item: item[1]["x-order"]))
+
+
 def properties_of(source: str) -> tuple[dict, dict]:
-    """Input properties and the whole document for a small predict.py source."""
+    """Input properties and the whole (compact) document for a small predict.py source."""
     fields, output = inputs.read_inputs(textwrap.dedent(source))
-    document = json.loads(openapi.go_json(openapi.openapi_document(fields, output, "0.0.0")))
+    document = json.loads(gojson.go_json(openapi.openapi_document(fields, output, "0.0.0")))
     return document["components"]["schemas"]["Input"]["properties"], document
 
 
@@ -36,17 +47,17 @@ def test_committed_schema_file_is_current():
         "run `python -m musicgen.dev.schema.openapi` to write .cog/openapi_schema.json"
     )
     assert openapi.SCHEMA_FILE.read_text() == openapi.generate(), (
-        "predict.py and .cog/openapi_schema.json disagree: run `python -m musicgen.dev.schema.openapi`"
+        "predict.py, train.py and .cog/openapi_schema.json disagree: run `python -m musicgen.dev.schema.openapi`"
     )
 
 
 def test_schema_agrees_with_predict_py_as_python_sees_it(document):
     """The static reading (no import) and the imported Predictor give the same inputs."""
-    properties = document["components"]["schemas"]["Input"]["properties"]
     components = document["components"]["schemas"]
+    properties = in_order(components["Input"]["properties"])
     predict = load_predictor_class().predict
     hints = typing.get_type_hints(predict)
-    parameters = [p for p in __import__("inspect").signature(predict).parameters.values() if p.name != "self"]
+    parameters = [p for p in inspect.signature(predict).parameters.values() if p.name != "self"]
     assert list(properties) == [p.name for p in parameters]
     for order, parameter in enumerate(parameters):
         info, prop = parameter.default, properties[parameter.name]
@@ -65,7 +76,7 @@ def test_schema_agrees_with_predict_py_as_python_sees_it(document):
 
 def test_schema_shows_the_seeds(document):
     components = document["components"]["schemas"]
-    properties = components["Input"]["properties"]
+    properties = in_order(components["Input"]["properties"])
     assert list(properties) == EXPECTED_ORDER
     assert "required" not in components["Input"]  # every input has a default
     assert components["Output"] == SEED_OUTPUT
@@ -95,8 +106,28 @@ def test_schema_shows_the_seeds(document):
 def test_document_frame_is_cogs(document):
     assert document["openapi"] == "3.0.2"
     assert document["info"] == {"title": "Cog", "version": openapi.cog_version()}
-    assert list(document["paths"]) == ["/", "/health-check", "/predictions", "/predictions/{prediction_id}/cancel"]
-    assert list(document["components"]["schemas"]) == [
+    assert list(document["paths"]) == sorted(
+        ["/", "/health-check", "/predictions", "/predictions/{prediction_id}/cancel"]
+        + ["/trainings", "/trainings/{training_id}/cancel"]
+    )
+    assert list(document["components"]["schemas"]) == sorted(
+        ["Input", "Output", "model_version", "normalization_strategy", "output_format"]
+        + ["PredictionRequest", "PredictionResponse", "Status", "HTTPValidationError", "ValidationError"]
+        + ["TrainingInput", "TrainingOutput", "TrainingRequest", "TrainingResponse"]
+    )
+
+
+def test_predict_only_cog_yaml_gives_the_compact_document(document):
+    """Without `train:` cog build writes predict's document alone, compact (json.Marshal); with it,
+    the merged file holds that document's parts unchanged."""
+    compact = openapi.generate(PREDICT_ONLY)
+    alone = json.loads(compact)
+    assert "\n" not in compact and ": " not in compact.split('"description"')[0]
+    assert compact.startswith('{"components":{"schemas":{"Input":{"properties":{"model_version":{"allOf":')
+    assert '"top_p":{"default":0,' in compact and '"temperature":{"default":1,' in compact
+    assert '"maximum":60,' in compact
+    assert list(alone["paths"]) == ["/", "/health-check", "/predictions", "/predictions/{prediction_id}/cancel"]
+    assert list(alone["components"]["schemas"]) == [
         "Input",
         "Output",
         "model_version",
@@ -108,20 +139,50 @@ def test_document_frame_is_cogs(document):
         "HTTPValidationError",
         "ValidationError",
     ]
+    assert list(alone["components"]["schemas"]["Input"]["properties"]) == EXPECTED_ORDER  # insertion order
+    assert {key: document[key] for key in ("openapi", "info")} == {key: alone[key] for key in ("openapi", "info")}
+    for name, schema in alone["components"]["schemas"].items():
+        assert document["components"]["schemas"][name] == schema, name
+    for path, item in alone["paths"].items():
+        assert document["paths"][path] == item, path
 
 
-def test_json_is_written_the_way_go_writes_it():
+def test_merged_json_is_written_the_way_go_writes_it():
+    """json.MarshalIndent(merged, "", "  "): keys sorted everywhere, 2 spaces, no trailing newline."""
     text = openapi.generate()
-    assert "\n" not in text and ": " not in text.split('"description"')[0]  # compact
-    assert text.startswith('{"components":{"schemas":{"Input":{"properties":{"model_version":{"allOf":')
-    assert '"top_p":{"default":0,' in text and '"temperature":{"default":1,' in text
-    assert '"maximum":60,' in text
-    go = openapi.go_json
+    python = json.dumps(json.loads(text), indent=2, sort_keys=True, ensure_ascii=False)
+    number = re.compile(r"(?<=[\s\[:])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?=,?\n)")  # a number alone as a value
+    assert number.sub("N", text) == number.sub("N", python)  # Python's indent=2 + sort_keys layout
+    numbers = number.findall(text)
+    assert numbers and all(value == gojson.go_float(float(value)) for value in numbers)  # float64 as Go writes it
+    assert not any(char in text for char in "<>&\u2028\u2029")  # Go escapes them
+    assert text.startswith('{\n  "components": {\n    "schemas": {\n      "HTTPValidationError": {')
+    assert not text.endswith("\n") and "\t" not in text
+    assert '"default": 0.00001,' in text and '"minimum": 1e-7,' in text  # train.py's lr, through float64
+    assert '"x-order": 0' in text and '"maximum": 60,' in text and '"schema": {}' in text
+
+
+def test_go_json_rules():
+    go, indent = gojson.go_json, gojson.go_json_indent
     assert go({"b": 1, "a": [0.0, 1.5, 1e21, 1e-7, 1e16, -0.0, 0.000001]}) == (
         '{"a":[0,1.5,1e+21,1e-7,10000000000000000,-0,0.000001],"b":1}'
     )
-    assert go(openapi.Ordered(b=True, a=None)) == '{"b":true,"a":null}'
+    assert go(gojson.Ordered(b=True, a=None)) == '{"b":true,"a":null}'
     assert go("<a & b>\u2028é\n") == '"\\u003ca \\u0026 b\\u003e\\u2028é\\n"'
+    sample = {"z": [1, {"y": [], "x": {}}], "a": {"c": "<&>\u2029\t", "b": [2.5, -0.0, 1e-7, 4294967295, True, None]}}
+    assert indent(sample) == (
+        "{\n"
+        '  "a": {\n'
+        '    "b": [\n      2.5,\n      -0,\n      1e-7,\n      4294967295,\n      true,\n      null\n    ],\n'
+        '    "c": "\\u003c\\u0026\\u003e\\u2029\\t"\n'
+        "  },\n"
+        '  "z": [\n    1,\n    {\n      "x": {},\n      "y": []\n    }\n  ]\n'
+        "}"
+    )
+    plain = {"b": {"d": [1, 2, {}], "c": "é"}, "a": []}  # no Go-only escapes or exponents: Python's layout
+    assert indent(plain) == json.dumps(plain, indent=2, sort_keys=True, ensure_ascii=False)
+    assert indent(gojson.Ordered(b=1, a=2)) == '{\n  "a": 2,\n  "b": 1\n}'  # no order survives Unmarshal
+    assert indent(1e21) == "1e+21" and indent(3) == "3" and indent(0.1) == "0.1"
 
 
 def test_fragments_cog_build_writes_for_the_same_declarations():
@@ -134,7 +195,7 @@ def test_fragments_cog_build_writes_for_the_same_declarations():
                         mode: str = Input(default="fast", choices=["fast", "good"]), image: Path = None) -> str:
                 pass
         """)
-    text = openapi.go_json(document)
+    text = gojson.go_json(document)
     assert '"data":{"title":"Data","type":"object","x-order":0}' in text
     assert '"items":{"items":{"type":"object"},"title":"Items","type":"array","x-order":1}' in text
     assert '"default":"hello"' in text and '"default":5' in text and '"maximum":2' in text

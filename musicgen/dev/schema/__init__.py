@@ -1,1 +1,2 @@
-"""The OpenAPI schema `cog build` would write: inputs (predict.py read statically), openapi (document, file)."""
+"""The OpenAPI schema `cog build` would write: refs (cog.yaml's targets), literals and inputs (predict.py
+and train.py read statically), openapi (the documents, their merge, the file), gojson (Go's JSON text)."""

@@ -1,13 +1,18 @@
-"""predict.py's inputs as `cog build` reads them: statically, with `ast`, without importing the file.
+"""The inputs and output of predict.py / train.py as `cog build` reads them: statically, with `ast`,
+without importing the file.
 
 The rules are cog's (0.23.1, pkg/schema, which parses with tree-sitter):
 
-- inputs are the parameters of `run()` (else `predict()`) of the named class, in declaration
-  order; `Input(...)` keywords must be literals or module-level literal constants of predict.py;
-  string literals are taken as written, escapes uninterpreted;
+- the target is the class a cog.yaml ref names (predict: its `run()`, else `predict()`; train: its
+  `train()`), else a module-level function of that name, else one named `predict` / `train`;
+- inputs are its parameters (less a first `self`) in declaration order; `Input(...)` keywords must
+  be literals or module-level literal constants of that file; string literals are taken as
+  written, escapes uninterpreted;
 - `Optional[X]` / `X | None` makes an input nullable;
 - `choices` may be a list literal, a module constant, `list(D.keys())` / `list(D.values())` or a sum
-  of those; `ge` / `le` / `min_length` / `max_length` are read from numeric literals only.
+  of those; `ge` / `le` / `min_length` / `max_length` are read from numeric literals only;
+- the output is a primitive, a list of one, or a BaseModel subclass of the same file (an object
+  whose annotated fields are its properties), titled "Output" in both modes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from musicgen.dev.schema.gojson import Ordered
+from musicgen.dev.schema.literals import NONE, SchemaError, imports_of, literal, module_scope, raw_string
+
+PREDICT, TRAIN = "predict", "train"  # cog's schema.Mode
 # Python type name -> JSON schema fragment (cog's PrimitiveType.JSONType()).
 PRIMITIVES = {
     "bool": {"type": "boolean"},
@@ -26,11 +35,6 @@ PRIMITIVES = {
     "Secret": {"type": "string", "format": "password", "writeOnly": True, "x-cog-secret": True},
     "Any": {"type": "object"},
 }
-NONE = object()  # a literal None default, kept apart from "no default"
-
-
-class SchemaError(ValueError):
-    """predict.py declares something static schema generation cannot express."""
 
 
 @dataclass
@@ -62,80 +66,6 @@ class InputField:
     keywords: dict = field(default_factory=dict)  # description, ge, le, choices, ...
 
 
-def _raw_string(node: ast.AST, source: str) -> str | None:
-    """A string literal as cog reads it: the source text minus its quotes, escapes untouched."""
-    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
-        return None
-    text = ast.get_source_segment(source, node) or ""
-    for quote in ('"""', "'''"):
-        if text.startswith(quote):
-            return text[3:-3] if len(text) >= 6 else None
-    if text[:1] in ('"', "'"):
-        return text[1:-1]
-    if text[:2] in ('r"', "r'"):
-        return text[2:-1]
-    return None  # f-, b-, u- and R- prefixed strings are not read by cog
-
-
-def _literal(node: ast.AST, source: str, scope: dict | None = None) -> object:
-    """A literal default (None -> NONE); names resolve through `scope` one level deep.
-
-    Raises SchemaError when the expression is not a literal cog can read.
-    """
-    if isinstance(node, ast.Constant):
-        if node.value is None:
-            return NONE
-        if isinstance(node.value, str):
-            text = _raw_string(node, source)
-            if text is None:
-                raise SchemaError(f"string {ast.get_source_segment(source, node)} cannot be read statically")
-            return text
-        if isinstance(node.value, (bool, int, float)):
-            return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _literal(node.operand, source)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-        return [_literal(item, source) for item in node.elts]
-    if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_literal(k, source): _literal(v, source) for k, v in zip(node.keys, node.values, strict=True)}
-    if scope is not None and isinstance(node, ast.Name) and node.id in scope:
-        return scope[node.id]
-    raise SchemaError(f"`{ast.get_source_segment(source, node)}` cannot be statically resolved")
-
-
-def _module_scope(tree: ast.Module, source: str) -> dict:
-    """Module-level `NAME = <literal>` assignments: the constants Input(...) may refer to."""
-    scope = {}
-    for statement in tree.body:
-        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
-            target, value = statement.targets[0], statement.value
-        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
-            target, value = statement.target, statement.value
-        else:
-            continue
-        if isinstance(target, ast.Name):
-            try:
-                scope[target.id] = _literal(value, source)
-            except SchemaError:
-                pass
-    return scope
-
-
-def _imports(tree: ast.Module) -> dict[str, tuple[str, str]]:
-    """Local name -> (module, original name) for every top-level import."""
-    names = {}
-    for statement in tree.body:
-        if isinstance(statement, ast.ImportFrom) and statement.module:
-            for alias in statement.names:
-                names[alias.asname or alias.name] = (statement.module, alias.name)
-        elif isinstance(statement, ast.Import):
-            for alias in statement.names:
-                names[alias.asname or alias.name] = (alias.name, alias.name)
-    return names
-
-
 def _is_input_call(node: ast.AST, imports: dict) -> bool:
     if not isinstance(node, ast.Call):
         return False
@@ -146,7 +76,7 @@ def _is_input_call(node: ast.AST, imports: dict) -> bool:
 def _choices(node: ast.AST, source: str, scope: dict, name: str) -> list:
     """choices=: a list literal, a module constant, list(D.keys()/values()), or a + b."""
     if isinstance(node, ast.List):
-        return _literal(node, source)
+        return literal(node, source)
     if isinstance(node, ast.Name) and isinstance(scope.get(node.id), list):
         return scope[node.id]
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
@@ -168,7 +98,7 @@ def _choices(node: ast.AST, source: str, scope: dict, name: str) -> list:
 def _number(node: ast.AST, source: str) -> float | None:
     """ge= / le= / min_length= / max_length=: numeric literals only (no constants), as in cog."""
     try:
-        value = _literal(node, source)
+        value = literal(node, source)
     except SchemaError:
         return None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -181,14 +111,14 @@ def _input_keywords(call: ast.Call, source: str, scope: dict, name: str) -> tupl
         key, value = keyword.arg, keyword.value
         if key == "default":
             try:
-                default = _literal(value, source, scope)
+                default = literal(value, source, scope)
             except SchemaError:
                 default = NONE  # cog treats an unresolvable Input default as None
             has_default = True
         elif key == "default_factory":
             raise SchemaError(f"parameter '{name}': default_factory is not supported in static schema generation")
         elif key == "description":
-            text = _raw_string(value, source)
+            text = raw_string(value, source)
             if text is None and isinstance(value, ast.Name) and isinstance(scope.get(value.id), str):
                 text = scope[value.id]
             if text is not None:
@@ -198,7 +128,7 @@ def _input_keywords(call: ast.Call, source: str, scope: dict, name: str) -> tupl
             if number is not None:
                 keywords[key] = number if key in ("ge", "le") else int(number)
         elif key in ("regex", "accept"):
-            text = _raw_string(value, source)
+            text = raw_string(value, source)
             if text is not None:
                 keywords[key] = text
         elif key == "choices":
@@ -255,36 +185,104 @@ def _input_type(node: ast.AST, imports: dict, name: str) -> InputType:
     raise SchemaError(f"parameter '{name}': type `{ast.unparse(node)}` is not supported by musicgen.dev.schema")
 
 
-def _output_schema(node: ast.AST | None, imports: dict, method: str) -> dict:
-    """The return annotation -> the Output component (cog rejects a missing or Optional one)."""
-    if node is None:
-        raise SchemaError(f"{method}() has no return type annotation")
-    output = _input_type(node, imports, "return")
-    if output.nullable:
-        raise SchemaError(f"{method}() must not return Optional[...]")
-    schema = output.json()
-    schema["title"] = "Output"
+def title_case(name: str) -> str:
+    """cog's TitleCase: "training_id" -> "Training Id"."""
+    return " ".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def _value_type(node: ast.AST, imports: dict, name: str) -> InputType:
+    """An output or output-field annotation: what an input may be, less dict[K, V] (cog would write
+    additionalProperties, which this generator does not)."""
+    if isinstance(node, ast.Subscript) and _strip_typing(ast.unparse(node.value)) in ("Dict", "dict"):
+        raise SchemaError(f"{name}: a parametrized dict output is not supported by musicgen.dev.schema")
+    return _input_type(node, imports, name)
+
+
+def _is_base_model(node: ast.AST, imports: dict) -> bool:
+    """cog's InheritsFromBaseModel: `BaseModel`, a name imported as cog's / pydantic's, or `x.BaseModel`."""
+    if isinstance(node, ast.Name):
+        module, original = imports.get(node.id, ("", ""))
+        return node.id == "BaseModel" or (module in ("cog", "pydantic", "pydantic.v1") and original == "BaseModel")
+    return isinstance(node, ast.Attribute) and node.attr == "BaseModel"
+
+
+def _model_schema(model: ast.ClassDef, source: str, imports: dict) -> dict:
+    """A BaseModel subclass as cog's object schema: its annotated fields in order, each titled; `required`
+    lists those neither Optional nor given a default cog can read (defaults themselves are not written)."""
+    properties, required = Ordered(), []
+    for statement in model.body:
+        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+            continue
+        name = statement.target.id
+        field_type = _value_type(statement.annotation, imports, f"{model.name}.{name}")
+        has_default = False
+        if statement.value is not None:
+            try:
+                literal(statement.value, source)
+                has_default = True
+            except SchemaError:
+                pass  # cog's parseDefaultValue fails too: the field stays required
+        if not (field_type.nullable or has_default):
+            required.append(name)
+        properties[name] = {**field_type.json(), "title": title_case(name)}
+    schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
     return schema
 
 
-def _target_method(tree: ast.Module, class_name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
-    """The class's run() (preferred, as in cog 0.23) or predict() method."""
+def _output_schema(function: ast.FunctionDef | ast.AsyncFunctionDef, tree: ast.Module, source: str) -> dict:
+    """The return annotation -> the output component, titled "Output" in both modes (cog rejects a
+    missing or Optional one). A BaseModel subclass of the same file becomes an object."""
+    node, imports = function.returns, imports_of(tree)
+    if node is None:
+        raise SchemaError(f"{function.name}() has no return type annotation")
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # "forward reference"
+        node = ast.parse(node.value, mode="eval").body
+    models = {  # by name; a later class of the same name replaces an earlier one, as in cog
+        statement.name: statement
+        for statement in tree.body
+        if isinstance(statement, ast.ClassDef) and any(_is_base_model(base, imports) for base in statement.bases)
+    }
+    if isinstance(node, ast.Name) and node.id in models:
+        return {**_model_schema(models[node.id], source, imports), "title": "Output"}
+    output = _value_type(node, imports, "return")
+    if output.nullable:
+        raise SchemaError(f"{function.name}() must not return Optional[...]")
+    return {**output.json(), "title": "Output"}
+
+
+def _target(tree: ast.Module, name: str, mode: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
+    """cog's findTargetCallableNode: a class `name` (predict: its run(), else predict(); train: its
+    train()); else a module-level function `name`, else one named after the mode."""
     for statement in tree.body:
-        if isinstance(statement, ast.ClassDef) and statement.name == class_name:
-            methods = {
-                item.name: item for item in statement.body if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
-            }
-            if "run" in methods or "predict" in methods:
-                return methods.get("run") or methods["predict"]
-            raise SchemaError(f"{class_name} must define run() or predict()")
-    raise SchemaError(f"class {class_name} not found")
+        if isinstance(statement, ast.ClassDef) and statement.name == name:
+            methods = [item for item in statement.body if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if mode == TRAIN:  # the first train(), as cog's findNamedMethodInClass
+                found = next((method for method in methods if method.name == TRAIN), None)
+            else:  # cog's collectPredictMethods keeps the last of each name, and run() wins
+                last = {method.name: method for method in methods}
+                found = last.get("run") or last.get("predict")
+            if found is None:
+                raise SchemaError(
+                    f"{name}.train not found" if mode == TRAIN else f"{name} must define run() or predict()"
+                )
+            return found
+    functions = [s for s in tree.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for wanted in (name, mode):
+        for function in functions:
+            if function.name == wanted:
+                return function
+    raise SchemaError(f"class or function {name} not found")
 
 
-def read_inputs(source: str, class_name: str = "Predictor") -> tuple[list[InputField], dict]:
-    """Every input of the predictor class in `source`, and the Output schema."""
+def read_inputs(source: str, target: str = "Predictor", mode: str = PREDICT) -> tuple[list[InputField], dict]:
+    """Every input of the predict (or train) target named `target` in `source`, and its output schema."""
+    if mode not in (PREDICT, TRAIN):
+        raise ValueError(f"mode must be {PREDICT!r} or {TRAIN!r}, got {mode!r}")
     tree = ast.parse(source)
-    imports, scope = _imports(tree), _module_scope(tree, source)
-    method = _target_method(tree, class_name)
+    imports, scope = imports_of(tree), module_scope(tree, source)
+    method = _target(tree, target, mode)
     arguments = method.args
     if arguments.vararg or arguments.kwarg or arguments.posonlyargs:
         raise SchemaError(f"{method.name}() may only take named parameters")
@@ -303,8 +301,8 @@ def read_inputs(source: str, class_name: str = "Predictor") -> tuple[list[InputF
             if _is_input_call(default_node, imports):
                 field_.keywords, field_.default, field_.has_default = _input_keywords(default_node, source, scope, name)
             else:
-                field_.default, field_.has_default = _literal(default_node, source, scope), True
+                field_.default, field_.has_default = literal(default_node, source, scope), True
         if "accept" in field_.keywords and field_.type.primitive not in ("Path", "File"):
             raise SchemaError(f"accept is only valid on Path or File inputs (parameter '{name}')")
         fields.append(field_)
-    return fields, _output_schema(method.returns, imports, method.name)
+    return fields, _output_schema(method, tree, source)

@@ -1,19 +1,24 @@
-"""The OpenAPI schema `cog build` writes to .cog/openapi_schema.json, generated from predict.py.
+"""The OpenAPI schema `cog build` writes to .cog/openapi_schema.json, generated from cog.yaml's targets.
 
 Cog's runtime never builds a schema: it reads `.cog/openapi_schema.json` (relative to its working
-directory) and validates every request against it; without the file nothing is validated. `cog
-build` writes that file by parsing predict.py statically (tree-sitter, Go). This module builds the
-same document from what musicgen.dev.schema.inputs reads, so that the bytes it writes are the bytes
-`cog build` would write (cog 0.23.1, pkg/schema):
+directory) and validates every request against it (`Input`; `TrainingInput` in train mode); without
+the file nothing is validated. `cog build` writes that file by parsing predict.py and train.py
+statically (tree-sitter, Go). This module builds the same document from what
+musicgen.dev.schema.inputs reads, so that the bytes it writes are the bytes `cog build` would
+write (cog 0.23.1, pkg/schema):
 
 - each input is a property with its `x-order`; a default of None on a non-nullable input is
   dropped and the input becomes required;
 - `choices` become an enum component named after the input, referenced through `allOf`;
 - `ge` / `le` / `min_length` / `max_length` / `regex` become minimum / maximum / minLength /
   maxLength / pattern;
-- the JSON is compact, with Go's encoding/json conventions: object keys sorted except where cog
-  keeps insertion order (properties, components, paths), integral floats without a fraction,
-  `<`, `>`, `&` escaped.
+- predict mode names its parts Input, Output, PredictionRequest, ... and /predictions; train mode
+  TrainingInput, TrainingOutput, TrainingRequest, ... and /trainings;
+- with one target (cog.yaml has `predict:` only) the JSON is compact, as Go's json.Marshal writes it:
+  keys sorted except where cog keeps insertion order (properties, components, paths);
+- with `predict:` and `train:`, cog merges the two documents (predict's wins on a name both have;
+  train adds its paths and the components predict lacks) and writes the merge with
+  json.MarshalIndent: every key sorted, 2-space indent (musicgen.dev.schema.gojson).
 
 Regenerate the committed file with `python -m musicgen.dev.schema.openapi` (`--check` only compares).
 """
@@ -22,32 +27,59 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from decimal import Decimal
 from importlib.metadata import version as package_version
 from pathlib import Path
 
 from musicgen import files
-from musicgen.dev.schema.inputs import NONE, PRIMITIVES, InputField, SchemaError, read_inputs
+from musicgen.dev.schema.gojson import Ordered, go_json, go_json_indent
+from musicgen.dev.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_inputs, title_case
+from musicgen.dev.schema.refs import CogRefs, cog_refs, split_ref
 from musicgen.weights.layout import REPOSITORY
 
 SCHEMA_FILE = REPOSITORY / ".cog" / "openapi_schema.json"  # where coglet looks (cwd-relative)
-PREDICT_REF = "predict.py:Predictor"  # as in cog.yaml `predict:`
 OPENAPI_VERSION = "3.0.2"
 COMMAND = "python -m musicgen.dev.schema.openapi"
-
-
-class Ordered(dict):
-    """A JSON object whose keys keep insertion order (cog's orderedMapAny); plain dicts are sorted."""
+# What each mode calls its parts (cog's buildOpenAPISpec, pkg/schema/openapi_spec.go).
+NAMES = {
+    PREDICT: {
+        "input": "Input",
+        "output": "Output",
+        "request": "PredictionRequest",
+        "response": "PredictionResponse",
+        "endpoint": "/predictions",
+        "summary": "Predict",
+        "description": "Run a single prediction on the model",
+        "operation": "predict_predictions_post",
+        "cancel_operation": "cancel_predictions__prediction_id__cancel_post",
+        "id": "prediction_id",
+    },
+    TRAIN: {
+        "input": "TrainingInput",
+        "output": "TrainingOutput",
+        "request": "TrainingRequest",
+        "response": "TrainingResponse",
+        "endpoint": "/trainings",
+        "summary": "Train",
+        "description": "Run a single training on the model",
+        "operation": "train_trainings_post",
+        "cancel_operation": "cancel_trainings__training_id__cancel_post",
+        "id": "training_id",
+    },
+}
 
 
 def _to_json(value: object) -> object:
+    """A value read from the source, with every literal None (NONE) as JSON null."""
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _to_json(item) for key, item in value.items()}
     return None if value is NONE else value
 
 
-def _input_schema(fields: list[InputField]) -> tuple[dict, list[tuple[str, dict]]]:
-    """The Input component and the enum components its choices need, in input order."""
+def _input_schema(fields: list[InputField], title: str) -> tuple[dict, list[tuple[str, dict]]]:
+    """The Input (TrainingInput) component and the enum components its choices need, in input order."""
     properties, required, enums = Ordered(), [], []
     for field_ in fields:
         prop = {"x-order": field_.order}
@@ -67,7 +99,7 @@ def _input_schema(fields: list[InputField]) -> tuple[dict, list[tuple[str, dict]
             )
             prop["allOf"] = [{"$ref": f"#/components/schemas/{field_.name}"}]
         else:
-            prop["title"] = " ".join(part[:1].upper() + part[1:] for part in field_.name.split("_"))
+            prop["title"] = title_case(field_.name)
             prop.update(field_.type.json())
 
         nullable = field_.type.nullable or (
@@ -95,7 +127,7 @@ def _input_schema(fields: list[InputField]) -> tuple[dict, list[tuple[str, dict]
             prop["deprecated"] = True
         properties[field_.name] = prop
 
-    schema = {"title": "Input", "type": "object", "properties": properties}
+    schema = {"title": title, "type": "object", "properties": properties}
     if required:
         schema["required"] = required
     return schema, enums
@@ -119,25 +151,26 @@ def _plain_get(summary: str, operation_id: str) -> dict:
     }
 
 
-def openapi_document(fields: list[InputField], output: dict, cog_version: str) -> dict:
-    """The predict-mode OpenAPI 3.0.2 document cog builds from one predictor's inputs and output."""
-    input_schema, enums = _input_schema(fields)
-    components = Ordered(Input=input_schema, Output=output)
+def openapi_document(fields: list[InputField], output: dict, cog_version: str, mode: str = PREDICT) -> dict:
+    """The OpenAPI 3.0.2 document cog builds from one target's inputs and output (buildOpenAPISpec)."""
+    names = NAMES[mode]
+    input_schema, enums = _input_schema(fields, names["input"])
+    components = Ordered({names["input"]: input_schema, names["output"]: output})
     components.update(enums)
     ref = "#/components/schemas/"
-    components["PredictionRequest"] = {
-        "title": "PredictionRequest",
+    components[names["request"]] = {
+        "title": names["request"],
         "type": "object",
-        "properties": {"id": {"title": "Id", "type": "string"}, "input": {"$ref": ref + "Input"}},
+        "properties": {"id": {"title": "Id", "type": "string"}, "input": {"$ref": ref + names["input"]}},
     }
     strings = {"id": "Id", "version": "Version", "status": "Status", "error": "Error", "logs": "Logs"}
     times = {"created_at": "Created At", "started_at": "Started At", "completed_at": "Completed At"}
-    components["PredictionResponse"] = {
-        "title": "PredictionResponse",
+    components[names["response"]] = {
+        "title": names["response"],
         "type": "object",
         "properties": {
-            "input": {"$ref": ref + "Input"},
-            "output": {"$ref": ref + "Output"},
+            "input": {"$ref": ref + names["input"]},
+            "output": {"$ref": ref + names["output"]},
             **{key: {"title": title, "type": "string"} for key, title in strings.items()},
             **{key: {"title": title, "type": "string", "format": "date-time"} for key, title in times.items()},
             "metrics": {"title": "Metrics", "type": "object"},
@@ -172,27 +205,27 @@ def openapi_document(fields: list[InputField], output: dict, cog_version: str) -
     paths = Ordered()
     paths["/"] = _plain_get("Root", "root__get")
     paths["/health-check"] = _plain_get("Healthcheck", "healthcheck_health_check_get")
-    paths["/predictions"] = {
+    paths[names["endpoint"]] = {
         "post": {
-            "summary": "Predict",
-            "description": "Run a single prediction on the model",
-            "operationId": "predict_predictions_post",
-            "requestBody": _json_response({"$ref": ref + "PredictionRequest"}),
+            "summary": names["summary"],
+            "description": names["description"],
+            "operationId": names["operation"],
+            "requestBody": _json_response({"$ref": ref + names["request"]}),
             "responses": {
-                "200": {"description": "Successful Response", **_json_response({"$ref": ref + "PredictionResponse"})},
+                "200": {"description": "Successful Response", **_json_response({"$ref": ref + names["response"]})},
                 "422": _validation_error(),
             },
         }
     }
-    paths["/predictions/{prediction_id}/cancel"] = {
+    paths[f"{names['endpoint']}/{{{names['id']}}}/cancel"] = {
         "post": {
             "summary": "Cancel",
-            "operationId": "cancel_predictions__prediction_id__cancel_post",
+            "operationId": names["cancel_operation"],
             "parameters": [
                 {
                     "required": True,
-                    "schema": {"title": "Prediction Id", "type": "string"},
-                    "name": "prediction_id",
+                    "schema": {"title": title_case(names["id"]), "type": "string"},
+                    "name": names["id"],
                     "in": "path",
                 }
             ],
@@ -211,54 +244,6 @@ def openapi_document(fields: list[InputField], output: dict, cog_version: str) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Go-compatible JSON
-
-
-def _go_float(value: float) -> str:
-    """encoding/json's float64: shortest round-trip digits, exponent only below 1e-6 or from 1e21."""
-    if not math.isfinite(value):
-        raise SchemaError(f"{value} cannot be written as JSON")
-    if value != 0 and (abs(value) < 1e-6 or abs(value) >= 1e21):
-        text = repr(value)
-        mantissa, exponent = text.split("e")
-        return f"{mantissa}e{exponent[0]}{exponent[1:].lstrip('0') or '0'}"
-    return format(Decimal(repr(value)).normalize(), "f")
-
-
-def _go_string(text: str) -> str:
-    encoded = json.dumps(text, ensure_ascii=False)
-    for char, escape in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        encoded = encoded.replace(char, escape)
-    return encoded
-
-
-def go_json(value: object) -> str:
-    """Compact JSON as Go's json.Marshal writes it (plain dicts with sorted keys)."""
-    if value is None or value is NONE:
-        return "null"
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _go_float(value)
-    if isinstance(value, str):
-        return _go_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(go_json(item) for item in value) + "]"
-    if isinstance(value, dict):
-        keys = list(value) if isinstance(value, Ordered) else sorted(value)
-        return "{" + ",".join(f"{_go_string(str(key))}:{go_json(value[key])}" for key in keys) + "}"
-    raise SchemaError(f"cannot write {type(value).__name__} as JSON")
-
-
-# ---------------------------------------------------------------------------------------------
 # Entry points
 
 
@@ -267,18 +252,41 @@ def cog_version() -> str:
     return package_version("cog")
 
 
-def generate(predict_ref: str = PREDICT_REF, root: Path = REPOSITORY) -> str:
-    """The schema JSON for `predict_ref` ("file.py:Class", relative to root), as cog build writes it."""
-    file_name, _, class_name = predict_ref.partition(":")
-    if not file_name.endswith(".py") or not class_name:
-        raise SchemaError(f"predict ref {predict_ref!r} must look like 'predict.py:Predictor'")
-    fields, output = read_inputs((root / file_name).read_text(), class_name)
-    return go_json(openapi_document(fields, output, cog_version()))
+def merge(predict: dict, train: dict) -> dict:
+    """cog's MergeSchemas: `predict` (changed in place) plus the paths and component schemas of
+    `train` whose names it lacks; everything else (openapi, info, clashing names) is predict's."""
+    for key, value in train["paths"].items():
+        predict["paths"].setdefault(key, value)
+    for key, value in train["components"]["schemas"].items():
+        predict["components"]["schemas"].setdefault(key, value)
+    return predict
 
 
-def write(path: Path = SCHEMA_FILE, predict_ref: str = PREDICT_REF, root: Path = REPOSITORY) -> Path:
+def target_document(ref: str, mode: str, root: Path = REPOSITORY) -> str:
+    """The compact document `cog build` generates for one target ("file.py:Name", relative to root)."""
+    file_name, name = split_ref(ref)
+    fields, output = read_inputs((root / file_name).read_text(), name, mode)
+    return go_json(openapi_document(fields, output, cog_version(), mode))
+
+
+def generate(refs: CogRefs | None = None, root: Path = REPOSITORY) -> str:
+    """The schema JSON for `refs` (default: root/cog.yaml's), as cog build writes it (GenerateCombined).
+
+    One target: its compact document. Both: each document is generated, decoded as json.Unmarshal
+    decodes into map[string]any (every number a float64: "-0" stays -0), merged and written again
+    with json.MarshalIndent.
+    """
+    refs = refs or cog_refs(root / "cog.yaml")
+    if refs.train is None or refs.predict is None:
+        return target_document(refs.predict or refs.train, PREDICT if refs.predict else TRAIN, root)
+    both = ((refs.predict, PREDICT), (refs.train, TRAIN))
+    predict, train = (json.loads(target_document(ref, mode, root), parse_int=float) for ref, mode in both)
+    return go_json_indent(merge(predict, train))
+
+
+def write(path: Path = SCHEMA_FILE, refs: CogRefs | None = None, root: Path = REPOSITORY) -> Path:
     """(Re)write the schema file; untouched when already up to date."""
-    text = generate(predict_ref, root)
+    text = generate(refs, root)
     if not path.is_file() or path.read_text() != text:
         files.write_text(path, text)
     return path
