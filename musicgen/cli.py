@@ -1,24 +1,27 @@
-"""`python -m musicgen <command>`: the command-line front of the same Predictor Cog serves."""
+"""`python -m musicgen <command>`: the command-line front of the same Predictor (and train function) Cog serves."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from musicgen.dev.bench import report as bench
-from musicgen.errors import CapacityError, InputError, WeightsError
+from musicgen.errors import CapacityError, InputError, TrainingError, WeightsError
 from musicgen.logs import FORMAT, quiet_libraries
-from musicgen.predictor import input_fields, load_predictor_class
+from musicgen.predictor import input_fields, load_predictor_class, load_train_function
 from musicgen.request import is_url
 from musicgen.server import serve
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.layout import configure_hub, weights_root
+from musicgen.weights.layout import LM_FILE, configure_hub, weights_root
 from musicgen.weights.manifest import MANIFEST
 
+WEIGHTS_ENV = "COG_WEIGHTS"  # Cog's: what it hands setup() as `weights`
+WEIGHTS_HELP = "a fine-tuned LM checkpoint (file, folder or URL) served in place of its base (default: $COG_WEIGHTS)"
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 
@@ -59,11 +62,16 @@ def parse_inputs(pairs: list[str], fields: dict[str, tuple[type, object]]) -> di
     return values
 
 
+def weights_source(args: argparse.Namespace) -> str | None:
+    """--weights, else $COG_WEIGHTS (what Cog's runtime hands setup()), else None."""
+    return args.weights or os.environ.get(WEIGHTS_ENV) or None
+
+
 def run_predict(args: argparse.Namespace) -> int:
     predictor_class = load_predictor_class()
     values = parse_inputs(args.input, input_fields(predictor_class))
     predictor = predictor_class()
-    predictor.setup()
+    predictor.setup(weights=weights_source(args))
     result = Path(asyncio.run(predictor.predict(**values)))
     output = Path(args.output).resolve() if args.output else Path.cwd() / result.name
     if output.suffix.lower() != result.suffix.lower():
@@ -88,8 +96,24 @@ def run_demo_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    train = load_train_function()
+    values = parse_inputs(args.input, input_fields(train))
+    if values["dataset_path"] is None:
+        raise InputError("dataset_path is required: -i dataset_path=<an archive of audio files, or one audio file>.")
+    result = Path(train(**values).weights)
+    dest = Path(args.output).resolve() / LM_FILE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(result, dest)
+    shutil.rmtree(result.parent, ignore_errors=True)  # train.py's own folder, now empty
+    print(f"checkpoint: {dest}")
+    print(f"serve it with: python -m musicgen predict --weights {dest} -i prompt=...")
+    return 0
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    serve(args.host, args.port, args.upload_url)  # replaces this process with the server
+    # replaces this process with the server
+    serve(args.host, args.port, args.upload_url, train=args.train, weights=weights_source(args))
     return 0
 
 
@@ -134,7 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="an input of the schema, as with `cog predict` (repeat for each input)",
     )
     predict.add_argument("-o", "--output", help="where to copy the output file (default: ./<output name>)")
+    predict.add_argument("--weights", help=WEIGHTS_HELP)
     predict.set_defaults(run=run_predict)
+
+    training = commands.add_parser(
+        "train",
+        help="fine-tune a model's LM on your audio through train.py, as `cog train` does",
+        description="Fine-tune a served model's LM on an archive of audio files (captions in same-named .txt "
+        "files) through train.py, with the inputs of `cog train`. Writes <dir>/state_dict.bin, which "
+        "`predict --weights` and `serve --weights` serve.",
+    )
+    training.add_argument(
+        "-i", "--input", action="append", default=[], metavar="KEY=VALUE", help="an input of train.py (repeat)"
+    )
+    training.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write the checkpoint to")
+    training.set_defaults(run=run_train)
 
     demo = commands.add_parser("demo-weights", help="write tiny random checkpoints in the released formats")
     demo.add_argument("directory", nargs="?", default=None, help="the weights root (default: the configured one)")
@@ -159,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     serve.add_argument("--upload-url", help="PUT output files to this URL/ instead of returning data: URIs")
+    serve.add_argument("--weights", help=WEIGHTS_HELP)
+    serve.add_argument(
+        "--train", action="store_true", help="serve trainings (POST /trainings, train.py) instead of predictions"
+    )
     serve.set_defaults(run=run_serve)
 
     timing = commands.add_parser(
@@ -184,6 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         args.directory = str(weights_root())
     try:
         return args.run(args)
-    except (InputError, WeightsError, CapacityError) as error:
+    except (InputError, WeightsError, CapacityError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

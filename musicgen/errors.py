@@ -17,3 +17,7 @@ class CapacityError(RuntimeError):
 class PredictionCancelled(BaseException):
     """Raised in a running prediction's thread when its caller cancels it. A BaseException, like
     asyncio's CancelledError and Cog's CancelationException, so `except Exception` never stops it."""
+
+
+class TrainingError(RuntimeError):
+    """A fine-tune could not go on (its loss diverged). The message says which input to change."""

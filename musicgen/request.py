@@ -59,7 +59,7 @@ class Request:
         for name in WHOLE_NUMBER_INPUTS:
             value = getattr(self, name)
             if isinstance(value, float):
-                object.__setattr__(self, name, _whole_number(name, value))
+                object.__setattr__(self, name, whole_number(name, value))
         if self.prompt is not None and not self.prompt.strip():
             object.__setattr__(self, "prompt", "")  # like "": no text condition
 
@@ -83,7 +83,8 @@ WHOLE_NUMBER_INPUTS = tuple(
 )
 
 
-def _whole_number(name: str, value: float) -> int:
+def whole_number(name: str, value: float) -> int:
+    """`value` (a float sent for an integer input) as the integer it is; InputError for a fraction."""
     if not (math.isfinite(value) and value.is_integer()):
         raise InputError(f"{name}={value!r} is not allowed; it must be a whole number.")
     return int(value)

@@ -189,16 +189,16 @@ def free_port() -> int:
 
 
 class Server:
-    """A `python -m musicgen serve` process on a free loopback port, its log, and its environment
+    """A `python -m musicgen serve [args]` process on a free loopback port, its log, and its environment
     (`env`: added to ours; TMPDIR is a folder of the caller's, so what the worker leaves is visible)."""
 
-    def __init__(self, weights: Path, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, weights: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "musicgen", "serve", "--host", LOOPBACK, "--port", str(self.port)],
+            [sys.executable, "-m", "musicgen", "serve", "--host", LOOPBACK, "--port", str(self.port), *args],
             cwd=REPOSITORY,
             env={**os.environ, "MUSICGEN_WEIGHTS": str(weights), **(env or {})},
             stdout=self._log,

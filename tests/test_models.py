@@ -425,7 +425,7 @@ def test_files_that_are_not_lm_checkpoints_are_refused(loaded, tmp_path) -> None
 
     training = {"best_state": {"model": {}}, "xp.cfg": omegaconf.OmegaConf.create({"lm_model": "transformer_lm"})}
     torch.save(training, tmp_path / "checkpoint.th")  # what a training run saves: a pickled DictConfig
-    with pytest.raises(WeightsError, match="training checkpoint.*export_lm"):
+    with pytest.raises(WeightsError, match="neither an audiocraft export nor a community fine-tuner.*export_lm"):
         check_fine_tuned(tmp_path / "checkpoint.th", *codecs)
 
     with pytest.raises(WeightsError, match="no such file"):

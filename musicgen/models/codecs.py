@@ -5,7 +5,7 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-from musicgen.models.cold_start import read_checkpoint
+from musicgen.models.checkpoints import read_checkpoint
 from musicgen.weights import layout
 
 POINTER_MAX_BYTES = 64 * 1024  # an EnCodec pointer is a few hundred bytes; the EnCodec itself 236 MB

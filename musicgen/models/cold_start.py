@@ -19,6 +19,7 @@ import torch
 from audiocraft.models import loaders
 from audiocraft.modules import conditioners
 
+from musicgen.models.checkpoints import read_checkpoint, read_lm_checkpoint
 from musicgen.weights.layout import CODEC_FILE, LM_FILE
 
 # torch.nn.init functions that fill a tensor with random numbers: skipped while building a module
@@ -57,11 +58,11 @@ def fast_loading(shared: SharedModules | None = None) -> Iterator[None]:
     """
     shared = shared or SharedModules()
     with contextlib.ExitStack() as stack:
-        for name, filename in (
-            ("load_lm_model_ckpt", LM_FILE),
-            ("load_compression_model_ckpt", CODEC_FILE),
+        for name, filename, read in (
+            ("load_lm_model_ckpt", LM_FILE, read_lm_checkpoint),  # exports and community fine-tunes
+            ("load_compression_model_ckpt", CODEC_FILE, read_checkpoint),
         ):
-            stack.enter_context(_patched(loaders, name, _local_checkpoint(getattr(loaders, name), filename)))
+            stack.enter_context(_patched(loaders, name, _local_checkpoint(getattr(loaders, name), filename, read)))
         for name in RANDOM_INIT_FUNCTIONS:
             stack.enter_context(_patched(torch.nn.init, name, _skippable(getattr(torch.nn.init, name))))
         stack.enter_context(_patched(conditioners, "T5EncoderModel", shared.t5_encoder))
@@ -80,21 +81,17 @@ def _patched(owner: object, name: str, value: object) -> Iterator[None]:
         setattr(owner, name, original)
 
 
-def read_checkpoint(path: Path | str) -> dict:
-    """torch.load of an audiocraft checkpoint, memory-mapped, safe unpickling only."""
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-
-
-def _local_checkpoint(original: Callable, filename: str) -> Callable:
-    """audiocraft's `load_*_ckpt(file_or_url_or_id, cache_dir)` with local files memory-mapped;
-    anything else (a hub id, a URL) still goes to audiocraft's own function."""
+def _local_checkpoint(original: Callable, filename: str, read: Callable[[Path], dict]) -> Callable:
+    """audiocraft's `load_*_ckpt(file_or_url_or_id, cache_dir)` with local files memory-mapped
+    (`read`, musicgen.models.checkpoints); anything else (a hub id, a URL) still goes to audiocraft's
+    own function."""
 
     def load_ckpt(file_or_url_or_id: Path | str, cache_dir: str | None = None) -> dict:
         path = Path(file_or_url_or_id)
         if path.is_dir():
             path = path / filename
         if path.is_file():
-            return read_checkpoint(path)
+            return read(path)
         return original(file_or_url_or_id, cache_dir=cache_dir)
 
     return load_ckpt

@@ -10,7 +10,7 @@ import omegaconf
 import torch
 
 from musicgen.errors import WeightsError
-from musicgen.models.cold_start import read_checkpoint
+from musicgen.models.checkpoints import read_lm_checkpoint
 from musicgen.versions import GENERATING
 from musicgen.weights.layout import T5_NAME
 
@@ -22,7 +22,8 @@ def check_fine_tuned(
 ) -> str:
     """The served version the fine-tuned LM checkpoint at `path` replaces.
 
-    Raises WeightsError unless it is an audiocraft LM export (`xp.cfg` + `best_state`) of a
+    Raises WeightsError unless it is an audiocraft LM export (`xp.cfg` + `best_state`; or the
+    community fine-tuner's trained_model.tar, musicgen.models.checkpoints) of a
     MusicGen transformer LM whose conditioners are a served version's (chroma + T5 text, or T5
     text only) and whose channels are (mono, or stereo with interleaved codebooks), with the T5 we
     hold, over that version's codec (codebooks, codebook size, sample rate), and whose weights
@@ -31,12 +32,9 @@ def check_fine_tuned(
     mono EnCodec under that version's folder.
     """
     try:
-        package = read_checkpoint(path)
-    except pickle.UnpicklingError:
-        raise WeightsError(
-            f"{path} holds pickled objects: it looks like a training checkpoint. Export the LM first with "
-            f"audiocraft.utils.export.export_lm (an 'xp.cfg' YAML string and 'best_state')."
-        ) from None
+        package = read_lm_checkpoint(path)  # an export, or the community fine-tuner's trained_model.tar
+    except pickle.UnpicklingError as refused:
+        raise WeightsError(str(refused)) from None
     except Exception as error:  # not a torch.save archive at all
         raise WeightsError(f"{path} is not a torch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(package, dict) or any(key not in package for key in LM_KEYS):

@@ -44,8 +44,9 @@ from musicgen.decode.graphs import static_cache_bytes
 from musicgen.decode.select import configured_decoder, load_decoder
 from musicgen.errors import WeightsError
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
+from musicgen.models.checkpoints import read_lm_checkpoint
 from musicgen.models.codecs import same_codec
-from musicgen.models.cold_start import SharedModules, fast_loading, read_checkpoint, skipping_random_init
+from musicgen.models.cold_start import SharedModules, fast_loading, skipping_random_init
 from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
 from musicgen.models.memory import GB, format_memory, memory_report, mono_codec, release_freed_memory
@@ -270,14 +271,14 @@ def load_models(
 
 def _lm_card(path: Path) -> int:
     """The codebook size an LM checkpoint's config states (read without loading its weights)."""
-    return int(omegaconf.OmegaConf.create(read_checkpoint(path)["xp.cfg"]).transformer_lm.card)
+    return int(omegaconf.OmegaConf.create(read_lm_checkpoint(path)["xp.cfg"]).transformer_lm.card)
 
 
 def _lm_bytes(path: Path, device: str) -> int:
     """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
     float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
     (audiocraft's load_lm_model), plus its decoder's CUDA-graph cache (graphs.static_cache_bytes)."""
-    package = read_checkpoint(path)
+    package = read_lm_checkpoint(path)
     total = 0
     for name, tensor in package["best_state"].items():
         half = device.startswith("cuda") and name.startswith("transformer.")

@@ -33,6 +33,7 @@ from musicgen.weights.layout import CODEC_FILE, LM_FILE, htdemucs_path, model_di
 def build(size: str, root: Path, sdist: str) -> None:
     """Write `size`'s checkpoints under `root`, the marker file last (it marks the build complete)."""
     from musicgen.dev.demo import builders
+    from musicgen.train import export
 
     root.mkdir(parents=True, exist_ok=True)
     if size == "tiny":
@@ -46,10 +47,10 @@ def build(size: str, root: Path, sdist: str) -> None:
             builders.write_htdemucs(htdemucs_path(root))  # the demo's: only loaded for text-only generation
         folder = model_dir(version, root)
         codec = builders.build_codec(codec_cfg)
-        builders.save(builders.export_package(codec, codec_cfg, half=False), folder / CODEC_FILE)
+        export.save(export.export_package(codec.state_dict(), codec_cfg, half=False), folder / CODEC_FILE)
         lm = builders.build_lm(lm_cfg)
         params = sum(p.numel() for p in lm.parameters())
-        builders.save(builders.export_package(lm, lm_cfg, half=True), folder / LM_FILE)
+        export.save(export.export_package(lm.state_dict(), lm_cfg, half=True), folder / LM_FILE)
         del lm
         summary = {
             "size": size,

@@ -64,6 +64,7 @@ from musicgen.dev.demo.configs import (
     lm_config,
     mbd_config,
 )
+from musicgen.train.export import export_package, save
 from musicgen.versions import GENERATING
 from musicgen.weights.layout import (
     CODEC_FILE,
@@ -88,7 +89,7 @@ def write_demo_weights(root: Path) -> None:
         write_t5(root)
         write_htdemucs(htdemucs_path(root))
         write_hf_encodec(root)
-        codec = export_package(build_codec(), CODEC_CONFIG, half=False)
+        codec = export_package(build_codec().state_dict(), CODEC_CONFIG, half=False)
         pointer = {"pretrained": ENCODEC_HF_NAME, "exported": True, "version": audiocraft.__version__}
         for version in GENERATING:
             # melody and large ship the EnCodec itself; the 3.3 B melody and stereo ones a pointer
@@ -96,29 +97,8 @@ def write_demo_weights(root: Path) -> None:
             save(codec if version in ("melody", "large") else pointer, model_dir(version, root) / CODEC_FILE)
             config = lm_config(version)
             lm = build_lm(config, seed=LM_SEEDS[version])
-            save(export_package(lm, config, half=True), model_dir(version, root) / LM_FILE)
+            save(export_package(lm.state_dict(), config, half=True), model_dir(version, root) / LM_FILE)
         save(mbd_package(), mbd_path(root))
-
-
-def export_package(model: torch.nn.Module, config: dict, half: bool) -> dict:
-    """What audiocraft.utils.export writes for a trained model. The released LMs hold float16
-    weights, the released EnCodec float32."""
-    state = model.state_dict()
-    if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    return {
-        "best_state": state,
-        "xp.cfg": omegaconf.OmegaConf.to_yaml(omegaconf.OmegaConf.create(config)),
-        "version": audiocraft.__version__,
-        "exported": True,
-    }
-
-
-def save(obj: tp.Any, path: Path) -> None:
-    """torch.save `obj` to `path` atomically (files.atomic_path). The staged file has `path`'s own
-    name, and torch names the archive inside the file after it, so the bytes do not vary."""
-    with files.atomic_path(path) as staged:
-        torch.save(obj, staged)
 
 
 def _cpu(config: dict) -> omegaconf.DictConfig:
@@ -287,3 +267,19 @@ def mbd_package() -> dict:
             "cfg": cfg,
         }
     return package
+
+
+def write_community_checkpoint(lm_file: Path, dest: Path) -> Path:
+    """The LM of the export `lm_file` in the community fine-tuner's format (sakemin's
+    trained_model.tar): torch.save({'xp.cfg': <a pickled OmegaConf DictConfig, as a dora/hydra run
+    holds it: struct mode, its resolver cache filled>, 'model': <the state dict in float32>}).
+    Same weights as `lm_file`, so it must serve the same audio."""
+    package = torch.load(lm_file, map_location="cpu", weights_only=True)
+    cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
+    cfg.device, cfg.dtype = "cuda", "float32"  # what a training run records
+    omegaconf.OmegaConf.set_struct(cfg, True)
+    # hydra's `now` resolver fills the root's cache when the run's config is composed
+    cfg._metadata.resolver_cache["now"][("%Y-%m-%d",)] = "2024-01-31"
+    state = {name: tensor.float() for name, tensor in package["best_state"].items()}
+    save({"xp.cfg": cfg, "model": state}, dest)
+    return dest

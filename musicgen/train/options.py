@@ -1,0 +1,81 @@
+"""One training's inputs as a frozen dataclass (train.py's, same names and defaults) and their rules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicgen.errors import InputError
+from musicgen.request import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED, shortened, whole_number
+from musicgen.versions import ENCODE_DECODE, GENERATING
+
+MIN_EPOCHS, MAX_EPOCHS = 1, 100
+MIN_BATCH_SIZE, MAX_BATCH_SIZE = 1, 64
+MIN_LR, MAX_LR = 1e-7, 1e-2
+MAX_WARMUP_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Every input of one training, as declared in train.py."""
+
+    dataset_path: Path | None  # an archive (zip, tar, tar.gz) of audio files and captions, or one audio file
+    one_same_description: str | None = None  # the caption of files without their own .txt
+    model_version: str = "melody"  # the served model whose LM is fine-tuned
+    epochs: int = 3
+    batch_size: int = 4  # segments per optimizer step
+    lr: float = 1e-5  # AdamW's peak learning rate
+    warmup_steps: int = 10  # steps of linear warm-up before the cosine decay
+    cfg_p: float = 0.3  # probability of dropping a batch's conditions (classifier-free guidance)
+    drop_vocals: bool = True  # HT-Demucs removes the vocals before training
+    seed: int | None = None  # None or -1: random
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "warmup_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, float):  # JSON's 3.0 is 3; 3.5 is refused
+                object.__setattr__(self, name, whole_number(name, value))
+        caption = self.one_same_description
+        if caption is not None and not caption.strip():
+            object.__setattr__(self, "one_same_description", None)
+
+    @property
+    def wants_random_seed(self) -> bool:
+        return self.seed is None or self.seed == RANDOM_SEED
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{name}={value!r} is out of range; it must be between {low:g} and {high:g}.")
+
+
+def validate(request: TrainRequest) -> None:
+    """Raise InputError for the first caller mistake found, before anything is read or loaded."""
+    if request.model_version == ENCODE_DECODE:
+        raise InputError(
+            "model_version='encode-decode' runs audio through the codec and back; it has no language model "
+            f"to fine-tune. Choose one of: {', '.join(GENERATING)}."
+        )
+    if request.model_version not in GENERATING:
+        raise InputError(
+            f"model_version={request.model_version!r} is not allowed; choose one of: {', '.join(GENERATING)}."
+        )
+    _check_range("epochs", request.epochs, MIN_EPOCHS, MAX_EPOCHS)
+    _check_range("batch_size", request.batch_size, MIN_BATCH_SIZE, MAX_BATCH_SIZE)
+    _check_range("lr", request.lr, MIN_LR, MAX_LR)
+    _check_range("warmup_steps", request.warmup_steps, 0, MAX_WARMUP_STEPS)
+    _check_range("cfg_p", request.cfg_p, 0.0, 1.0)
+    if not request.wants_random_seed:
+        _check_range("seed", request.seed, 0, MAX_SEED)
+    caption = request.one_same_description
+    if caption is not None and len(caption) > MAX_PROMPT_CHARACTERS:
+        raise InputError(
+            f"one_same_description is {len(caption)} characters long; it may be at most {MAX_PROMPT_CHARACTERS} "
+            f"(the text encoder reads about 512 tokens)."
+        )
+    if request.dataset_path is None:
+        raise InputError("dataset_path is required: an archive (zip, tar, tar.gz) of audio files, or one audio file.")
+    path = Path(request.dataset_path)
+    if not path.is_file():
+        raise InputError(f"dataset_path={shortened(str(path))!r}: no such file (an archive of audio files, or one).")
