@@ -285,17 +285,22 @@ def test_training_mistakes_are_named_before_anything_loads(dataset, inputs, mess
 # The community fine-tuner's trained_model.tar
 
 
-def test_a_community_checkpoint_serves_the_same_audio_as_the_weights_it_holds(predictor, demo_weights, tmp_path):
+@pytest.mark.parametrize("version", ["melody", "large", "stereo-melody-large"])  # mono melody, text-only, stereo
+def test_a_community_checkpoint_serves_the_same_audio_as_the_weights_it_holds(
+    predictor, demo_weights, tmp_path, version
+):
     from musicgen.dev.demo.builders import write_community_checkpoint
     from musicgen.predictor import load_predictor_class
 
-    community = write_community_checkpoint(demo_weights / "musicgen-melody" / LM_FILE, tmp_path / "trained_model.tar")
+    source = demo_weights / f"musicgen-{version}" / LM_FILE
+    community = write_community_checkpoint(source, tmp_path / "trained_model.tar")
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(community, weights_only=True)  # a pickled config: torch's safe loader cannot read it
     served = load_predictor_class()()
     served.setup(weights=str(community))
-    assert served.service.models.checkpoints["melody"] == community
+    assert served.service.models.checkpoints[version] == community
     for inputs in ({"prompt": "calm", "duration": 1, "seed": 4}, {"prompt": "x", "duration": 2, "seed": 5}):
+        inputs["model_version"] = version
         assert (
             predict_with_defaults(served, **inputs).read_bytes()
             == predict_with_defaults(predictor, **inputs).read_bytes()
