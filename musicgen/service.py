@@ -16,6 +16,7 @@ from musicgen.audio.decode import DecodedAudio
 from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.generate import generate
 from musicgen.models.load import LoadedModels, configured_versions, load_models
+from musicgen.models.memory import release_freed_memory
 from musicgen.request import MAX_SEED, Request, is_url, validate, validate_input_audio
 from musicgen.versions import ENCODE_DECODE
 
@@ -87,6 +88,8 @@ class MusicGenService:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        finally:
+            release_freed_memory()  # this prediction's buffers, back to the system: RSS stays flat
         self._output_dirs.append(folder)
         return Prediction(path, seed, generate_seconds)
 

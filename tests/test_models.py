@@ -267,6 +267,19 @@ def test_memory_report_adds_mbd_once_loaded(demo_weights, caplog) -> None:
     assert "memory with MultiBand Diffusion" in caplog.text
 
 
+def test_each_lm_keeps_a_bounded_number_of_codebook_patterns(loaded) -> None:
+    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+
+    from musicgen.models.memory import PATTERN_CACHE_ENTRIES
+
+    provider = loaded.generator("melody").lm.pattern_provider
+    reference = DelayedPatternProvider(n_q=provider.n_q, delays=provider.delays)
+    for timesteps in range(10, 10 + 3 * PATTERN_CACHE_ENTRIES):  # every duration a server sees
+        assert provider.get_pattern(timesteps).layout == reference.get_pattern(timesteps).layout
+    assert provider.get_pattern.cache_info().currsize == PATTERN_CACHE_ENTRIES
+    assert reference.get_pattern.cache_info().currsize == 3 * PATTERN_CACHE_ENTRIES  # audiocraft's own keeps 100
+
+
 def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
     """Cog's worker has no logging handler: setup() adds one on stderr (once)."""
     code = (

@@ -49,7 +49,14 @@ from musicgen.models.codecs import same_codec
 from musicgen.models.cold_start import SharedModules, fast_loading, skipping_random_init
 from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
-from musicgen.models.memory import GB, format_memory, memory_report, mono_codec, release_freed_memory
+from musicgen.models.memory import (
+    GB,
+    bound_pattern_cache,
+    format_memory,
+    memory_report,
+    mono_codec,
+    release_freed_memory,
+)
 from musicgen.request import VERSIONS_ENV
 from musicgen.versions import GENERATING, PRELOADED
 from musicgen.weights import layout, store
@@ -175,6 +182,7 @@ class LoadedModels:
         for version, path in paths.items():
             name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
             self.generators[version] = assemble(name, codecs[version], lms[version])
+            bound_pattern_cache(self.generators[version].lm)
             self.decoders[version] = load_decoder(self.generators[version], version)  # on CUDA: checked now
             # its weights, and on CUDA its decoder's static buffers (the CUDA graph's cache)
             graph = getattr(self.decoders[version], "graph", None)
