@@ -36,6 +36,14 @@ STALL_TIMEOUT = 30.0  # seconds without a byte before the helper thread gives up
 WAIT_STEP = 0.05  # seconds between two looks of the waiting thread (the cancel latency)
 CHUNK = 1 << 16  # bytes per read
 MAX_REDIRECTS = 5
+# A requests failure (first match wins) -> what the caller reads after "the download from <host> failed: ".
+_FAILURE_REASONS = (
+    (requests.exceptions.SSLError, "the TLS connection could not be verified"),
+    (requests.exceptions.ConnectTimeout, f"no connection within {CONNECT_TIMEOUT:g} s"),
+    (requests.exceptions.ReadTimeout, f"the server sent nothing for {STALL_TIMEOUT:g} s"),
+    (requests.exceptions.ChunkedEncodingError, "the connection closed before the whole file had arrived"),
+    (requests.exceptions.TooManyRedirects, f"more than {MAX_REDIRECTS} redirects"),
+)
 USER_AGENT = "musicgen-cog-input/1"
 MEGABYTE = 1_000_000
 
@@ -234,16 +242,9 @@ class _Transfer:
         where = f"{self.name}: the download from {self.host}"
         if self.aborted.is_set():
             return f"{where} was stopped."
-        if isinstance(error, requests.exceptions.SSLError):
-            return f"{where} failed: the TLS connection could not be verified."
-        if isinstance(error, requests.exceptions.ConnectTimeout):
-            return f"{where} failed: no connection within {CONNECT_TIMEOUT:g} s."
-        if isinstance(error, requests.exceptions.ReadTimeout):
-            return f"{where} failed: the server sent nothing for {STALL_TIMEOUT:g} s."
-        if isinstance(error, requests.exceptions.ChunkedEncodingError):
-            return f"{where} failed: the connection closed before the whole file had arrived."
-        if isinstance(error, requests.exceptions.TooManyRedirects):
-            return f"{where} failed: more than {MAX_REDIRECTS} redirects."
+        for kind, reason in _FAILURE_REASONS:  # in this order: the first ones are ConnectionErrors too
+            if isinstance(error, kind):
+                return f"{where} failed: {reason}."
         if isinstance(error, requests.exceptions.ConnectionError):
             text = str(error)
             if "Name or service not known" in text or "NameResolutionError" in text or "nodename nor servname" in text:
