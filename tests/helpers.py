@@ -12,8 +12,7 @@ import inspect
 import json
 import os
 import re
-import signal
-import socket
+import select
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ import pytest
 import requests
 import soundfile
 
+from musicgen.dev.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
+from musicgen.dev.server_process import LOOPBACK, ServerError, ServerProcess
 from musicgen.weights.layout import REPOSITORY
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +102,6 @@ def failing_ffmpeg(tmp_path: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------------
 # A loopback HTTP server
 
-LOOPBACK = "127.0.0.1"
-
 
 class QuietFileHandler(SimpleHTTPRequestHandler):
     """Serves files from its `directory`, logging nothing (pytest's output stays clean)."""
@@ -136,6 +135,68 @@ class LoopbackServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class HostileSenders(LoopbackServer):
+    """The hosts a careless or hostile caller points input_audio at, on loopback. GET:
+
+    /file: `file` (bytes) whole, with its length; /missing: 404; /slow: declares 192 KB and trickles
+    10 bytes a second; /endless: random bytes without end; /hang: headers (1000 bytes declared),
+    then silence until the client goes away; /huge: declares 10 GB. `sent` counts each path's body
+    bytes, `started` is set when a body begins, `closed[path]` notes when the client went away.
+    """
+
+    SLOW_BYTES = 192_000  # /slow's declared length
+    TRICKLE = 10  # /slow's bytes a second
+
+    def __init__(self, file: bytes = b"a" * 1000):
+        self.sent: dict[str, int] = {}
+        self.closed: dict[str, float] = {}
+        self.started = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self):
+                outer.sent[self.path] = 0
+                try:
+                    self._send()
+                except (BrokenPipeError, ConnectionResetError):
+                    outer.closed[self.path] = time.monotonic()
+
+            def _send(self):
+                if self.path == "/missing":
+                    self.send_error(404)
+                    return
+                length = {"/file": len(file), "/slow": outer.SLOW_BYTES, "/hang": 1000, "/huge": 10**10}
+                self._headers(length.get(self.path))
+                outer.started.set()
+                if self.path in ("/file", "/huge"):
+                    self.wfile.write(file if self.path == "/file" else b"RIFF")
+                elif self.path == "/hang":  # nothing more: wait until the client goes away
+                    while not select.select([self.connection], [], [], 0.05)[0]:
+                        pass
+                    if self.connection.recv(1) == b"":
+                        outer.closed[self.path] = time.monotonic()
+                elif self.path in ("/slow", "/endless"):
+                    block = b"\0" * outer.TRICKLE if self.path == "/slow" else np.random.bytes(1 << 16)
+                    while True:
+                        self.wfile.write(block)
+                        self.wfile.flush()
+                        outer.sent[self.path] += len(block)
+                        if self.path == "/slow":
+                            time.sleep(1)
+
+            def _headers(self, length: int | None):
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+
+        super().__init__(Handler)
 
 
 class FileServer(LoopbackServer):
@@ -179,77 +240,21 @@ class FileServer(LoopbackServer):
 
 START_TIMEOUT = 300  # s: imports torch and audiocraft, loads two demo models, on a shared 2-core CPU
 PREDICT_TIMEOUT = 240  # s for one prediction on the demo weights
-HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """A `python -m musicgen serve [args]` process on a free loopback port, its log, and its environment
-    (`env`: added to ours; TMPDIR is a folder of the caller's, so what the worker leaves is visible)."""
-
-    def __init__(self, weights: Path, log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
-        self.port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "musicgen", "serve", "--host", LOOPBACK, "--port", str(self.port), *args],
-            cwd=REPOSITORY,
-            env={**os.environ, "MUSICGEN_WEIGHTS": str(weights), **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self, characters: int = 4000) -> str:
-        return self.log_text()[-characters:]
-
-    def health(self) -> dict:
-        return requests.get(f"{self.url}/health-check", timeout=HTTP_TIMEOUT).json()
+class Server(ServerProcess):
+    """`python -m musicgen serve [args]` for a test (musicgen.dev.server_process): a server that
+    exits or does not get ready fails the test with its log; requests never retry on 409 (a client
+    that waits for each answer never gets one; the tests check that)."""
 
     def wait_for(self, statuses: set[str], timeout: float) -> dict:
-        """Poll /health-check until its status is one of `statuses`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                health = self.health()
-                if health.get("status") in statuses:
-                    return health
-            except requests.ConnectionError:
-                pass  # not listening yet
-            time.sleep(0.5)
-        pytest.fail(f"server not {statuses} after {timeout} s:\n{self.log_tail()}")
-
-    def worker_pid(self) -> int:
-        """The runtime's worker process (the one that loads the models): the server's child."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        assert len(children) == 1, children
-        return int(children[0])
-
-    def stop(self) -> None:
-        """SIGTERM the server's process group (the server and its worker), then SIGKILL if needed."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
+        try:
+            return super().wait_for(statuses, timeout)
+        except ServerError as error:
+            pytest.fail(str(error))
 
     def post(self, path: str, body: dict, headers: dict | None = None, timeout: float = PREDICT_TIMEOUT):
-        """One POST, answered as it is: no retry on 409 (a client that waits for each answer never
-        gets one; the tests check that)."""
+        """One POST, answered as it is."""
         return requests.post(f"{self.url}{path}", json=body, headers=headers, timeout=timeout)
 
     def predict(self, **inputs) -> dict:
