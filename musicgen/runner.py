@@ -10,21 +10,19 @@ second request waits for the first instead of being refused.
 A cancel arrives as asyncio's CancelledError in the waiting coroutine. A job still queued is
 dropped; a running one is stopped the way the runtime stops a synchronous predict(): an exception
 raised in its thread at the next Python instruction, so every `finally` of the service runs
-(partial downloads and outputs are removed).
+(partial downloads and outputs are removed), except while a model loads (musicgen.cancellation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from musicgen import runtime
-from musicgen.errors import PredictionCancelled
+from musicgen import cancellation, runtime
 from musicgen.request import Request
 from musicgen.service import MusicGenService, Prediction
 
@@ -76,17 +74,11 @@ class _Job:
         finally:
             with self._state:
                 self._thread = None
-                _set_async_exception(threading.get_ident(), None)  # a cancel that came too late
+                cancellation.clear(threading.get_ident())  # a cancel that came too late
             if self._after is not None:
                 self._after(started)
 
     def cancel(self) -> None:
         with self._state:
             if self._thread is not None:
-                _set_async_exception(self._thread, PredictionCancelled)
-
-
-def _set_async_exception(thread: int, exception: type[BaseException] | None) -> None:
-    """CPython's PyThreadState_SetAsyncExc: raise `exception` in `thread` (None: clear a pending one)."""
-    pending = None if exception is None else ctypes.py_object(exception)  # None is passed as NULL
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), pending)
+                cancellation.cancel(self._thread)

@@ -12,8 +12,8 @@ import pytest
 from helpers import HostileSenders
 
 from musicgen.audio.fetch import MAX_INPUT_MB_ENV, TIMEOUT_ENV, FetchLimits, fetch
+from musicgen.cancellation import cancel, clear
 from musicgen.errors import InputError, PredictionCancelled
-from musicgen.runner import _set_async_exception
 
 LIMITS = FetchLimits(timeout=3, max_bytes=100_000)
 
@@ -111,8 +111,9 @@ def test_a_cancel_in_the_waiting_thread_stops_the_transfer_at_once(tmp_path, sen
     thread.start()
     assert sender.started.wait(5)
     cancelled = time.monotonic()
-    _set_async_exception(thread.ident, PredictionCancelled)
+    cancel(thread.ident)
     thread.join(5)
+    clear(thread.ident)
     assert isinstance(outcome["error"], PredictionCancelled)
     assert outcome["at"] - cancelled < 0.5
     assert _went_away(sender, "/hang"), "the connection was left open"

@@ -39,6 +39,7 @@ import omegaconf
 import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
 
+from musicgen.cancellation import uninterrupted
 from musicgen.decode.decoders import Decoder
 from musicgen.decode.graphs import static_cache_bytes
 from musicgen.decode.select import configured_decoder, load_decoder
@@ -112,7 +113,7 @@ class LoadedModels:
     def generator(self, version: str) -> MusicGen:
         """The model for `version`, loaded now if it is not resident (request.validate refuses
         versions not in `served`). Raises CapacityError when it cannot fit the budget."""
-        with self._lock:
+        with self._lock, uninterrupted():
             if version not in self.generators:
                 self.load([version])
             self._recent[version] = None
@@ -122,7 +123,7 @@ class LoadedModels:
     def decoder(self, version: str) -> Decoder:
         """The loop generating `version`'s tokens (musicgen.decode.select chooses it at load, or
         here on first use for models assembled by hand)."""
-        with self._lock:
+        with self._lock, uninterrupted():
             if version not in self.decoders:
                 self.decoders[version] = load_decoder(self.generator(version), version)
             return self.decoders[version]
@@ -154,13 +155,13 @@ class LoadedModels:
 
     def codec_for(self, version: str) -> torch.nn.Module:
         """The mono EnCodec under `version`'s folder, loaded once per distinct file."""
-        with self._lock:
+        with self._lock, uninterrupted():
             return self._load_codecs({version: layout.model_dir(version, self.root) / layout.CODEC_FILE})[version]
 
     @property
     def mbd(self) -> MultiBandDiffusion:
         """MultiBand Diffusion, loaded on first use and then kept."""
-        with self._lock:
+        with self._lock, uninterrupted():
             if self._mbd is None:
                 self._mbd = load_mbd(self.codec, self.device)
                 release_freed_memory()
