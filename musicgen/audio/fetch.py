@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http
+import logging
 import os
 import threading
 import time
@@ -24,6 +26,8 @@ import requests
 
 from musicgen.errors import InputError
 from musicgen.request import URL_SCHEMES, shortened
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_ENV = "MUSICGEN_INPUT_TIMEOUT"  # seconds for the whole download of one input
 MAX_INPUT_MB_ENV = "MUSICGEN_INPUT_MAX_MB"  # megabytes (10^6 bytes) one input may hold
@@ -147,6 +151,7 @@ class _Transfer:
         self.done = threading.Event()
         self.aborted = threading.Event()
         self.error: InputError | None = None
+        self.complete = False  # set by the helper thread when the whole body is in `dest`
         self.response: requests.Response | None = None
         self.lock = threading.Lock()  # guards `response` between the two threads
 
@@ -163,6 +168,8 @@ class _Transfer:
                     )
             if self.error is not None:
                 raise self.error
+            if not self.complete:
+                raise InputError(f"{self.name}: the download from {self.host} was stopped.")
         except BaseException:
             self._abort()
             helper.join(timeout=1.0)
@@ -191,6 +198,11 @@ class _Transfer:
             self.error = InputError(
                 f"{self.name}: the download from {self.host} failed ({error.strerror or 'I/O error'})."
             )
+        except Exception:  # anything else the HTTP stack raises: a failed download, never a complete one
+            log.warning("download from %s failed", self.host, exc_info=True)
+            self.error = InputError(f"{self.name}: the download from {self.host} failed.")
+        else:
+            self.complete = not self.aborted.is_set()
         finally:
             self.done.set()
 
@@ -209,7 +221,7 @@ class _Transfer:
                 return
             with response:
                 if response.status_code >= 400:
-                    reason = f" {response.reason}" if response.reason else ""
+                    reason = f" {_standard_reason(response.status_code)}"
                     raise InputError(
                         f"{self.name}: {self.host} answered HTTP {response.status_code}{reason} for this URL; "
                         f"check that the URL is right and publicly readable."
@@ -255,3 +267,11 @@ class _Transfer:
         if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
             return f"{self.name}={shortened(self.url)!r} is not a valid URL."
         return f"{where} failed."
+
+
+def _standard_reason(status: int) -> str:
+    """The standard phrase of an HTTP status (not the remote server's own text, which it chooses)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "(an unknown status)"
