@@ -22,12 +22,17 @@ from audiocraft.models.encodec import InterleaveStereoCompressionModel
 from musicgen.audio import levels
 from musicgen.audio.decode import DecodedAudio
 from musicgen.models.load import LoadedModels
-from musicgen.request import MAX_CONTEXT, Request, continuation_bounds
+from musicgen.request import MAX_CONTEXT, MAX_SEED, Request, continuation_bounds
 from musicgen.versions import ENCODE_DECODE
 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
 CODEC_CHUNK = 30  # seconds of audio per EnCodec pass in encode-decode (bounds the memory)
 CODEC_OVERLAP = 1  # seconds shared by neighbouring chunks, cross-faded
+
+
+def draw_seed() -> int:
+    """A random seed for callers who gave None or -1; it is logged (and recorded) so they can reproduce."""
+    return random.SystemRandom().randint(0, MAX_SEED)
 
 
 def seed_everything(seed: int) -> None:

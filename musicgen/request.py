@@ -56,10 +56,7 @@ class Request:
 
     def __post_init__(self) -> None:
         """JSON and the command line may send a whole number as 7.0: it is 7; 7.5 is refused."""
-        for name in WHOLE_NUMBER_INPUTS:
-            value = getattr(self, name)
-            if isinstance(value, float):
-                object.__setattr__(self, name, whole_number(name, value))
+        set_whole_numbers(self, WHOLE_NUMBER_INPUTS)
         if self.prompt is not None and not self.prompt.strip():
             object.__setattr__(self, "prompt", "")  # like "": no text condition
 
@@ -83,11 +80,15 @@ WHOLE_NUMBER_INPUTS = tuple(
 )
 
 
-def whole_number(name: str, value: float) -> int:
-    """`value` (a float sent for an integer input) as the integer it is; InputError for a fraction."""
-    if not (math.isfinite(value) and value.is_integer()):
-        raise InputError(f"{name}={value!r} is not allowed; it must be a whole number.")
-    return int(value)
+def set_whole_numbers(inputs: object, names: tuple[str, ...]) -> None:
+    """Each of `names` on the frozen dataclass `inputs` that arrived as a float (JSON's 7.0) becomes
+    the integer it is; InputError for a fraction."""
+    for name in names:
+        value = getattr(inputs, name)
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise InputError(f"{name}={value!r} is not allowed; it must be a whole number.")
+            object.__setattr__(inputs, name, int(value))
 
 
 def is_url(value: object) -> bool:
@@ -100,7 +101,8 @@ def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise InputError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}.")
 
 
-def _check_range(name: str, value: float, low: float, high: float | None) -> None:
+def check_range(name: str, value: float, low: float, high: float | None) -> None:
+    """InputError unless `value` is a finite number from `low` to `high` (None: no upper bound)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"{name}={value!r} must be a finite number.")
     if value < low or (high is not None and value > high):
@@ -117,10 +119,10 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
     _check_choice("model_version", request.model_version, MODEL_VERSIONS)
     _check_choice("normalization_strategy", request.normalization_strategy, NORMALIZATION_STRATEGIES)
     _check_choice("output_format", request.output_format, OUTPUT_FORMATS)
-    _check_range("duration", request.duration, MIN_DURATION, MAX_DURATION)
-    _check_range("top_k", request.top_k, 0, None)
-    _check_range("top_p", request.top_p, 0.0, 1.0)
-    _check_range("temperature", request.temperature, 0.0, None)
+    check_range("duration", request.duration, MIN_DURATION, MAX_DURATION)
+    check_range("top_k", request.top_k, 0, None)
+    check_range("top_p", request.top_p, 0.0, 1.0)
+    check_range("temperature", request.temperature, 0.0, None)
     if 0 < request.temperature < MIN_SAMPLING_TEMPERATURE:
         raise InputError(
             f"temperature={request.temperature!r} is too small to sample with; use 0 for greedy decoding "
@@ -131,14 +133,14 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
             f"prompt is {len(request.prompt)} characters long; it may be at most {MAX_PROMPT_CHARACTERS} "
             f"(the text encoder reads about 512 tokens)."
         )
-    _check_range("classifier_free_guidance", request.classifier_free_guidance, 0, MAX_CLASSIFIER_FREE_GUIDANCE)
+    check_range("classifier_free_guidance", request.classifier_free_guidance, 0, MAX_CLASSIFIER_FREE_GUIDANCE)
     if not request.wants_random_seed:
         if request.seed < 0:
             raise InputError(
                 f"seed={request.seed} is not allowed; use an integer from 0 to {MAX_SEED}, "
                 f"or -1 / leave it out for a random seed."
             )
-        _check_range("seed", request.seed, 0, MAX_SEED)
+        check_range("seed", request.seed, 0, MAX_SEED)
 
     if isinstance(request.input_audio, str) and not is_url(request.input_audio):
         raise InputError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 import tempfile
 import time
@@ -14,10 +13,10 @@ from pathlib import Path
 from musicgen.audio import decode, encode, levels
 from musicgen.audio.decode import DecodedAudio
 from musicgen.audio.fetch import FetchLimits, fetch
-from musicgen.generate import generate
+from musicgen.generate import draw_seed, generate
 from musicgen.models.load import LoadedModels, configured_versions, load_models
 from musicgen.models.memory import release_freed_memory
-from musicgen.request import MAX_SEED, Request, is_url, validate, validate_input_audio
+from musicgen.request import Request, is_url, validate, validate_input_audio
 from musicgen.versions import ENCODE_DECODE
 
 log = logging.getLogger(__name__)
@@ -36,11 +35,6 @@ def remove_folders(folders: list[Path], keep: int = 0) -> None:
     """Remove all but the last `keep` of `folders` (oldest first), from the list and the disk."""
     while len(folders) > keep:
         shutil.rmtree(folders.pop(0), ignore_errors=True)
-
-
-def draw_seed() -> int:
-    """A random seed for callers who gave None or -1; it is logged so they can reproduce."""
-    return random.SystemRandom().randint(0, MAX_SEED)
 
 
 class MusicGenService:

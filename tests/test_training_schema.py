@@ -15,6 +15,7 @@ import pytest
 
 from musicgen.dev.schema import inputs, openapi
 from musicgen.dev.schema.refs import CogRefs
+from musicgen.errors import InputError
 from musicgen.predictor import load_predictor_class, load_train_function
 
 REF = "#/components/schemas/"
@@ -64,6 +65,25 @@ def test_training_input_agrees_with_train_py_as_python_sees_it(document):
             assert "allOf" not in prop, name
     assert schema.get("required", []) == required == ["dataset_path"]
     assert properties["dataset_path"]["format"] == "uri"
+
+
+def test_the_schemas_bounds_are_the_ones_training_enforces(document):
+    """train.py's ge/le (what the runtime checks) and musicgen.train.options.validate (what the CLI
+    and Python callers are held to) allow the same values."""
+    from musicgen.train.options import TrainRequest, validate
+
+    properties = document["components"]["schemas"]["TrainingInput"]["properties"]
+    bounded = {name: prop for name, prop in properties.items() if "maximum" in prop}
+    assert set(bounded) == {"epochs", "batch_size", "lr", "warmup_steps", "cfg_p"}
+    for name, prop in bounded.items():
+        low, high = prop["minimum"], prop["maximum"]
+        step = 1 if prop["type"] == "integer" else (high - low) / 1000
+        for value in (low, high):  # allowed: validate goes on to the missing dataset_path
+            with pytest.raises(InputError, match="dataset_path is required"):
+                validate(TrainRequest(dataset_path=None, **{name: value}))
+        for value in (low - step, high + step):
+            with pytest.raises(InputError, match=f"^{name}=.* is out of range"):
+                validate(TrainRequest(dataset_path=None, **{name: value}))
 
 
 def test_model_version_is_the_shared_enum_with_predicts_choices(document):

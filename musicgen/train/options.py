@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen.errors import InputError
-from musicgen.request import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED, shortened, whole_number
+from musicgen.request import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED, check_range, set_whole_numbers, shortened
 from musicgen.versions import ENCODE_DECODE, GENERATING
 
 MIN_EPOCHS, MAX_EPOCHS = 1, 100
@@ -32,10 +31,7 @@ class TrainRequest:
     seed: int | None = None  # None or -1: random
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "warmup_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, float):  # JSON's 3.0 is 3; 3.5 is refused
-                object.__setattr__(self, name, whole_number(name, value))
+        set_whole_numbers(self, ("epochs", "batch_size", "warmup_steps", "seed"))  # JSON's 3.0 is 3
         caption = self.one_same_description
         if caption is not None and not caption.strip():
             object.__setattr__(self, "one_same_description", None)
@@ -43,11 +39,6 @@ class TrainRequest:
     @property
     def wants_random_seed(self) -> bool:
         return self.seed is None or self.seed == RANDOM_SEED
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (math.isfinite(value) and low <= value <= high):
-        raise InputError(f"{name}={value!r} is out of range; it must be between {low:g} and {high:g}.")
 
 
 def validate(request: TrainRequest) -> None:
@@ -61,13 +52,13 @@ def validate(request: TrainRequest) -> None:
         raise InputError(
             f"model_version={request.model_version!r} is not allowed; choose one of: {', '.join(GENERATING)}."
         )
-    _check_range("epochs", request.epochs, MIN_EPOCHS, MAX_EPOCHS)
-    _check_range("batch_size", request.batch_size, MIN_BATCH_SIZE, MAX_BATCH_SIZE)
-    _check_range("lr", request.lr, MIN_LR, MAX_LR)
-    _check_range("warmup_steps", request.warmup_steps, 0, MAX_WARMUP_STEPS)
-    _check_range("cfg_p", request.cfg_p, 0.0, 1.0)
+    check_range("epochs", request.epochs, MIN_EPOCHS, MAX_EPOCHS)
+    check_range("batch_size", request.batch_size, MIN_BATCH_SIZE, MAX_BATCH_SIZE)
+    check_range("lr", request.lr, MIN_LR, MAX_LR)
+    check_range("warmup_steps", request.warmup_steps, 0, MAX_WARMUP_STEPS)
+    check_range("cfg_p", request.cfg_p, 0.0, 1.0)
     if not request.wants_random_seed:
-        _check_range("seed", request.seed, 0, MAX_SEED)
+        check_range("seed", request.seed, 0, MAX_SEED)
     caption = request.one_same_description
     if caption is not None and len(caption) > MAX_PROMPT_CHARACTERS:
         raise InputError(

@@ -13,9 +13,8 @@ from pathlib import Path
 import audiocraft
 
 from musicgen.errors import InputError
-from musicgen.generate import seed_everything
+from musicgen.generate import draw_seed, seed_everything
 from musicgen.models.load import best_device
-from musicgen.service import draw_seed
 from musicgen.train.dataset import Skipped, dataset_files
 from musicgen.train.export import write_fine_tuned
 from musicgen.train.loop import train_lm
