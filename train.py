@@ -62,7 +62,7 @@ def train(
         default=True,
     ),
     seed: Optional[int] = Input(
-        description="Seed of the shuffling and the dropouts: the same dataset, inputs and seed give the same checkpoint. If None or -1, a random seed is used (and recorded in the checkpoint).",
+        description="Seed of the shuffling and the dropouts: the same dataset, inputs and seed give the same checkpoint on the same CPU machine (a GPU's kernels may round differently). If None or -1, a random seed is used (and recorded in the checkpoint).",
         default=None,
     ),
 ) -> TrainingOutput:

@@ -101,9 +101,17 @@ def run_train(args: argparse.Namespace) -> int:
     values = parse_inputs(args.input, input_fields(train))
     if values["dataset_path"] is None:
         raise InputError("dataset_path is required: -i dataset_path=<an archive of audio files, or one audio file>.")
-    result = Path(train(**values).weights)
+    if is_url(values["dataset_path"]):
+        raise InputError(
+            f"dataset_path={values['dataset_path']!r}: the command line trains on a local file; download it first "
+            f"(the HTTP server's POST /trainings takes URLs)."
+        )
     dest = Path(args.output).resolve() / LM_FILE
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # before training: a bad -o must not cost a whole run
+    except OSError as error:
+        raise InputError(f"-o {args.output}: cannot make this folder ({error.strerror}).") from None
+    result = Path(train(**values).weights)
     shutil.move(result, dest)
     shutil.rmtree(result.parent, ignore_errors=True)  # train.py's own folder, now empty
     print(f"checkpoint: {dest}")

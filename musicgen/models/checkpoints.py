@@ -57,10 +57,15 @@ class _AllowListUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-# torch.load takes a pickle *module* (it reads its __name__, Unpickler and load).
+def _allow_list_load(file, **kwargs):
+    return _AllowListUnpickler(file, **kwargs).load()
+
+
+# torch.load takes a pickle *module*: its zip reader uses Unpickler, its legacy reader load; both
+# go through the allow-list.
 _allow_list_pickle = types.ModuleType("musicgen_allow_list_pickle")
 _allow_list_pickle.Unpickler = _AllowListUnpickler
-_allow_list_pickle.load = pickle.load
+_allow_list_pickle.load = _allow_list_load
 _allow_list_pickle.__dict__.update({"UnpicklingError": pickle.UnpicklingError})
 
 

@@ -78,7 +78,8 @@ class _Member:
     @property
     def key(self) -> PurePosixPath:
         """The member's path in the archive without its last suffix: what pairs audio with caption."""
-        return PurePosixPath(self.name.replace("\\", "/")).with_suffix("")
+        path = PurePosixPath(self.name.replace("\\", "/"))
+        return path.with_suffix("") if path.name else path  # "", "." or "/": no name, no suffix
 
     @property
     def ignored(self) -> bool:
@@ -95,6 +96,9 @@ def _files(
     members: list[_Member], opener, scratch: Path, default_caption: str | None, skipped: Skipped
 ) -> Iterator[DatasetFile]:
     wanted = [m for m in members if m.regular and not m.ignored]
+    for nameless in [m for m in wanted if not m.key.name]:  # "", "." or "/" as a regular file's name
+        skipped.add(repr(nameless.name), "a file in the archive without a name")
+        wanted.remove(nameless)
     captions = {m.key: m for m in wanted if m.name.lower().endswith(CAPTION_SUFFIX)}
     for number, member in enumerate(m for m in wanted if not m.name.lower().endswith(CAPTION_SUFFIX)):
         caption = default_caption
@@ -114,7 +118,7 @@ def _files(
             yield DatasetFile(member.name, copy, caption)
         except _TooLarge:
             skipped.add(member.name, f"larger than {MAX_MEMBER_BYTES / 1e9:g} GB, more than its header said")
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        except Exception as error:  # damaged, encrypted, an unknown compression: this member only
             skipped.add(member.name, f"could not be read from the archive ({type(error).__name__})")
         finally:
             copy.unlink(missing_ok=True)
@@ -136,18 +140,21 @@ def _copy(source: IO[bytes], target: IO[bytes]) -> None:
 def _read_caption(member: _Member, opener) -> tuple[str | None, str | None]:
     """(caption or None, why the file it belongs to is skipped or None)."""
     limit = MAX_PROMPT_CHARACTERS * 4 + 4  # bytes of UTF-8 that can hold the longest caption allowed
+    too_long = (
+        f"its caption {member.name} is longer than {MAX_PROMPT_CHARACTERS} characters "
+        f"(the text encoder reads about 512 tokens); shorten it"
+    )
     try:
         with contextlib.closing(opener(member)) as source:
             data = source.read(limit + 1)
-        text = data.decode("utf-8-sig")
+    except Exception as error:  # damaged, encrypted, an unknown compression
+        return None, f"its caption {member.name} could not be read ({type(error).__name__})"
+    if len(data) > limit:  # (before decoding: the cut may fall inside a character)
+        return None, too_long
+    try:
+        text = data.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
         return None, f"its caption {member.name} is not UTF-8 text"
-    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
-        return None, f"its caption {member.name} could not be read ({type(error).__name__})"
-    text = text.strip()
-    if len(text) > MAX_PROMPT_CHARACTERS or len(data) > limit:
-        return None, (
-            f"its caption {member.name} is longer than {MAX_PROMPT_CHARACTERS} characters "
-            f"(the text encoder reads about 512 tokens); shorten it"
-        )
+    if len(text) > MAX_PROMPT_CHARACTERS:
+        return None, too_long
     return text or None, None
