@@ -7,7 +7,6 @@ HTTP server and the published schemas in ../shared/seeds/.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import os
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,10 @@ import pytest
 import requests
 import soundfile
 
+from musicgen.dev.loopback import LoopbackServer as LoopbackServer  # re-exported for the tests
+from musicgen.dev.loopback import QuietFileHandler
 from musicgen.dev.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
-from musicgen.dev.server_process import LOOPBACK, ServerError, ServerProcess
+from musicgen.dev.server_process import ServerError, ServerProcess
 from musicgen.weights.layout import REPOSITORY
 
 # ---------------------------------------------------------------------------------------------
@@ -101,40 +102,6 @@ def failing_ffmpeg(tmp_path: Path, monkeypatch) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # A loopback HTTP server
-
-
-class QuietFileHandler(SimpleHTTPRequestHandler):
-    """Serves files from its `directory`, logging nothing (pytest's output stays clean)."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-class LoopbackServer:
-    """An HTTP server on a free loopback port, serving in a daemon thread until close().
-
-    Give `handler` (a request handler class), or `directory` to serve that folder's files.
-    `server_class` lets a caller change how the server handles errors.
-    """
-
-    def __init__(
-        self,
-        handler: type[BaseHTTPRequestHandler] | None = None,
-        *,
-        directory: Path | None = None,
-        server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer,
-    ) -> None:
-        if handler is None:
-            handler = functools.partial(QuietFileHandler, directory=str(directory))
-        self.httpd = server_class((LOOPBACK, 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class HostileSenders(LoopbackServer):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import requests
 
+from musicgen.dev.loopback import LOOPBACK
 from musicgen.weights.layout import REPOSITORY
 
-LOOPBACK = "127.0.0.1"
 HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
 
 
