@@ -11,73 +11,29 @@ import base64
 import io
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import soundfile
+import torch
 from conftest import SERVER_INPUT_MAX_MB, SERVER_INPUT_TIMEOUT
-from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, FileServer, LoopbackServer, run_cli, write_scale
+from helpers import (
+    HTTP_TIMEOUT,
+    PREDICT_TIMEOUT,
+    FileServer,
+    HostileSenders,
+    LoopbackServer,
+    ffmpeg,
+    run_cli,
+    write_scale,
+)
 
+from musicgen.audio.channels import bs1770_weights
+from musicgen.audio.loudness import integrated_loudness
+from musicgen.dev.bench import soak
 from musicgen.runtime import PREDICTION_FOLDERS
-
-SLOW_FILE_BYTES = 192_000  # the trickled file's declared length
-TRICKLE = 10  # bytes a second
-
-
-class Senders(LoopbackServer):
-    """/slow: 10 B/s of a 192 KB body; /endless: random bytes without end; /hang: headers, then
-    silence; /huge: declares 10 GB; /melody.wav: a real file. Records what each request got."""
-
-    def __init__(self, melody: bytes):
-        self.sent: dict[str, int] = {}  # path -> bytes sent so far
-        self.closed: dict[str, float] = {}  # path -> when the client went away (time.monotonic())
-        self.started = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self):
-                outer.sent[self.path] = 0
-                try:
-                    self._send()
-                except (BrokenPipeError, ConnectionResetError):
-                    outer.closed[self.path] = time.monotonic()
-
-            def _send(self):
-                if self.path == "/melody.wav":
-                    self._headers(len(melody))
-                    self.wfile.write(melody)
-                    return
-                if self.path == "/huge":
-                    self._headers(10**10)
-                    self.wfile.write(b"RIFF")
-                    return
-                self._headers(SLOW_FILE_BYTES if self.path == "/slow" else None)
-                outer.started.set()
-                if self.path == "/hang":
-                    time.sleep(PREDICT_TIMEOUT)
-                    return
-                block = b"\0" * TRICKLE if self.path == "/slow" else np.random.bytes(1 << 16)
-                while outer.sent[self.path] < 10**11:
-                    self.wfile.write(block)
-                    self.wfile.flush()
-                    outer.sent[self.path] += len(block)
-                    if self.path == "/slow":
-                        time.sleep(1)
-
-            def _headers(self, length: int | None):
-                self.send_response(200)
-                self.send_header("Content-Type", "audio/wav")
-                if length is not None:
-                    self.send_header("Content-Length", str(length))
-                self.end_headers()
-
-        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +43,13 @@ def melody(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def senders(melody):
-    senders = Senders(melody.read_bytes())
+    senders = HostileSenders(melody.read_bytes())
     yield senders
     senders.close()
+
+
+def data_uri(path: Path) -> str:
+    return f"data:audio/wav;base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 def failed_with(server, **inputs) -> str:
@@ -162,7 +122,7 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading(server, sender
 
 
 def test_an_input_within_the_limits_is_fetched_and_used(server, senders, melody):
-    answer = server.predict(model_version="encode-decode", input_audio=f"{senders.url}/melody.wav")
+    answer = server.predict(model_version="encode-decode", input_audio=f"{senders.url}/file")
     assert answer["status"] == "succeeded", answer
     samples, rate = soundfile.read(io.BytesIO(base64.b64decode(answer["output"].partition(",")[2])))
     assert rate == 32000 and abs(len(samples) / rate - 2) < 0.05
@@ -279,7 +239,7 @@ def test_a_second_request_waits_for_the_running_one_and_a_third_gets_409(server,
 
 
 def test_answered_predictions_leave_no_folders_or_temp_files(server, senders, melody):
-    data = f"data:audio/wav;base64,{base64.b64encode(melody.read_bytes()).decode()}"
+    data = data_uri(melody)
     bodies = {
         "left-ok": {"prompt": "calm", "duration": 1, "seed": 1},
         "left-melody": {"prompt": "calm", "input_audio": data, "duration": 1, "seed": 1},
@@ -333,3 +293,56 @@ def test_a_misspelt_input_is_named_in_the_servers_log(server):
     answer = server.predict(prompt="calm", durration=1, seed=3)  # the runtime drops the unknown name
     assert answer["status"] == "succeeded"
     assert "Stripped unknown input fields" in server.log_text() and '\\"durration\\"' in server.log_text()
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Memory: flat after warm-up over a soak of a few hundred mixed predictions
+
+
+SOAK_PREDICTIONS = 200
+SOAK_WARMUP = 40  # every kind of request and model has run; the pattern caches are full
+MAX_SLOPE_MB_PER_100 = 10.0
+MAX_RISE_MB = 20.0  # median of the last quarter over the first quarter's
+
+
+def test_the_workers_memory_stays_flat_over_a_soak(server, tmp_path):
+    """Every model, durations 1 to 24 s, melodies and continuations of every window, encode-decode,
+    MultiBand Diffusion, mp3, every normalization (musicgen.dev.bench.soak's light profile): the
+    worker's RSS after each answer has no upward trend once warmed up. The full profile's figure is
+    in docs/benchmarks.md."""
+    profile = soak.PROFILES["light"]
+    soak.write_inputs(tmp_path, profile)
+    files = LoopbackServer(directory=tmp_path)
+    try:
+        records = soak.soak(server, soak.workload(SOAK_PREDICTIONS, 1, files.url, profile))
+    finally:
+        files.close()
+    figures = soak.summary(0.0, records, SOAK_WARMUP)
+    assert figures["slope_mb_per_100_predictions"] < MAX_SLOPE_MB_PER_100, figures
+    assert figures["median_last_quarter_mb"] - figures["median_first_quarter_mb"] < MAX_RISE_MB, figures
+
+
+# --------------------------------------------------------------------------------------------
+# 10. 5.1 through encode-decode with the default normalization (loudness, by BS.1770's weights)
+
+
+def test_a_5_1_file_round_trips_with_the_default_loudness(server, tmp_path):
+    path = tmp_path / "surround.wav"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=2",
+        "-filter_complex",
+        "[0]asplit=6[a][b][c][d][e][f];[a][b][c][d][e][f]join=inputs=6:channel_layout=5.1[out]",
+        "-map",
+        "[out]",
+        str(path),
+    )  # fmt: skip  (a WAV that names its layout: FL FR FC LFE BL BR)
+    answer = server.predict(model_version="encode-decode", input_audio=data_uri(path))
+    assert answer["status"] == "succeeded", answer.get("error")
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(answer["output"].partition(",")[2])), always_2d=True)
+    assert samples.shape[1] == 6 and abs(samples.shape[0] / rate - 2) < 0.05
+    wav = torch.from_numpy(samples.T.astype(np.float32))
+    weights = bs1770_weights(("FL", "FR", "FC", "LFE", "BL", "BR"))
+    assert integrated_loudness(wav, rate, weights).item() == pytest.approx(-14, abs=0.2)
