@@ -280,6 +280,41 @@ def test_each_lm_keeps_a_bounded_number_of_codebook_patterns(loaded) -> None:
     assert reference.get_pattern.cache_info().currsize == 3 * PATTERN_CACHE_ENTRIES  # audiocraft's own keeps 100
 
 
+# A fresh process: decodes and re-encodes with the demo EnCodec at 120 lengths (a server meets a new
+# one with almost every request), then prints how much its RSS grew after the first few.
+CONVOLUTIONS_AT_MANY_LENGTHS = """
+import ctypes, sys, torch
+from audiocraft.models.loaders import load_compression_model
+from musicgen.models.memory import bound_onednn_cache, process_rss
+bound_onednn_cache()
+torch.set_num_threads(1)
+codec = load_compression_model(sys.argv[1], device="cpu")
+with torch.no_grad():
+    for frames in range(50, 170):
+        codec.encode(codec.decode(torch.randint(0, 2048, (1, 4, frames))))
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if frames == 55:
+            start = process_rss()
+print((process_rss() - start) / 1e6)
+"""
+
+
+def test_onednn_keeps_a_bounded_primitive_cache_unless_the_operator_sets_one(demo_weights) -> None:
+    from musicgen.models.memory import ONEDNN_CACHE_ENV
+
+    codec = demo_weights / "musicgen-large" / layout.CODEC_FILE
+    env = {key: value for key, value in os.environ.items() if key != ONEDNN_CACHE_ENV}
+
+    def growth_mb(**extra: str) -> float:
+        command = [sys.executable, "-c", CONVOLUTIONS_AT_MANY_LENGTHS, str(codec)]
+        done = subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return float(done.stdout.split()[-1])
+
+    bounded, operators = growth_mb(), growth_mb(**{ONEDNN_CACHE_ENV: "1024"})  # 1024: oneDNN's default
+    assert bounded < operators / 2, (bounded, operators)
+
+
 def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
     """Cog's worker has no logging handler: setup() adds one on stderr (once)."""
     code = (

@@ -52,6 +52,7 @@ from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
 from musicgen.models.memory import (
     GB,
+    bound_onednn_cache,
     bound_pattern_cache,
     format_memory,
     memory_report,
@@ -250,6 +251,7 @@ def load_models(
     `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of the base model whose
     conditioners and channels it has (see check_fine_tuned); it is loaded now.
     """
+    bound_onednn_cache()  # before the first convolution: oneDNN reads it once
     root = Path(root) if root else layout.weights_root()
     configured_decoder()  # an operator's typo in MUSICGEN_DECODER fails before minutes of loading
     store.ensure_weights(list(versions), root)
