@@ -69,6 +69,7 @@ class _Job:
         started = time.time()
         with self._state:
             self._thread = threading.get_ident()
+            cancellation.clear(self._thread)  # thread ids are reused: no earlier cancel reaches this job
         try:
             return self._call()
         finally:
