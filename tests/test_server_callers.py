@@ -301,9 +301,9 @@ def test_a_misspelt_input_is_named_in_the_servers_log(server):
 
 SOAK_PREDICTIONS = 200
 SOAK_WARMUP = 60  # every kind of request and model has run, most sizes' high-water marks are reached
-# The serving code before the fix grew by 141 MB per 100 predictions (median +270 MB) in this soak;
-# after it, about 10 MB per 100 and +11 MB (docs/benchmarks.md): what is left is high-water marks of
-# allocations of sizes met for the first time, not growth per prediction.
+# Measured with this criterion (docs/benchmarks.md): the serving code before the fixes, 103 MB per
+# 100 predictions and +90 MB; after them, 9 MB per 100 and +11 MB: what is left is high-water marks
+# of allocations of sizes met for the first time, not growth per prediction.
 MAX_SLOPE_MB_PER_100 = 25.0
 MAX_RISE_MB = 40.0  # median of the last quarter over the first quarter's
 
