@@ -7,7 +7,9 @@ HTTP server and the published schemas in ../shared/seeds/.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
+import io
 import json
 import os
 import re
@@ -229,6 +231,20 @@ class Server(ServerProcess):
         response = self.post("/predictions", {"input": inputs})
         assert response.status_code == 200, response.text
         return response.json()
+
+
+def data_uri(path: Path, mime: str = "audio/wav") -> str:
+    """A file as a data: URI, the way an HTTP caller sends it inline."""
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def decode_output(prediction: dict) -> tuple[str, np.ndarray, int]:
+    """The output data: URI of a succeeded prediction -> (mime type, samples [T, C], sample rate)."""
+    assert prediction["status"] == "succeeded", prediction.get("error") or prediction.get("logs")
+    header, _, payload = prediction["output"].partition(",")
+    assert header.startswith("data:") and header.endswith(";base64"), header[:80]
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(payload)), always_2d=True)
+    return header[5:].split(";")[0], samples, rate
 
 
 # ---------------------------------------------------------------------------------------------

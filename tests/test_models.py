@@ -283,16 +283,16 @@ def test_each_lm_keeps_a_bounded_number_of_codebook_patterns(loaded) -> None:
 # A fresh process: decodes and re-encodes with the demo EnCodec at 120 lengths (a server meets a new
 # one with almost every request), then prints how much its RSS grew after the first few.
 CONVOLUTIONS_AT_MANY_LENGTHS = """
-import ctypes, sys, torch
+import sys, torch
 from audiocraft.models.loaders import load_compression_model
-from musicgen.models.memory import bound_onednn_cache, process_rss
+from musicgen.models.memory import bound_onednn_cache, process_rss, release_freed_memory
 bound_onednn_cache()
 torch.set_num_threads(1)
 codec = load_compression_model(sys.argv[1], device="cpu")
 with torch.no_grad():
     for frames in range(50, 170):
         codec.encode(codec.decode(torch.randint(0, 2048, (1, 4, frames))))
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        release_freed_memory()
         if frames == 55:
             start = process_rss()
 print((process_rss() - start) / 1e6)

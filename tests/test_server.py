@@ -6,8 +6,6 @@ port. Every wait is bounded. Hostile and careless callers are in test_server_cal
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import os
@@ -17,8 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import soundfile
-from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, START_TIMEOUT, FileServer, Server, write_scale
+from helpers import (
+    HTTP_TIMEOUT,
+    PREDICT_TIMEOUT,
+    START_TIMEOUT,
+    FileServer,
+    Server,
+    data_uri,
+    decode_output,
+    write_scale,
+)
 
 from musicgen.dev.schema import openapi
 from musicgen.server import server_command, server_environment
@@ -35,19 +41,6 @@ def files(tmp_path_factory):
     server = FileServer(directory)
     yield server, directory
     server.close()
-
-
-def data_uri(path: Path, mime: str = "audio/wav") -> str:
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
-
-
-def decode_output(prediction: dict) -> tuple[str, np.ndarray, int]:
-    """The output data: URI of a succeeded prediction -> (mime type, samples [T, C], sample rate)."""
-    assert prediction["status"] == "succeeded", prediction.get("error") or prediction.get("logs")
-    header, _, payload = prediction["output"].partition(",")
-    assert header.startswith("data:") and header.endswith(";base64"), header[:80]
-    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(payload)), always_2d=True)
-    return header[5:].split(";")[0], samples, rate
 
 
 def assert_audio(samples: np.ndarray, rate: int, seconds: float, tolerance: float = 0.1) -> None:

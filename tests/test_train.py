@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from helpers import START_TIMEOUT, Server, predict_with_defaults, run_cli
+from helpers import START_TIMEOUT, Server, data_uri, predict_with_defaults, run_cli
 
 from musicgen.errors import InputError
 from musicgen.train.export import read_record
@@ -38,10 +38,6 @@ def tone(hz: float, seconds: float = 3.0) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, 0.3 * np.sin(2 * np.pi * hz * t), RATE, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
-
-
-def data_uri(path: Path, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 def zip_dataset(path: Path, members: dict[str, bytes | str]) -> Path:

@@ -30,14 +30,15 @@ import soundfile
 
 from musicgen.dev.loopback import LoopbackServer
 from musicgen.dev.server_process import ServerProcess
+from musicgen.models.memory import MB
+from musicgen.versions import GENERATING as GENERATING_VERSIONS
 from musicgen.weights.layout import weights_root
 
 START_TIMEOUT = 600  # s
 PREDICT_TIMEOUT = 600  # s
 WARMUP = 30  # predictions before the trend is measured (every kind has run by then)
-MB = 1e6
-GENERATING = ("melody", "large", "melody-large", "stereo-large", "stereo-melody-large")
-MELODIC = ("melody", "melody-large", "stereo-melody-large")
+GENERATING = tuple(GENERATING_VERSIONS)
+MELODIC = tuple(name for name, version in GENERATING_VERSIONS.items() if version.melody)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Profile:
 
 PROFILES = {
     "full": Profile(60, {"one-minute.wav": (60, 44100, 2), "three-minutes.flac": (180, 48000, 2)}, 4, True),
-    # The tests': the same kinds of request, lighter (a few hundred in about three minutes on a CPU).
+    # The tests': the same kinds of request, lighter (200 in about ten minutes on a 2-core CPU).
     "light": Profile(24, {"twelve-seconds.wav": (12, 44100, 2), "twenty-seconds.flac": (20, 48000, 2)}, 2, False),
 }
 
