@@ -1,7 +1,7 @@
 """Helpers shared by the test modules (pytest puts this folder on sys.path).
 
 The Predictor with Cog's defaults, the command line, test audio, a failing ffmpeg, a loopback
-HTTP server and the published schemas in ../shared/seeds/.
+HTTP server and the published schemas in tests/data/published-schemas/.
 """
 
 from __future__ import annotations
@@ -248,9 +248,9 @@ def decode_output(prediction: dict) -> tuple[str, np.ndarray, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The published schemas (../shared/seeds/ beside the clone)
+# The published schemas (tests/data/published-schemas/, their sources in its README)
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parent / "data" / "published-schemas"
 SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
 # The one addition to the published inputs: three model_version choices after the published ones.
 ADDED_CHOICES = {"model_version": ["melody-large", "stereo-large", "stereo-melody-large"]}
@@ -335,7 +335,7 @@ def parse_list_seed(text: str) -> list[dict]:
 def load_seeds() -> list[list[dict]]:
     """Both published schemas, each as its list of input fields."""
     paths = sorted(SEEDS.glob("*.txt"))
-    assert len(paths) == 2, f"expected the two published schemas in {SEEDS} (../shared/seeds beside the clone)"
+    assert len(paths) == 2, f"expected the two published schemas in {SEEDS}"
     seeds = []
     for path in paths:
         text = path.read_text()

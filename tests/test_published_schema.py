@@ -1,4 +1,4 @@
-"""predict.py's inputs against the two published schemas in ../shared/seeds/: it declares exactly
+"""predict.py's inputs against the two published schemas in tests/data/published-schemas/: it declares exactly
 their union (names, order, types, defaults, descriptions, bounds and choices).
 
 The seed parsers are in helpers.py (test_schema_generator.py reads the seeds too).
