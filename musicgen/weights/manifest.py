@@ -37,8 +37,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
+from musicgen.versions import ENCODE_DECODE, GENERATING, MODEL_VERSIONS, ModelVersion
 from musicgen.weights import layout
 
 HF_ENDPOINT = "https://huggingface.co"  # overridden by $HF_ENDPOINT, as huggingface_hub does
@@ -117,22 +118,12 @@ def _root_relative(path) -> str:
 
 
 # The layout functions of musicgen.weights, evaluated on a placeholder root, give the destinations.
-_LAYOUT_ROOT = layout.DEFAULT_ROOT.parent / "<root>"
+_LAYOUT_ROOT = Path("/<root>")
 
-MELODY_REPO = "facebook/musicgen-melody"
-MELODY_REVISION = "53d5f6400fc8aec99b9bbbf0589493a8073c51fe"
-LARGE_REPO = "facebook/musicgen-large"
-LARGE_REVISION = "c19300a6b2b62d29b345ae9eb7b163278e65238a"
 T5_REPO = "google-t5/t5-base"  # the hub's canonical id of `t5-base`, the name audiocraft loads
 T5_REVISION = "fe6d9bf207cd3337512ca838a8b453f87a9178ef"
 MBD_REPO = "facebook/multiband-diffusion"
 MBD_REVISION = "aaf67058af16d7f889cc2f24ef74c2d174ce051f"
-MELODY_LARGE_REPO = "facebook/musicgen-melody-large"
-MELODY_LARGE_REVISION = "6fdf8d3d815995108c9bdb5183414ff464b171ac"
-STEREO_LARGE_REPO = "facebook/musicgen-stereo-large"
-STEREO_LARGE_REVISION = "bda8ec330c9c17e09728589eaf678f58f7d2d932"
-STEREO_MELODY_LARGE_REPO = "facebook/musicgen-stereo-melody-large"
-STEREO_MELODY_LARGE_REVISION = "eea14861e6c29c47aea1055982a217468cd1634d"
 ENCODEC_HF_REVISION = "main"  # no commit id published where we could read it (see above)
 UNPINNED_REPOS = (layout.ENCODEC_HF_NAME,)
 HTDEMUCS_URL = f"https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/{layout.HTDEMUCS_FILE}"
@@ -146,49 +137,20 @@ CODEC_SIZE = 236001935
 
 
 def _musicgen_file(
-    version: str, filename: str, repo_id: str, revision: str, size: int | None = None, sha256: str | None = None
+    version: ModelVersion, filename: str, size: int | None = None, sha256: str | None = None
 ) -> Artifact:
     """One file of a released MusicGen repository, placed in `version`'s model folder."""
     kind = "LM" if filename == layout.LM_FILE else "EnCodec"
     return Artifact(
-        name=f"musicgen-{version} {kind}",
-        dest=_root_relative(layout.model_dir(version, _LAYOUT_ROOT) / filename),
-        repo_id=repo_id,
-        revision=revision,
+        name=f"{version.folder} {kind}",
+        dest=_root_relative(layout.model_dir(version.name, _LAYOUT_ROOT) / filename),
+        repo_id=version.repo,
+        revision=version.revision,
         path=filename,
         size=size,
         sha256=sha256,
     )
 
-
-MELODY_LM = _musicgen_file(
-    "melody",
-    layout.LM_FILE,
-    MELODY_REPO,
-    MELODY_REVISION,
-    size=2771415924,
-    sha256="4dda87e5dfafc1b59351131d9610002b06fbecc50793a0e3c8ab2e534176cd7f",
-)
-MELODY_CODEC = _musicgen_file("melody", layout.CODEC_FILE, MELODY_REPO, MELODY_REVISION, CODEC_SIZE, CODEC_SHA256)
-LARGE_LM = _musicgen_file(
-    "large",
-    layout.LM_FILE,
-    LARGE_REPO,
-    LARGE_REVISION,
-    size=6514108999,
-    sha256="1f0cf17b5e65c5dd8ba71767371c377f174e4ce1db44bc4d6657825769f26ffd",
-)
-LARGE_CODEC = _musicgen_file("large", layout.CODEC_FILE, LARGE_REPO, LARGE_REVISION, CODEC_SIZE, CODEC_SHA256)
-
-# The released 3.3 B melody and stereo models: an LM and the pointer to the Hugging Face EnCodec.
-NEW_LARGE_FILES = {
-    version: tuple(_musicgen_file(version, name, repo, revision) for name in (layout.LM_FILE, layout.CODEC_FILE))
-    for version, repo, revision in (
-        ("melody-large", MELODY_LARGE_REPO, MELODY_LARGE_REVISION),
-        ("stereo-large", STEREO_LARGE_REPO, STEREO_LARGE_REVISION),
-        ("stereo-melody-large", STEREO_MELODY_LARGE_REPO, STEREO_MELODY_LARGE_REVISION),
-    )
-}
 
 # T5: the files transformers 5 reads offline for T5Tokenizer / T5EncoderModel.from_pretrained("t5-base")
 # (measured: config.json, model.safetensors, tokenizer.json; spiece.model, tokenizer_config.json and
@@ -255,25 +217,42 @@ MBD = Artifact(
     sha256="2df3fff4035c7e3be1e6b3b1dc3268a79d03238b17877e29a1dd62e4407f022c",
 )
 
+
+def _version_files(version: ModelVersion) -> tuple[Artifact, ...]:
+    """What `version` loads: its LM, its EnCodec (the file, or the pointer and the Hugging Face
+    EnCodec it names), T5-base, and HT-Demucs for a melody model."""
+    lm = _musicgen_file(version, layout.LM_FILE, version.lm_size, version.lm_sha256)
+    if version.ships_codec:
+        codec = (_musicgen_file(version, layout.CODEC_FILE, CODEC_SIZE, CODEC_SHA256),)
+    else:
+        codec = (_musicgen_file(version, layout.CODEC_FILE), *ENCODEC_HF_FILES)
+    return (lm, *codec, *T5_FILES, *((HTDEMUCS,) if version.melody else ()))
+
+
+def _version_description(version: ModelVersion) -> str:
+    """`download --help`'s line for a version, e.g. 'facebook/musicgen-melody (1.5 B, text + melody) + T5-base + HT-Demucs'."""
+    traits = ", ".join(
+        [
+            version.parameters,
+            *(["stereo"] if version.stereo else []),
+            version.conditioning if version.melody else "text only",
+        ]
+    )
+    extras = ["T5-base", *(["HT-Demucs"] if version.melody else [])]
+    if not version.ships_codec:
+        extras.insert(0, "its EnCodec")
+    return f"{version.repo} ({traits}) + " + " + ".join(extras)
+
+
+VERSION_FILES = {name: _version_files(version) for name, version in GENERATING.items()}
+MELODY_CODEC = VERSION_FILES["melody"][1]  # the EnCodec file encode-decode and MultiBand Diffusion load
+
 MANIFEST = Manifest(
-    targets={
-        "melody": (MELODY_LM, MELODY_CODEC, *T5_FILES, HTDEMUCS),
-        "large": (LARGE_LM, LARGE_CODEC, *T5_FILES),
-        "encode-decode": (MELODY_CODEC,),
-        "mbd": (MBD, MELODY_CODEC),
-        "melody-large": (*NEW_LARGE_FILES["melody-large"], *ENCODEC_HF_FILES, *T5_FILES, HTDEMUCS),
-        "stereo-large": (*NEW_LARGE_FILES["stereo-large"], *ENCODEC_HF_FILES, *T5_FILES),
-        "stereo-melody-large": (*NEW_LARGE_FILES["stereo-melody-large"], *ENCODEC_HF_FILES, *T5_FILES, HTDEMUCS),
-    },
+    # every model_version in predict.py's order, then MultiBand Diffusion
+    targets={**{name: VERSION_FILES.get(name, (MELODY_CODEC,)) for name in MODEL_VERSIONS}, "mbd": (MBD, MELODY_CODEC)},
     descriptions={
-        "melody": "facebook/musicgen-melody (1.5 B, text + melody) + T5-base + HT-Demucs",
-        "large": "facebook/musicgen-large (3.3 B, text only) + T5-base",
-        "encode-decode": "the 32 kHz EnCodec alone (musicgen-melody's)",
+        **{name: _version_description(version) for name, version in GENERATING.items()},
+        ENCODE_DECODE: "the 32 kHz EnCodec alone (musicgen-melody's)",
         "mbd": "MultiBand Diffusion decoder + the 32 kHz EnCodec",
-        "melody-large": "facebook/musicgen-melody-large (3.3 B, text + melody) + its EnCodec + T5-base + HT-Demucs",
-        "stereo-large": "facebook/musicgen-stereo-large (3.3 B, stereo, text only) + its EnCodec + T5-base",
-        "stereo-melody-large": (
-            "facebook/musicgen-stereo-melody-large (3.3 B, stereo, text + melody) + its EnCodec + T5-base + HT-Demucs"
-        ),
     },
 )

@@ -53,7 +53,6 @@ from musicgen.dev.demo.configs import (
     HF_ENCODEC_CONFIG,
     HF_ENCODEC_SNAPSHOT,
     HTDEMUCS_KWARGS,
-    LM_SEEDS,
     MBD_BANDS,
     SAMPLE_RATE,
     SEED,
@@ -62,6 +61,7 @@ from musicgen.dev.demo.configs import (
     T5_VOCAB_SIZE,
     T5_WORDS,
     lm_config,
+    lm_seed,
     mbd_config,
 )
 from musicgen.train.export import export_package, save
@@ -92,11 +92,11 @@ def write_demo_weights(root: Path) -> None:
         codec = export_package(build_codec().state_dict(), CODEC_CONFIG, half=False)
         pointer = {"pretrained": ENCODEC_HF_NAME, "exported": True, "version": audiocraft.__version__}
         for version in GENERATING:
-            # melody and large ship the EnCodec itself; the 3.3 B melody and stereo ones a pointer
-            # (audiocraft's export_pretrained_compression_model) to the Hugging Face EnCodec.
-            save(codec if version in ("melody", "large") else pointer, model_dir(version, root) / CODEC_FILE)
+            # the EnCodec itself, or (as the 3.3 B melody and stereo releases) audiocraft's
+            # export_pretrained_compression_model pointer to the Hugging Face EnCodec
+            save(codec if GENERATING[version].ships_codec else pointer, model_dir(version, root) / CODEC_FILE)
             config = lm_config(version)
-            lm = build_lm(config, seed=LM_SEEDS[version])
+            lm = build_lm(config, seed=lm_seed(version))
             save(export_package(lm.state_dict(), config, half=True), model_dir(version, root) / LM_FILE)
         save(mbd_package(), mbd_path(root))
 

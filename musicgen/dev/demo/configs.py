@@ -8,6 +8,7 @@ from __future__ import annotations
 import typing as tp
 from fractions import Fraction
 
+from musicgen.versions import GENERATING
 from musicgen.weights.layout import T5_NAME
 
 SEED = 20231120
@@ -142,19 +143,23 @@ HF_ENCODEC_CONFIG: dict[str, tp.Any] = {
 }
 # Commit id the stand-in encodec_32khz snapshot is filed under (any fixed 40-hex string; made up).
 HF_ENCODEC_SNAPSHOT = "0e1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5"
-# Each demo LM's seed (melody and large keep the ones they always had).
-LM_SEEDS = {"melody": SEED + 2, "large": SEED + 2, "melody-large": SEED + 6, "stereo-large": SEED + 7,
-            "stereo-melody-large": SEED + 8}  # fmt: skip
+FIRST_SEEDS = {"melody": SEED + 2, "large": SEED + 2}  # the seeds the first two demo LMs always had
+
+
+def lm_seed(version: str) -> int:
+    """The seed of `version`'s demo LM: melody's and large's own, else one per place in the table."""
+    return FIRST_SEEDS.get(version, SEED + 4 + list(GENERATING).index(version))
+
+
 STEREO_DELAYS = [0, 0, 1, 1, 2, 2, 3, 3]  # left and right codebooks of each level share a delay
 
 
 def lm_config(version: str) -> dict[str, tp.Any]:
-    """The `xp.cfg` of the demo LM for `version` as a plain dict: melody-conditioned ("melody",
-    "melody-large", "stereo-melody-large": text + chroma prefix) or text-only ("large",
-    "stereo-large": text via cross attention); the stereo ones over 8 interleaved codebooks."""
-    base = {"melody-large": "melody", "stereo-melody-large": "melody", "stereo-large": "large"}.get(version, version)
-    config = _mono_lm_config(base)
-    if version.startswith("stereo-"):  # audiocraft's grids/musicgen/musicgen_stereo_finetune_32khz.py
+    """The `xp.cfg` of the demo LM for `version` as a plain dict, as its table entry
+    (musicgen.versions) says: melody-conditioned (text + chroma prefix, as musicgen-melody) or
+    text-only (text via cross attention, as musicgen-large); a stereo one over 8 interleaved codebooks."""
+    config = _mono_lm_config("melody" if GENERATING[version].melody else "large")
+    if GENERATING[version].stereo:  # audiocraft's grids/musicgen/musicgen_stereo_finetune_32khz.py
         config["channels"] = 2
         config["interleave_stereo_codebooks"] = {"use": True, "per_timestep": False}
         config["transformer_lm"]["n_q"] = 2 * N_Q
