@@ -17,18 +17,19 @@ class Predictor(BasePredictor):
         """Load the melody and large models once, onto CUDA (float16) when present, else CPU.
 
         `weights` (Cog's `COG_WEIGHTS`): a fine-tuned LM checkpoint, a path or URL, served in
-        place of the base model it matches (README.md, "Fine-tuned checkpoints").
+        place of the base model it matches (docs/fine-tuning.md).
         """
         from musicgen.logs import configure_logging
+        from musicgen.settings import read_settings
         from musicgen.weights.layout import configure_hub
 
         configure_logging()
-        configure_hub()  # before the service imports audiocraft: Hugging Face reads its paths once
+        settings = read_settings()  # every setting, checked: a bad one stops setup here, naming it
+        configure_hub(settings.weights_root)  # before the service imports audiocraft: Hugging Face reads its paths once
 
         from musicgen.runner import PredictionRunner
 
-        self.runner = PredictionRunner.load(fine_tuned=weights)
-        self.service = self.runner.service
+        self.runner = PredictionRunner.load(settings, fine_tuned=weights)
 
     async def predict(
         self,

@@ -67,10 +67,12 @@ def train(
     ),
 ) -> TrainingOutput:
     from musicgen.logs import configure_logging
+    from musicgen.settings import read_settings
     from musicgen.weights.layout import configure_hub
 
     configure_logging()
-    configure_hub()  # before musicgen.train imports audiocraft: Hugging Face reads its paths once
+    settings = read_settings()  # every setting, checked: a bad one stops here, naming it
+    configure_hub(settings.weights_root)  # before musicgen.train imports audiocraft: Hugging Face reads its paths once
 
     from musicgen.train.options import TrainRequest
     from musicgen.train.run import fine_tune
@@ -87,4 +89,4 @@ def train(
         drop_vocals=drop_vocals,
         seed=seed,
     )
-    return TrainingOutput(weights=Path(fine_tune(request).checkpoint))
+    return TrainingOutput(weights=Path(fine_tune(request, settings).checkpoint))

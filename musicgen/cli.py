@@ -5,22 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from musicgen.dev.bench import report as bench
-from musicgen.errors import CapacityError, InputError, TrainingError, WeightsError
+from musicgen.errors import CapacityError, InputError, SettingsError, TrainingError, WeightsError
 from musicgen.logs import FORMAT, quiet_libraries
 from musicgen.predictor import input_fields, load_predictor_class, load_train_function
 from musicgen.request import is_url
 from musicgen.server import serve
+from musicgen.settings import Settings, read_settings
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.layout import LM_FILE, configure_hub, weights_root
+from musicgen.weights.layout import LM_FILE, configure_hub
 from musicgen.weights.manifest import MANIFEST
 
-WEIGHTS_ENV = "COG_WEIGHTS"  # Cog's: what it hands setup() as `weights`
 WEIGHTS_HELP = "a fine-tuned LM checkpoint (file, folder or URL) served in place of its base (default: $COG_WEIGHTS)"
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -63,8 +62,8 @@ def parse_inputs(pairs: list[str], fields: dict[str, tuple[type, object]]) -> di
 
 
 def weights_source(args: argparse.Namespace) -> str | None:
-    """--weights, else $COG_WEIGHTS (what Cog's runtime hands setup()), else None."""
-    return args.weights or os.environ.get(WEIGHTS_ENV) or None
+    """--weights, else COG_WEIGHTS (what Cog's runtime hands setup()), else None."""
+    return args.weights or args.settings.fine_tuned
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -130,9 +129,12 @@ def run_download(args: argparse.Namespace) -> int:
     unknown = [name for name in targets if name not in MANIFEST.targets]
     if unknown or not targets:
         raise InputError(f"download: name models to fetch ({', '.join(MANIFEST.targets)}) or give --all.")
-    root = Path(args.root).resolve() if args.root else weights_root()
+    settings: Settings = args.settings
+    root = Path(args.root).resolve() if args.root else settings.weights_root
     try:
-        results = download(targets, root=root, workers=args.workers)
+        results = download(
+            targets, root=root, hub=settings.hub_endpoint, token=settings.hub_token, workers=args.workers
+        )
     except DownloadError as error:
         raise WeightsError(str(error)) from None
     fetched = sum(result.status == "downloaded" for result in results)
@@ -229,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_hub()  # before any command imports audiocraft or transformers
-    if getattr(args, "directory", "") is None:
-        args.directory = str(weights_root())
     try:
+        args.settings = read_settings()  # every setting, checked once, before any work
+        configure_hub(args.settings.weights_root)  # before any command imports audiocraft or transformers
+        if getattr(args, "directory", "") is None:
+            args.directory = str(args.settings.weights_root)
         return args.run(args)
-    except (InputError, WeightsError, CapacityError, TrainingError) as error:
+    except (InputError, SettingsError, WeightsError, CapacityError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

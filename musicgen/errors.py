@@ -1,8 +1,13 @@
-"""The exception types whose messages reach the caller: a caller's mistake, missing weights, no room."""
+"""The exception types whose messages reach the caller or the operator: a caller's mistake, a bad setting, missing weights, no room."""
 
 
 class InputError(ValueError):
     """A caller's mistake. The message names the input, the value and what is allowed."""
+
+
+class SettingsError(RuntimeError):
+    """An operator's setting (an environment variable) has a value that is not allowed. The message
+    names the variable, the value and what is allowed; the service or command does not start."""
 
 
 class WeightsError(RuntimeError):

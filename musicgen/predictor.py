@@ -9,7 +9,7 @@ import types
 import typing
 from pathlib import Path
 
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
 
 PREDICT_FILE = REPOSITORY / "predict.py"
 TRAIN_FILE = REPOSITORY / "train.py"

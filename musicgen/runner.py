@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from musicgen import cancellation, runtime
 from musicgen.request import Request
 from musicgen.service import MusicGenService, Prediction
+from musicgen.settings import Settings
 
 
 class PredictionRunner:
@@ -36,13 +37,13 @@ class PredictionRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgen-predict")
 
     @classmethod
-    def load(cls, fine_tuned: str | None = None) -> PredictionRunner:
+    def load(cls, settings: Settings, fine_tuned: str | None = None) -> PredictionRunner:
         """Load the service; inside Cog's server, also adapt its runtime (musicgen.runtime)."""
         if not runtime.under_cog_server():
-            return cls(MusicGenService.load(fine_tuned=fine_tuned))
+            return cls(MusicGenService.load(settings, fine_tuned=fine_tuned))
         runtime.keep_url_inputs()
         # Each slot's answer is sent after its predict() returns: keep that many outputs on disk.
-        service = MusicGenService.load(fine_tuned=fine_tuned, outputs_kept=runtime.slot_count() - 1)
+        service = MusicGenService.load(settings, fine_tuned=fine_tuned, outputs_kept=settings.runtime_slots - 1)
         return cls(service, after_each=runtime.remove_prediction_folders)
 
     async def predict(self, request: Request) -> Prediction:

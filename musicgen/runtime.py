@@ -21,7 +21,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PREDICTION_FOLDERS = Path("/tmp/coglet/predictions")  # coglet's, hard-coded in its service
-SLOTS_ENV = "COG_MAX_CONCURRENCY"  # the runtime's prediction slots (default 1)
 PREDICTION_SUBFOLDERS = ("inputs", "outputs")
 
 
@@ -32,12 +31,6 @@ def under_cog_server() -> bool:
     except ImportError:
         return False
     return bool(coglet.server.active)
-
-
-def slot_count() -> int:
-    """The runtime's prediction slots, as it reads them (an invalid value means 1, as in coglet)."""
-    text = os.environ.get(SLOTS_ENV, "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
 def keep_url_inputs() -> None:

@@ -4,9 +4,10 @@ The image built by `cog build` runs `python -m cog.server.http` in the model fol
 COG_PREDICT_TYPE_STUB and COG_TRAIN_TYPE_STUB set from cog.yaml and `.cog/openapi_schema.json` beside
 it. `cog train` and Replicate start the same image with `--x-mode train` for trainings (POST
 /trainings runs train.py's `train()`), and give a trained version's predictor its weights in
-COG_WEIGHTS (predict.py's `setup(weights=...)`). `serve` does the same outside Docker: it (re)writes
-the schema from cog.yaml's targets, so inputs are validated exactly as in the container, then
-replaces itself with the server process.
+COG_WEIGHTS (predict.py's `setup(weights=...)`). `serve` does the same outside Docker: it replaces
+itself with the server process, which reads the committed `.cog/openapi_schema.json` (what `cog
+build` writes; tests/test_schema_generator.py keeps it in step with predict.py and train.py), so
+inputs are validated exactly as in the container. It writes nothing into the checkout.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from musicgen.dev.schema import openapi
 from musicgen.dev.schema.refs import COG_YAML, CogRefs, cog_refs
-from musicgen.runtime import SLOTS_ENV
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import FINE_TUNED_ENV, REPOSITORY, SLOTS_ENV, child_environment
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,6 @@ DEFAULT_PORT = 5000
 DEFAULT_SLOTS = "2"
 # train() is a plain (sync) function: coglet refuses COG_MAX_CONCURRENCY > 1 for it at setup.
 TRAIN_SLOTS = "1"
-WEIGHTS_ENV = "COG_WEIGHTS"  # what the runtime passes to setup(weights=...)
 
 
 def server_environment(
@@ -51,7 +49,7 @@ def server_environment(
     folder goes first, or the worker cannot import coglet and the server stays STARTING forever.
     """
     refs = CogRefs(predict=refs) if isinstance(refs, str) else refs
-    env = dict(os.environ if base is None else base)
+    env = dict(child_environment() if base is None else base)
     interpreter_dir = str(Path(sys.executable).parent)  # not resolved: a venv's bin/ is a symlink farm
     env["PATH"] = os.pathsep.join([interpreter_dir, env.get("PATH", "")]).rstrip(os.pathsep)
     for name, ref in (("COG_PREDICT_TYPE_STUB", refs.predict), ("COG_TRAIN_TYPE_STUB", refs.train)):
@@ -63,7 +61,7 @@ def server_environment(
     else:
         env.setdefault(SLOTS_ENV, DEFAULT_SLOTS)  # an operator's own value wins
     if weights is not None:
-        env[WEIGHTS_ENV] = weights
+        env[FINE_TUNED_ENV] = weights
     return env
 
 
@@ -84,7 +82,7 @@ def serve(
     train: bool = False,
     weights: str | None = None,
 ) -> None:
-    """Write the schema, then exec the Cog server in the repository folder. Does not return.
+    """Exec the Cog server in the repository folder, on the committed schema. Does not return.
 
     train: serve cog.yaml's `train:` target (POST /trainings) instead of predict.py; one server
         runs one mode, as in the container.
@@ -100,9 +98,8 @@ def serve(
         raise ValueError(f"{COG_YAML} has no `predict:` target to serve")
     if train and weights is not None:
         raise ValueError("weights are loaded by predict.py's setup(); a training server has no setup()")
-    schema_file = openapi.write(refs=refs)
     ref = refs.train if train else refs.predict
-    log.info("schema %s; starting Cog server for %s on http://%s:%d", schema_file, ref, host, port)
+    log.info("starting Cog server for %s on http://%s:%d", ref, host, port)
     os.chdir(REPOSITORY)  # coglet resolves the refs and .cog/ against its working directory
     sys.stdout.flush()
     sys.stderr.flush()

@@ -14,9 +14,10 @@ from musicgen.audio import decode, encode, levels
 from musicgen.audio.decode import DecodedAudio
 from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.generate import draw_seed, generate
-from musicgen.models.load import LoadedModels, configured_versions, load_models
+from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
 from musicgen.request import Request, is_url, validate, validate_input_audio
+from musicgen.settings import Settings
 from musicgen.versions import ENCODE_DECODE
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class MusicGenService:
 
     def __init__(self, models: LoadedModels, fetch_limits: FetchLimits | None = None, outputs_kept: int = 0):
         self.models = models
-        self.fetch_limits = fetch_limits or FetchLimits()
+        self.fetch_limits = fetch_limits or FetchLimits.from_settings(Settings())
         # Each prediction works in a folder of its own. Its output is read after predict() returns
         # (by the caller, or Cog), so the folder stays until `outputs_kept` later predictions have
         # started (one more per extra runtime slot: see musicgen.runner), or the service goes away.
@@ -51,13 +52,12 @@ class MusicGenService:
         weakref.finalize(self, remove_folders, self._output_dirs)
 
     @classmethod
-    def load(cls, fine_tuned: str | Path | None = None, outputs_kept: int = 0) -> MusicGenService:
+    def load(cls, settings: Settings, fine_tuned: str | Path | None = None, outputs_kept: int = 0) -> MusicGenService:
         """Check the weights (or fetch them, when the operator allows it), then load the models
-        once; `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of its base.
-        The input download limits are the operator's (MUSICGEN_INPUT_TIMEOUT, MUSICGEN_INPUT_MAX_MB):
-        a bad value stops setup, naming it."""
-        limits = FetchLimits.from_environment()
-        models = load_models(configured_versions(), fine_tuned=fine_tuned or None)
+        once, as `settings` say; `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in
+        place of its base. Input downloads are held to the settings' limits."""
+        limits = FetchLimits.from_settings(settings)
+        models = load_models(settings, fine_tuned=fine_tuned or None)
         log.info("input_audio downloads: at most %s", limits.describe())
         return cls(models, limits, outputs_kept)
 

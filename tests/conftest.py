@@ -27,6 +27,14 @@ def demo_weights() -> Path:
     return WEIGHTS_ROOT
 
 
+@pytest.fixture(scope="session")
+def settings(demo_weights):
+    """The settings the tests load models with: the demo weights root, every other setting at its default."""
+    from musicgen.settings import Settings
+
+    return Settings(weights_root=demo_weights)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared 2-core machine spinning workers make tiny models crawl."""

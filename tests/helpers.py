@@ -30,7 +30,8 @@ from musicgen.dev.loopback import LoopbackServer as LoopbackServer  # re-exporte
 from musicgen.dev.loopback import QuietFileHandler
 from musicgen.dev.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
 from musicgen.dev.server_process import ServerError, ServerProcess
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
+from musicgen.versions import MODEL_VERSIONS, PUBLISHED
 
 # ---------------------------------------------------------------------------------------------
 # The Predictor and the command line
@@ -252,8 +253,9 @@ def decode_output(prediction: dict) -> tuple[str, np.ndarray, int]:
 
 SEEDS = Path(__file__).resolve().parent / "data" / "published-schemas"
 SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
-# The one addition to the published inputs: three model_version choices after the published ones.
-ADDED_CHOICES = {"model_version": ["melody-large", "stereo-large", "stereo-melody-large"]}
+# The one kind of addition to the published inputs: model_version choices after the published ones,
+# every version of the table (musicgen.versions) the published schemas do not name.
+ADDED_CHOICES = {"model_version": [name for name in MODEL_VERSIONS if name not in PUBLISHED]}
 EXPECTED_ORDER = [
     "model_version",
     "prompt",

@@ -77,12 +77,12 @@ def test_uninterrupted_work_does_not_begin_after_a_cancel():
     assert isinstance(outcome.get("error"), PredictionCancelled)
 
 
-def test_a_cancel_while_a_model_loads_leaves_it_loaded_whole(demo_weights, monkeypatch):
+def test_a_cancel_while_a_model_loads_leaves_it_loaded_whole(settings, monkeypatch):
     """The cancel arrives in the middle of loading melody-large on first use: the load finishes
     (model, decoder, size all recorded), then the prediction stops; the next one is served."""
     from musicgen.models import load
 
-    models = load.load_models(("large",))
+    models = load.load_models(settings, ("large",))
     real_assemble = load.assemble
 
     def assemble_cancelled(*args):

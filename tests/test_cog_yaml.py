@@ -12,7 +12,7 @@ import yaml
 
 from musicgen.dev.schema import inputs, openapi
 from musicgen.dev.schema.refs import CogRefs, cog_refs
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
 
 COG_YAML = REPOSITORY / "cog.yaml"
 # The CUDA each pinned torch's PyPI Linux wheel is built against (its Requires-Dist lists

@@ -29,8 +29,7 @@ from musicgen.decode.decoders import AudiocraftLoop, FastLoop, plan_windows
 from musicgen.decode.graphs import GraphedStep, static_cache_bytes
 from musicgen.decode.loop import steps_in_window
 from musicgen.decode.progress import Progress
-from musicgen.decode.select import DECODER_ENV, Tolerance, configured_decoder, load_decoder
-from musicgen.errors import WeightsError
+from musicgen.decode.select import Tolerance, load_decoder
 from musicgen.generate import seed_everything
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -104,7 +103,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_tokens_are_audiocrafts(predictor, audio_dir, case):
     version, kind, params, seconds = CASES[case]
-    model = predictor.service.models.generator(version)
+    model = predictor.runner.service.models.generator(version)
     model.set_generation_params(extend_stride=18, **params)
     audio = tone(audio_dir, seconds, model.audio_channels) if seconds else None
     reference = stock_tokens(model, kind, seed=17, audio=audio)
@@ -115,28 +114,20 @@ def test_tokens_are_audiocrafts(predictor, audio_dir, case):
     assert torch.equal(ours, reference)
 
 
-def test_the_service_serves_our_loop_and_both_loops_write_the_same_bytes(predictor, monkeypatch):
+def test_the_service_serves_our_loop_and_both_loops_write_the_same_bytes(predictor):
     """The default decoder is ours; MUSICGEN_DECODER=audiocraft serves audiocraft's loop, same file."""
-    models = predictor.service.models
+    models = predictor.runner.service.models
     assert {"melody", "large"} <= set(models.decoders)  # and any version a test loaded since
     assert {type(decoder) for decoder in models.decoders.values()} == {FastLoop}
     ours = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9).read_bytes()
     saved = dict(models.decoders)
     try:
-        monkeypatch.setenv(DECODER_ENV, "audiocraft")
-        models.decoders["large"] = load_decoder(models.generator("large"), "large")
+        models.decoders["large"] = load_decoder(models.generator("large"), "large", "audiocraft")
         assert isinstance(models.decoder("large"), AudiocraftLoop)
         stock = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9)
         assert stock.read_bytes() == ours
     finally:
         models.decoders.update(saved)
-
-
-def test_an_unknown_decoder_is_named(monkeypatch):
-    monkeypatch.setenv(DECODER_ENV, "fast")
-    with pytest.raises(WeightsError) as error:
-        configured_decoder()
-    assert str(error.value) == "MUSICGEN_DECODER='fast' is not a decoder; use one of musicgen, audiocraft."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +138,7 @@ def test_the_checked_static_step_gives_audiocrafts_tokens_on_the_cpu(predictor, 
     """Attention over the whole window's cache with a mask, padded cross-attention, positions as a
     tensor: on the CPU in float32 the same tokens as audiocraft's loop, greedy and sampled."""
     for version in ("large", "melody"):
-        model = predictor.service.models.generator(version)
+        model = predictor.runner.service.models.generator(version)
         with caplog.at_level(logging.INFO, logger="musicgen.decode.select"):
             decoder = load_decoder(model, version, check=True)
         assert isinstance(decoder, FastLoop) and decoder.graph is not None
@@ -162,7 +153,7 @@ def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
     """A GPU serves the transformer in float16 under autocast while the embeddings and output heads
     stay float32; the keys and values are float16. The same layout in bfloat16 on the CPU (norms in
     float32, as a GPU's autocast computes them): both checks pass and both loops generate."""
-    model = copy.copy(predictor.service.models.generator("melody"))
+    model = copy.copy(predictor.runner.service.models.generator("melody"))
     model.lm = copy.deepcopy(model.lm)
     model.lm.transformer.to(torch.bfloat16)
     for module in model.lm.transformer.modules():
@@ -184,13 +175,13 @@ def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
 def test_the_static_buffers_are_known_before_the_lm_loads(predictor, version):
     """The memory budget's estimate of a CUDA graph's buffers, from the LM's config alone, is what
     a GraphedStep allocates (here in float32, as on the CPU)."""
-    model = predictor.service.models.generator(version)
+    model = predictor.runner.service.models.generator(version)
     graph = GraphedStep(FastLoop(model).transformer, model, capture=False)
     assert static_cache_bytes(model.lm.cfg, element_bytes=4) == graph.nbytes
 
 
 def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
-    model = predictor.service.models.generator("large")
+    model = predictor.runner.service.models.generator("large")
     with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
         decoder = load_decoder(model, "large", check=True, graph_tolerance=Tolerance(-1.0, 0.0))
     assert isinstance(decoder, FastLoop) and decoder.graph is None and decoder.mode == "eager"
@@ -201,7 +192,7 @@ def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
 
 
 def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
-    model = predictor.service.models.generator("melody")
+    model = predictor.runner.service.models.generator("melody")
     with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
         decoder = load_decoder(model, "melody", check=True, tolerance=Tolerance(-1.0, 0.0))
     assert isinstance(decoder, AudiocraftLoop)
@@ -217,7 +208,7 @@ def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
 
 
 def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, caplog):
-    model = copy.copy(predictor.service.models.generator("large"))
+    model = copy.copy(predictor.runner.service.models.generator("large"))
     model.lm = copy.deepcopy(model.lm)
     model.lm.two_step_cfg = True
     with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
@@ -231,7 +222,7 @@ def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, capl
 
 
 def test_windows_past_30_s_are_audiocrafts(predictor):
-    model = predictor.service.models.generator("large")
+    model = predictor.runner.service.models.generator("large")
     model.set_generation_params(duration=60, extend_stride=18)
     windows = plan_windows(model, 0)
     assert [(w.time_offset, w.max_gen_len, w.prompt_len) for w in windows] == [

@@ -171,7 +171,7 @@ def test_mbd_decodes_demo_tokens_through_audiocraft(demo_root: Path) -> None:
     from audiocraft.models.loaders import load_compression_model
 
     codec = load_compression_model(str(layout.model_dir("large", demo_root)), device="cpu")
-    mbd = load_mbd(codec, "cpu", layout.mbd_path(demo_root))
+    mbd = load_mbd(codec, "cpu", demo_root)
     torch.manual_seed(0)
     tokens = torch.randint(0, 2048, (1, 4, 5))  # 0.1 s at 50 Hz
     threads = torch.get_num_threads()
@@ -186,8 +186,9 @@ def test_mbd_decodes_demo_tokens_through_audiocraft(demo_root: Path) -> None:
 
 CHILD = """
 import json, math, torch
+from musicgen.settings import read_settings
 from musicgen.weights.layout import configure_hub, model_dir
-configure_hub()  # caches -> $MUSICGEN_WEIGHTS, hub offline
+root = configure_hub(read_settings().weights_root)  # caches -> $MUSICGEN_WEIGHTS, hub offline
 
 out = {}
 from audiocraft.modules.conditioners import T5Conditioner
@@ -206,7 +207,7 @@ def summary(wav):
     return {"shape": list(wav.shape), "finite": bool(torch.isfinite(wav).all()), "peak": wav.abs().max().item(),
             "mean": wav.mean().item()}
 for version in ("melody", "large"):
-    model = MusicGen.get_pretrained(str(model_dir(version)), device="cpu")
+    model = MusicGen.get_pretrained(str(model_dir(version, root)), device="cpu")
     model.set_generation_params(duration=1)
     torch.manual_seed(0)
     entry = {"text": summary(model.generate(["calm piano"])), "sample_rate": int(model.sample_rate),

@@ -26,6 +26,7 @@ from helpers import LoopbackServer
 from musicgen.cli import main
 from musicgen.errors import WeightsError
 from musicgen.request import MODEL_VERSIONS
+from musicgen.settings import read_settings
 from musicgen.weights import layout, store
 from musicgen.weights.download import DownloadError, download
 from musicgen.weights.manifest import MANIFEST, UNPINNED_REPOS, Artifact, Manifest
@@ -127,9 +128,8 @@ class StandInHub(LoopbackServer):
 
 
 @pytest.fixture
-def hub(monkeypatch):
+def hub():
     server = StandInHub()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
     yield server
     server.close()
 
@@ -248,7 +248,7 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
     manifest = Manifest(targets=targets, descriptions=MANIFEST.descriptions)
     root = tmp_path / "weights"
 
-    results = download(list(targets), root=root, manifest=manifest, progress=False)
+    results = download(list(targets), root=root, hub=hub.url, manifest=manifest, progress=False)
 
     assert {r.status for r in results} == {"downloaded"}
     for dest, data in served.items():
@@ -260,13 +260,14 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
     store.check_present(list(targets), root)  # the real manifest's check accepts the layout
 
     before = len(hub.requests)
-    again = download(list(targets), root=root, manifest=manifest, progress=False)
+    again = download(list(targets), root=root, hub=hub.url, manifest=manifest, progress=False)
     assert {r.status for r in again} == {"present"} and len(hub.requests) == before
 
     # and the real loaders load it, offline (a fresh process: the caches bind at import)
     env = {**os.environ, "MUSICGEN_WEIGHTS": str(root), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    code = "from musicgen.weights.layout import configure_hub; configure_hub()\n"
-    code += "from musicgen.models.load import load_models; print(sorted(load_models(('melody', 'large')).generators))"
+    code = "from musicgen.settings import read_settings; settings = read_settings()\n"
+    code += "from musicgen.weights.layout import configure_hub; configure_hub(settings.weights_root)\n"
+    code += "from musicgen.models.load import load_models; print(sorted(load_models(settings).generators))"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPOSITORY, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "['large', 'melody']" in done.stdout
@@ -280,14 +281,14 @@ def test_interrupted_transfer_resumes_with_only_the_remaining_bytes(hub, tmp_pat
     hub.cuts[cdn] = [250_000]
 
     with pytest.raises(DownloadError, match="interrupted after 250000 bytes.*run the same command again"):
-        download(["model"], root=tmp_path, manifest=single(artifact), attempts=1, progress=False)
+        download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), attempts=1, progress=False)
     # atomic: nothing under the final name, the bytes kept in the .part
     assert not dest.exists()
     assert (tmp_path / (artifact.dest + ".part")).stat().st_size == 250_000
     with pytest.raises(WeightsError, match=r"state_dict\.bin: incomplete: an interrupted download left 250000"):
         store.check_present(["model"], tmp_path, single(artifact))
 
-    [result] = download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+    [result] = download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
 
     assert result.status == "downloaded" and dest.read_bytes() == data
     assert hub.ranges(data) == [None, "bytes=250000-"]
@@ -299,7 +300,7 @@ def test_a_dropped_connection_is_resumed_within_one_run(hub, tmp_path):
     artifact = hub_file(hub, "multiband-diffusion/mbd_musicgen_32khz.th", data)
     hub.cuts[f"/cdn/{sha256(data)}"] = [100_000, 50_000]
 
-    download(["model"], root=tmp_path, manifest=single(artifact), retry_wait=0, progress=False)
+    download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), retry_wait=0, progress=False)
 
     assert (tmp_path / artifact.dest).read_bytes() == data
     assert hub.ranges(data) == [None, "bytes=100000-", "bytes=150000-"]
@@ -308,11 +309,11 @@ def test_a_dropped_connection_is_resumed_within_one_run(hub, tmp_path):
 def test_a_corrupted_file_in_place_is_detected_and_fetched_again(hub, tmp_path):
     data = payload(300_000, seed=2)
     artifact = hub_file(hub, "musicgen-melody/compression_state_dict.bin", data)
-    download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+    download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
     dest = tmp_path / artifact.dest
     dest.write_bytes(data[:1000] + b"X" + data[1001:])  # same size, one byte changed
 
-    [result] = download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+    [result] = download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
 
     assert result.status == "downloaded" and dest.read_bytes() == data
     assert hub.ranges(data) == [None, None]
@@ -321,12 +322,12 @@ def test_a_corrupted_file_in_place_is_detected_and_fetched_again(hub, tmp_path):
 def test_corruption_of_a_file_without_published_checksum_is_caught_by_the_download_record(hub, tmp_path):
     data = b'{"d_model": 768}\n' * 50
     artifact = hub_file(hub, "huggingface/hub/models--t5-base/snapshots/x/config.json", data, publish=False)
-    download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+    download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
     dest = tmp_path / artifact.dest
     assert json.loads(layout.record_path(artifact.dest, tmp_path).read_text())["sha256"] == sha256(data)
     dest.write_bytes(data.replace(b"768", b"512"))
 
-    [result] = download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+    [result] = download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
 
     assert result.status == "downloaded" and dest.read_bytes() == data
 
@@ -337,7 +338,9 @@ def test_a_download_failing_verification_never_appears_under_its_name(hub, tmp_p
     hub.corrupt.add(f"/cdn/{sha256(data)}")
 
     with pytest.raises(DownloadError, match="musicgen-melody/state_dict.bin|failed verification"):
-        download(["model"], root=tmp_path, manifest=single(artifact), attempts=2, retry_wait=0, progress=False)
+        download(
+            ["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), attempts=2, retry_wait=0, progress=False
+        )
 
     assert not (tmp_path / artifact.dest).exists()
     assert not (tmp_path / (artifact.dest + ".part")).exists()
@@ -354,14 +357,15 @@ def test_a_404_names_the_file_and_the_repository(hub, tmp_path):
         size=10,
     )
     with pytest.raises(DownloadError) as error:
-        download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+        download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
     message = str(error.value)
     assert "HTTP 404" in message and f"facebook/musicgen-nope@{REVISION} state_dict.bin" in message
     assert not list(tmp_path.rglob("*.part"))
 
 
-def test_the_cli_reports_a_404_without_a_traceback(hub, tmp_path, capsys):
+def test_the_cli_reports_a_404_without_a_traceback(hub, tmp_path, capsys, monkeypatch):
     # the real manifest's encode-decode target is one hub file, which the empty stand-in lacks
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the CLI's setting
     assert main(["download", "encode-decode", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     codec = MANIFEST.targets["encode-decode"][0]
@@ -372,10 +376,10 @@ def test_the_cli_reports_a_404_without_a_traceback(hub, tmp_path, capsys):
 # --- at load time ----------------------------------------------------------------------------
 
 
-def test_missing_weights_fail_fast_naming_the_file_and_the_command(hub, tmp_path, monkeypatch):
+def test_missing_weights_fail_fast_naming_the_file_and_the_command(hub, tmp_path):
     from musicgen.models.load import load_models
+    from musicgen.settings import Settings
 
-    monkeypatch.delenv(store.DOWNLOAD_ON_SETUP_ENV, raising=False)
     start = time.perf_counter()
     with pytest.raises(WeightsError) as error:
         store.ensure_weights(["melody", "large"], tmp_path)
@@ -385,7 +389,9 @@ def test_missing_weights_fail_fast_naming_the_file_and_the_command(hub, tmp_path
     assert str(layout.htdemucs_path(tmp_path)) in message
     assert f"python -m musicgen download melody large --root {tmp_path}" in message
     with pytest.raises(WeightsError, match="python -m musicgen download melody large") as loading:
-        load_models(root=tmp_path)  # the loader runs this check first (and the server's setup, test_server.py)
+        load_models(
+            Settings(weights_root=tmp_path)
+        )  # the loader runs this check first (and the server's setup, test_server.py)
     assert str(loading.value) == message
     assert hub.requests == []  # nothing touched the network
 
@@ -393,7 +399,7 @@ def test_missing_weights_fail_fast_naming_the_file_and_the_command(hub, tmp_path
 def test_a_truncated_download_is_reported_at_load(hub, tmp_path):
     data = payload(100_000, seed=4)
     artifact = hub_file(hub, "musicgen-large/state_dict.bin", data)
-    download(["model"], root=tmp_path, manifest=single(artifact), progress=False)
+    download(["model"], root=tmp_path, hub=hub.url, manifest=single(artifact), progress=False)
     store.check_present(["model"], tmp_path, single(artifact))
     with open(tmp_path / artifact.dest, "r+b") as file:
         file.truncate(60_000)
@@ -401,14 +407,13 @@ def test_a_truncated_download_is_reported_at_load(hub, tmp_path):
         store.check_present(["model"], tmp_path, single(artifact))
 
 
-def test_ensure_weights_downloads_only_when_the_operator_allows_it(hub, tmp_path, monkeypatch):
+def test_ensure_weights_downloads_only_when_the_operator_allows_it(hub, tmp_path):
     data = payload(50_000, seed=5)
     manifest = single(hub_file(hub, "musicgen-melody/compression_state_dict.bin", data))
-    monkeypatch.delenv(store.DOWNLOAD_ON_SETUP_ENV, raising=False)
-    with pytest.raises(WeightsError, match=store.DOWNLOAD_ON_SETUP_ENV):
-        store.ensure_weights(["model"], tmp_path, manifest=manifest)
+    with pytest.raises(WeightsError, match="MUSICGEN_DOWNLOAD_ON_SETUP"):
+        store.ensure_weights(["model"], tmp_path, manifest=manifest, hub=hub.url)
     assert hub.requests == []
 
-    monkeypatch.setenv(store.DOWNLOAD_ON_SETUP_ENV, "1")
-    store.ensure_weights(["model"], tmp_path, manifest=manifest)
+    allowed = read_settings({"MUSICGEN_DOWNLOAD_ON_SETUP": "1", "HF_ENDPOINT": hub.url})
+    store.ensure_weights(["model"], tmp_path, allowed.download_on_setup, manifest=manifest, hub=allowed.hub_endpoint)
     assert (tmp_path / "musicgen-melody" / "compression_state_dict.bin").read_bytes() == data

@@ -180,7 +180,7 @@ def test_a_window_shorter_than_a_tenth_of_a_second_is_refused(predictor, tmp_pat
 def test_output_channels_mp3_cannot_hold_are_refused_before_any_model_runs(predictor, files):
     """encode-decode keeps 6 channels and MP3 holds 2. The refusal comes before EnCodec (or an LM)
     runs: every module call is counted by forward hooks on the real models."""
-    models = predictor.service.models
+    models = predictor.runner.service.models
     calls: list[str] = []
     owners = {"codec": models.codec, **{f"lm:{version}": model.lm for version, model in models.generators.items()}}
     hooks = [

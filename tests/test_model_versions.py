@@ -16,17 +16,18 @@ import soundfile
 import torch
 from helpers import predict_with_defaults, write_scale
 
-from musicgen.errors import CapacityError, WeightsError
+from musicgen.errors import CapacityError
 from musicgen.generate import diffusion_audio, seed_everything, set_generation_params
-from musicgen.models.budget import BUDGET_ENV
 from musicgen.models.load import load_models
 from musicgen.request import Request
 from musicgen.service import MusicGenService
-from musicgen.versions import GENERATING
+from musicgen.settings import read_settings
+from musicgen.versions import GENERATING, MODEL_VERSIONS, PRELOADED, PUBLISHED
+from musicgen.weights import layout, manifest
 
 RATE = 32000
 FRAME = 640
-NEW_VERSIONS = ("melody-large", "stereo-large", "stereo-melody-large")
+NEW_VERSIONS = tuple(name for name in GENERATING if name not in PRELOADED)  # loaded on first request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,6 +41,26 @@ def read(path):
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("version-inputs")
+
+
+def test_every_model_version_is_declared_once_in_the_table_and_the_rest_derives_from_it():
+    from musicgen.dev.demo.configs import lm_config
+    from musicgen.dev.schema.inputs import PREDICT, TRAIN, read_inputs
+
+    # predict.py's and train.py's literal choices (as Cog reads them) are the table's versions, published ones first
+    for path, target, mode in (("predict.py", "Predictor", PREDICT), ("train.py", "train", TRAIN)):
+        fields, _ = read_inputs((layout.REPOSITORY / path).read_text(), target, mode)
+        [model_version] = [field for field in fields if field.name == "model_version"]
+        assert model_version.keywords["choices"] == list(MODEL_VERSIONS), path
+    assert MODEL_VERSIONS[: len(PUBLISHED)] == PUBLISHED
+    for name, version in GENERATING.items():
+        assert layout.model_dir(name).name == version.folder
+        files = manifest.MANIFEST.targets[name]
+        assert files[0].repo_id == version.repo and files[0].revision == version.revision
+        assert (manifest.HTDEMUCS in files) == version.melody
+        assert any(artifact.repo_id == layout.ENCODEC_HF_NAME for artifact in files) != version.ships_codec
+        config = lm_config(name)
+        assert config["channels"] == version.channels and ("self_wav" in config["conditioners"]) == version.melody
 
 
 @pytest.mark.parametrize("version", NEW_VERSIONS)
@@ -119,7 +140,7 @@ def test_multiband_diffusion_decodes_each_stereo_channel(predictor):
 
 def test_multiband_diffusion_of_stereo_tokens_is_mbd_of_each_stream(predictor):
     """The decode itself: left and right codebooks split apart, each decoded by MBD on its own."""
-    models = predictor.service.models
+    models = predictor.runner.service.models
     model = models.generator("stereo-large")
     request = Request(model_version="stereo-large", prompt="calm", duration=1)
     seed_everything(4)
@@ -176,11 +197,9 @@ def test_large_models_without_melody_conditioning_refuse_a_melody(predictor, aud
 # The memory budget
 
 
-def _one_model_budget(demo_weights, monkeypatch):
+def _one_model_budget(settings):
     """A budget holding the preloaded melody, the shared modules and one more demo LM, not two."""
-    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "melody")
-    monkeypatch.delenv(BUDGET_ENV, raising=False)
-    probe = load_models(("melody",), root=demo_weights)
+    probe = load_models(settings, ("melody",))
     resident = probe.resident_bytes()
     probe.generator("stereo-large")
     stereo = probe.resident_bytes() - resident  # the stereo LM and the EnCodec it points to
@@ -191,10 +210,12 @@ def _one_model_budget(demo_weights, monkeypatch):
     return limit
 
 
-def test_a_budget_for_one_model_loads_and_evicts_on_alternate_requests(demo_weights, monkeypatch, caplog, predictor):
-    limit = _one_model_budget(demo_weights, monkeypatch)
-    monkeypatch.setenv(BUDGET_ENV, f"{limit / 1e9:.9f}")
-    service = MusicGenService.load()
+def test_a_budget_for_one_model_loads_and_evicts_on_alternate_requests(settings, caplog, predictor):
+    limit = _one_model_budget(settings)
+    budget = read_settings({"MUSICGEN_MODEL_VERSIONS": "melody", "MUSICGEN_GPU_MEMORY_GB": f"{limit / 1e9:.9f}"})
+    service = MusicGenService.load(
+        settings.replace(model_versions=budget.model_versions, memory_budget_gb=budget.memory_budget_gb)
+    )
     assert service.models.preloaded == ("melody",)
     expected = {
         version: predict_with_defaults(
@@ -222,34 +243,25 @@ def test_a_budget_for_one_model_loads_and_evicts_on_alternate_requests(demo_weig
     assert "melody" in service.models.generators
 
 
-def test_a_model_that_cannot_fit_gets_a_clear_error(demo_weights, monkeypatch):
-    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "melody")
-    monkeypatch.setenv(BUDGET_ENV, "0.000001")  # 1 kB: not even the preloaded model fits
-    service = MusicGenService.load()
+def test_a_model_that_cannot_fit_gets_a_clear_error(settings):
+    # 1 kB: not even the preloaded model fits
+    service = MusicGenService.load(settings.replace(model_versions=("melody",), memory_budget_gb=0.000001))
     with pytest.raises(CapacityError) as error:
         service.predict(Request(model_version="stereo-large", prompt="calm", duration=1, seed=1))
     message = str(error.value)
     assert message.startswith("model_version='stereo-large' needs 0.01 GB and cannot be loaded")
-    assert f"{BUDGET_ENV}=0.000001" in message and "stereo-large" not in service.models.generators
+    assert "MUSICGEN_GPU_MEMORY_GB=1e-06" in message and "stereo-large" not in service.models.generators
     # the service still answers what is resident
     assert service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=1)).path.is_file()
 
 
-@pytest.mark.parametrize("value", ["lots", "-3", "0", "inf", "nan"])
-def test_a_bad_budget_stops_setup_naming_it(demo_weights, monkeypatch, value):
-    monkeypatch.setenv(BUDGET_ENV, value)
-    with pytest.raises(WeightsError, match=rf"{BUDGET_ENV}='{value}' is not a memory budget"):
-        load_models(("melody",), root=demo_weights)
-
-
-def test_versions_without_weights_are_not_served(demo_weights, monkeypatch):
+def test_versions_without_weights_are_not_served(demo_weights, settings):
     """With stereo-large's folder gone, setup serves the rest; a request for it is refused before
     any model work, naming what is served."""
-    monkeypatch.delenv(BUDGET_ENV, raising=False)
     folder = demo_weights / "musicgen-stereo-large"
     hidden = folder.rename(folder.with_name("hidden-stereo-large"))
     try:
-        models = load_models(("melody",), root=demo_weights)
+        models = load_models(settings, ("melody",))
     finally:
         hidden.rename(folder)
     assert set(models.served) == {"melody", "large", "melody-large", "stereo-melody-large"}
@@ -258,12 +270,11 @@ def test_versions_without_weights_are_not_served(demo_weights, monkeypatch):
     assert set(models.generators) == {"melody"}
 
 
-def test_without_melodys_files_encode_decode_uses_a_loaded_models_codec(demo_weights, monkeypatch):
-    monkeypatch.delenv(BUDGET_ENV, raising=False)
+def test_without_melodys_files_encode_decode_uses_a_loaded_models_codec(demo_weights, settings):
     folder = demo_weights / "musicgen-melody"
     hidden = folder.rename(folder.with_name("hidden-melody"))
     try:
-        models = load_models(("large",), root=demo_weights)
+        models = load_models(settings, ("large",))
         assert models.codec is models.generator("large").compression_model
     finally:
         hidden.rename(folder)

@@ -21,6 +21,8 @@ from helpers import LoopbackServer, sines
 
 from musicgen.errors import WeightsError
 from musicgen.generate import seed_everything
+from musicgen.settings import read_settings
+from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -32,10 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def loaded(demo_weights):
+def loaded(settings):
     from musicgen.models.load import load_models
 
-    return load_models()
+    return load_models(settings)
 
 
 def tokens(model, seed: int = SEED, melody: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,14 +75,14 @@ def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_loads_exactly_what_get_pretrained_loads(demo_weights, device: str) -> None:
+def test_loads_exactly_what_get_pretrained_loads(demo_weights, settings, device: str) -> None:
     from audiocraft.models import MusicGen
 
     from musicgen.models.load import load_models
 
-    ours = load_models(device=device)
+    ours = load_models(settings.replace(device=device))
     for version in ("melody", "large"):
-        reference = MusicGen.get_pretrained(str(layout.model_dir(version)), device=device)
+        reference = MusicGen.get_pretrained(str(layout.model_dir(version, demo_weights)), device=device)
         model = ours.generator(version)
         assert_same_tensors(model.lm.state_dict(), reference.lm.state_dict())
         assert_same_tensors(module_tensors(model.lm), module_tensors(reference.lm))
@@ -106,7 +108,7 @@ def test_loads_exactly_what_get_pretrained_loads(demo_weights, device: str) -> N
             assert torch.equal(tokens(model, melody=sine()), tokens(reference, melody=sine()))
 
 
-def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None:
+def test_each_model_is_loaded_once_and_shared(settings, monkeypatch) -> None:
     import demucs.pretrained
     from audiocraft.models import loaders
     from audiocraft.modules import conditioners
@@ -131,7 +133,7 @@ def test_each_model_is_loaded_once_and_shared(demo_weights, monkeypatch) -> None
     monkeypatch.setattr(loaders, "load_compression_model", counting("codec", loaders.load_compression_model))
 
     random_init = torch.nn.init.normal_
-    models = load_models()
+    models = load_models(settings)
     assert calls["t5"] == ["t5-base"] and calls["tokenizer"] == ["t5-base"]
     assert calls["demucs"] == ["htdemucs"]  # the melody LM's chroma conditioner; large has none
     assert sorted(calls["lm"]) == sorted(str(models.checkpoints[version]) for version in ("melody", "large"))
@@ -182,7 +184,7 @@ def test_codec_is_loaded_once_per_distinct_file(demo_weights, tmp_path) -> None:
     for version in ("melody", "large"):
         folder = layout.model_dir(version, root)
         folder.mkdir(parents=True)
-        shutil.copyfile(layout.model_dir(version) / layout.CODEC_FILE, folder / layout.CODEC_FILE)
+        shutil.copyfile(layout.model_dir(version, demo_weights) / layout.CODEC_FILE, folder / layout.CODEC_FILE)
     models = LoadedModels(device="cpu", root=root)
     assert models.codec_for("melody") is models.codec_for("large")
 
@@ -254,10 +256,10 @@ def test_memory_report_counts_each_component_once(loaded) -> None:
     assert report["process_rss"] > components > 0
 
 
-def test_memory_report_adds_mbd_once_loaded(demo_weights, caplog) -> None:
+def test_memory_report_adds_mbd_once_loaded(settings, caplog) -> None:
     from musicgen.models.load import load_models
 
-    models = load_models(("large",))
+    models = load_models(settings, ("large",))
     assert "mbd" not in models.memory_report()
     with caplog.at_level("INFO", logger="musicgen"):
         mbd = models.mbd
@@ -286,7 +288,8 @@ CONVOLUTIONS_AT_MANY_LENGTHS = """
 import sys, torch
 from audiocraft.models.loaders import load_compression_model
 from musicgen.models.memory import bound_onednn_cache, process_rss, release_freed_memory
-bound_onednn_cache()
+from musicgen.settings import read_settings
+bound_onednn_cache(read_settings().onednn_cache_entries)
 torch.set_num_threads(1)
 codec = load_compression_model(sys.argv[1], device="cpu")
 with torch.no_grad():
@@ -300,7 +303,7 @@ print((process_rss() - start) / 1e6)
 
 
 def test_onednn_keeps_a_bounded_primitive_cache_unless_the_operator_sets_one(demo_weights) -> None:
-    from musicgen.models.memory import ONEDNN_CACHE_ENV
+    from musicgen.settings import ONEDNN_CACHE_ENV
 
     codec = demo_weights / "musicgen-large" / layout.CODEC_FILE
     env = {key: value for key, value in os.environ.items() if key != ONEDNN_CACHE_ENV}
@@ -343,7 +346,7 @@ def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
 def fine_tune(version: str, destination: Path, edit=None) -> Path:
     """A stand-in for a fine-tuned export of the demo `version` LM: the same architecture and
     format, every weight moved by a seeded random amount (or the package changed by `edit`)."""
-    package = torch.load(layout.model_dir(version) / layout.LM_FILE, weights_only=True)
+    package = torch.load(layout.model_dir(version, read_settings().weights_root) / layout.LM_FILE, weights_only=True)
     generator = torch.Generator().manual_seed(7)
     for key, tensor in package["best_state"].items():
         if tensor.is_floating_point() and "chroma" not in key:
@@ -359,13 +362,13 @@ def fine_tune(version: str, destination: Path, edit=None) -> Path:
 
 
 @pytest.mark.parametrize("version", ["melody", "large"])
-def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str) -> None:
+def test_fine_tuned_checkpoint_replaces_its_base(loaded, settings, tmp_path, version: str) -> None:
     from audiocraft.models import loaders
 
     from musicgen.models.load import load_models
 
     path = fine_tune(version, tmp_path / "my-finetune" / layout.LM_FILE)
-    models = load_models(fine_tuned=str(path.parent))  # a folder holding state_dict.bin works too
+    models = load_models(settings, fine_tuned=str(path.parent))  # a folder holding state_dict.bin works too
     other = "large" if version == "melody" else "melody"
     assert models.checkpoints[version] == path.resolve() and models.checkpoints[other] == loaded.checkpoints[other]
     assert set(models.generators) == {"melody", "large"}
@@ -387,14 +390,14 @@ def test_fine_tuned_checkpoint_replaces_its_base(loaded, tmp_path, version: str)
     [("stereo-large", "stereo-large"), ("stereo-melody-large", "stereo-melody-large"), ("melody-large", "melody")],
 )
 def test_a_fine_tune_replaces_the_served_model_its_conditioners_and_channels_fit(
-    loaded, tmp_path, tuned_from, replaces
+    loaded, settings, tmp_path, tuned_from, replaces
 ):
     """A stereo fine-tune replaces a stereo model (loaded at setup, as the operator gave it); a
     mono melody one the first preloaded melody model."""
     from musicgen.models.load import load_models
 
     path = fine_tune(tuned_from, tmp_path / "tuned.bin")
-    models = load_models(fine_tuned=str(path))
+    models = load_models(settings, fine_tuned=str(path))
     assert models.checkpoints[replaces] == path.resolve()
     assert replaces in models.preloaded and replaces in models.generators
     tuned = models.generator(replaces)
@@ -408,7 +411,7 @@ def test_setup_serves_the_weights_argument(demo_weights, tmp_path) -> None:
     path = fine_tune("large", tmp_path / "large-tuned.bin")
     predictor = load_predictor_class()()
     predictor.setup(weights=str(path))
-    assert predictor.service.models.checkpoints["large"] == path.resolve()
+    assert predictor.runner.service.models.checkpoints["large"] == path.resolve()
 
 
 def set_key(dotted: str, value):
@@ -454,12 +457,14 @@ def test_fine_tuned_checkpoint_that_does_not_fit_is_refused(loaded, tmp_path, ca
         check_fine_tuned(path, loaded.preloaded, list(loaded.checkpoints), loaded.codec_for)
 
 
-def test_files_that_are_not_lm_checkpoints_are_refused(loaded, tmp_path) -> None:
+def test_files_that_are_not_lm_checkpoints_are_refused(loaded, settings, tmp_path) -> None:
     from musicgen.models.fine_tuned import check_fine_tuned
     from musicgen.models.load import load_models
 
     codecs = (loaded.preloaded, list(loaded.checkpoints), loaded.codec_for)
-    codec_file = layout.model_dir("large") / layout.CODEC_FILE  # an audiocraft export, but of EnCodec
+    codec_file = (
+        layout.model_dir("large", settings.weights_root) / layout.CODEC_FILE
+    )  # an audiocraft export, but of EnCodec
     with pytest.raises(WeightsError, match="lm_model is None; only MusicGen's 'transformer_lm' is served"):
         check_fine_tuned(codec_file, *codecs)
 
@@ -477,7 +482,7 @@ def test_files_that_are_not_lm_checkpoints_are_refused(loaded, tmp_path) -> None
         check_fine_tuned(tmp_path / "checkpoint.th", *codecs)
 
     with pytest.raises(WeightsError, match="no such file"):
-        load_models(fine_tuned=str(tmp_path / "missing.bin"))
+        load_models(settings, fine_tuned=str(tmp_path / "missing.bin"))
 
 
 @pytest.fixture
@@ -506,29 +511,18 @@ def test_fine_tuned_url_is_downloaded_once_into_the_weights_root(demo_weights, f
         store.fine_tuned_checkpoint(f"{url}/missing.bin", root)
 
 
-def test_the_operator_chooses_which_versions_setup_loads(demo_weights, monkeypatch):
+def test_the_operator_chooses_which_versions_setup_loads(settings):
     """Setup loads what MUSICGEN_MODEL_VERSIONS names; every other version with weights in place
     loads on its first request."""
     from musicgen.request import Request
     from musicgen.service import MusicGenService
+    from musicgen.settings import read_settings
 
-    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "large")
-    monkeypatch.setenv("MUSICGEN_DEVICE", "cpu")
-    service = MusicGenService.load()
+    chosen = read_settings({"MUSICGEN_MODEL_VERSIONS": "large", "MUSICGEN_DEVICE": "cpu"})
+    service = MusicGenService.load(settings.replace(model_versions=chosen.model_versions, device=chosen.device))
     assert list(service.models.generators) == ["large"] and service.models.device == "cpu"
     assert service.models.preloaded == ("large",)
-    assert set(service.models.served) == {"melody", "large", "melody-large", "stereo-large", "stereo-melody-large"}
+    assert set(service.models.served) == set(GENERATING)
     assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).path.is_file()
     assert service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0)).path.is_file()
     assert list(service.models.generators) == ["large", "melody"]
-
-
-def test_an_unknown_version_in_the_operator_switch_is_named(monkeypatch):
-    from musicgen.models.load import configured_versions
-
-    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "melody, small")
-    with pytest.raises(WeightsError) as error:
-        configured_versions()
-    assert "MUSICGEN_MODEL_VERSIONS='melody, small' names small" in str(error.value)
-    monkeypatch.setenv("MUSICGEN_MODEL_VERSIONS", "")
-    assert configured_versions() == ("melody", "large")

@@ -96,7 +96,7 @@ def assert_continuous(samples: np.ndarray) -> None:
 
 
 def test_melody_model_has_get_pretrained_settings_and_drops_drums_and_bass(predictor):
-    conditioner = predictor.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]
+    conditioner = predictor.runner.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]
     assert type(conditioner).__name__ == "ChromaStemConditioner"
     assert conditioner.match_len_on_eval is True
     assert conditioner._use_masking is False
@@ -106,7 +106,7 @@ def test_melody_model_has_get_pretrained_settings_and_drops_drums_and_bass(predi
 
 def test_melody_is_audiocrafts_generate_with_chroma(predictor, melody):
     """Bit for bit what a user of audiocraft gets from the same file, prompt and seed."""
-    models = predictor.service.models
+    models = predictor.runner.service.models
     request = Request(prompt="jazz", input_audio=melody, duration=2, top_k=50)
     ours, rate = generate.generate(request, models, seed=11, input_audio=load_audio(melody))
     model = models.generator("melody")
@@ -149,7 +149,7 @@ def test_continuation_is_the_whole_frame_window_then_duration_new_seconds(predic
 
 def test_continuation_is_audiocrafts_generate_continuation(predictor, audio_dir):
     song = write_scale(audio_dir / "song-3s.wav", 3.0, rate=32000, channels=1)
-    models = predictor.service.models
+    models = predictor.runner.service.models
     request = Request(prompt="go on", input_audio=song, continuation=True, continuation_end=2, duration=1)
     ours, _ = generate.generate(request, models, seed=4, input_audio=load_audio(song))
     model = models.generator("melody")
@@ -174,8 +174,8 @@ def test_a_window_of_exactly_the_context_is_continued_past_it(predictor, audio_d
 
     # The same as audiocraft's extend loop if its first lm.generate returned the prompt unchanged.
     request = Request(prompt="go on", input_audio=song, continuation=True, continuation_start=1, duration=2)
-    ours, _ = generate.generate(request, predictor.service.models, seed=2, input_audio=load_audio(song))
-    model = predictor.service.models.generator("melody")
+    ours, _ = generate.generate(request, predictor.runner.service.models, seed=2, input_audio=load_audio(song))
+    model = predictor.runner.service.models.generator("melody")
     lm_generate = model.lm.generate
 
     def generate_nothing_when_full(prompt, conditions, max_gen_len, **kwargs):
@@ -258,7 +258,7 @@ def test_long_text_is_windowed_to_the_exact_length(predictor):
 
 def test_long_melody_tiles_the_melody_over_the_windows(predictor, melody, monkeypatch):
     lengths = []
-    conditioner = predictor.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]
+    conditioner = predictor.runner.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]
     compute = conditioner._compute_wav_embedding
     monkeypatch.setattr(
         conditioner, "_compute_wav_embedding", lambda wav, rate: lengths.append(wav.shape[-1]) or compute(wav, rate)
@@ -284,7 +284,13 @@ def test_long_continuation(predictor, audio_dir):
 
 
 def test_mbd_is_loaded_on_first_use_then_kept(predictor):
-    service = MusicGenService(LoadedModels(device="cpu", generators=predictor.service.models.generators))
+    service = MusicGenService(
+        LoadedModels(
+            device="cpu",
+            root=predictor.runner.service.models.root,
+            generators=predictor.runner.service.models.generators,
+        )
+    )
     service.predict(Request(prompt="calm", duration=1, seed=1))
     assert service.models._mbd is None
     first = service.predict(Request(prompt="calm", duration=1, seed=1, multi_band_diffusion=True)).path.read_bytes()

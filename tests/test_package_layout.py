@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
 
 PACKAGE = REPOSITORY / "musicgen"
 MAX_LINES = 350

@@ -21,7 +21,7 @@ from musicgen.request import (
     validate,
     validate_input_audio,
 )
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
 
 AUDIO = Path("song.wav")  # validation does not read the file
 

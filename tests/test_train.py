@@ -19,6 +19,7 @@ import torch
 from helpers import START_TIMEOUT, Server, data_uri, predict_with_defaults, run_cli
 
 from musicgen.errors import InputError
+from musicgen.settings import Settings, read_settings
 from musicgen.train.export import read_record
 from musicgen.train.options import TrainRequest
 from musicgen.train.run import fine_tune
@@ -61,12 +62,12 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(demo_weights, dataset, tmp_path_factory):
+def trained(settings, dataset, tmp_path_factory):
     """Two runs with the same seed and one with another."""
     out = tmp_path_factory.mktemp("trained")
-    first = fine_tune(TrainRequest(dataset_path=dataset, **LEARNING), output_dir=out / "first")
-    again = fine_tune(TrainRequest(dataset_path=dataset, **LEARNING), output_dir=out / "again")
-    other = fine_tune(TrainRequest(dataset_path=dataset, **{**LEARNING, "seed": 4}), output_dir=out / "other")
+    first = fine_tune(TrainRequest(dataset_path=dataset, **LEARNING), settings, output_dir=out / "first")
+    again = fine_tune(TrainRequest(dataset_path=dataset, **LEARNING), settings, output_dir=out / "again")
+    other = fine_tune(TrainRequest(dataset_path=dataset, **{**LEARNING, "seed": 4}), settings, output_dir=out / "other")
     return first, again, other
 
 
@@ -102,7 +103,7 @@ def test_the_checkpoint_serves_with_tokens_of_its_own(trained, predictor, demo_w
 
     fine = load_predictor_class()()
     fine.setup(weights=str(trained[0].checkpoint))
-    assert fine.service.models.checkpoints["melody"] == trained[0].checkpoint
+    assert fine.runner.service.models.checkpoints["melody"] == trained[0].checkpoint
     inputs = {"prompt": "a pure sine tone at 330 Hz", "duration": 1, "seed": 11}
     tuned = predict_with_defaults(fine, **inputs).read_bytes()
     assert tuned == predict_with_defaults(fine, **inputs).read_bytes()  # reproducible
@@ -194,7 +195,7 @@ def test_the_real_server_trains_and_then_serves_the_result(tmp_path, demo_weight
 
 def train_on(path: Path, tmp_path: Path, **inputs):
     request = TrainRequest(dataset_path=path, **{**LEARNING, "epochs": 1, **inputs})
-    return fine_tune(request, output_dir=tmp_path / "out")
+    return fine_tune(request, read_settings(), output_dir=tmp_path / "out")  # the tests' weights root
 
 
 @pytest.mark.parametrize(
@@ -294,7 +295,7 @@ def test_one_audio_file_is_a_dataset_and_is_cut_into_30_s_segments(demo_weights,
 )
 def test_training_mistakes_are_named_before_anything_loads(dataset, inputs, message):
     with pytest.raises(InputError) as refused:
-        fine_tune(TrainRequest(**{"dataset_path": dataset, **inputs}))
+        fine_tune(TrainRequest(**{"dataset_path": dataset, **inputs}), Settings(weights_root=Path("/nonexistent")))
     assert message in str(refused.value)
 
 
@@ -315,7 +316,7 @@ def test_a_community_checkpoint_serves_the_same_audio_as_the_weights_it_holds(
         torch.load(community, weights_only=True)  # a pickled config: torch's safe loader cannot read it
     served = load_predictor_class()()
     served.setup(weights=str(community))
-    assert served.service.models.checkpoints[version] == community
+    assert served.runner.service.models.checkpoints[version] == community
     for inputs in ({"prompt": "calm", "duration": 1, "seed": 4}, {"prompt": "x", "duration": 2, "seed": 5}):
         inputs["model_version"] = version
         assert (
@@ -325,7 +326,7 @@ def test_a_community_checkpoint_serves_the_same_audio_as_the_weights_it_holds(
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
-def test_a_pickle_outside_the_allow_list_is_refused_naming_the_file_and_the_class(demo_weights, tmp_path, zip_format):
+def test_a_pickle_outside_the_allow_list_is_refused_naming_the_file_and_the_class(settings, tmp_path, zip_format):
     from musicgen.errors import WeightsError
     from musicgen.models.load import load_models
 
@@ -338,7 +339,7 @@ def test_a_pickle_outside_the_allow_list_is_refused_naming_the_file_and_the_clas
     hostile = tmp_path / "trained_model.tar"
     torch.save({"xp.cfg": Payload(), "model": {}}, hostile, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(WeightsError) as refused:
-        load_models(fine_tuned=str(hostile))
+        load_models(settings, fine_tuned=str(hostile))
     assert str(hostile) in str(refused.value)
     assert not (tmp_path / "pwned").exists()
     if zip_format:  # (torch refuses to memory-map the legacy format before reading any pickle)

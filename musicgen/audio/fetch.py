@@ -15,7 +15,6 @@ import base64
 import binascii
 import http
 import logging
-import os
 import threading
 import time
 import urllib.parse
@@ -26,15 +25,10 @@ import requests
 
 from musicgen.errors import InputError
 from musicgen.request import URL_SCHEMES, shortened
+from musicgen.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_ENV = "MUSICGEN_INPUT_TIMEOUT"  # seconds for the whole download of one input
-MAX_INPUT_MB_ENV = "MUSICGEN_INPUT_MAX_MB"  # megabytes (10^6 bytes) one input may hold
-DEFAULT_TIMEOUT = 120.0  # seconds: 350 MB at 25 Mbit/s
-# 20 minutes (the longest input decoded) of 24-bit 48 kHz stereo WAV is 346 MB; every compressed
-# format of that length is far smaller. Wider or longer uncompressed files: FLAC, or a larger cap.
-DEFAULT_MAX_MB = 400.0
 CONNECT_TIMEOUT = 10.0  # seconds to open the connection
 STALL_TIMEOUT = 30.0  # seconds without a byte before the helper thread gives up on its own
 WAIT_STEP = 0.05  # seconds between two looks of the waiting thread (the cancel latency)
@@ -56,35 +50,19 @@ MEGABYTE = 1_000_000
 class FetchLimits:
     """What one input download may take: `timeout` seconds in all, `max_bytes` bytes."""
 
-    timeout: float = DEFAULT_TIMEOUT
-    max_bytes: int = int(DEFAULT_MAX_MB * MEGABYTE)
+    timeout: float
+    max_bytes: int
 
     @classmethod
-    def from_environment(cls, environ: os._Environ | dict | None = None) -> FetchLimits:
-        """The operator's limits: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_INPUT_MAX_MB (10^6 bytes).
-
-        A value that is not a positive number raises ValueError naming the variable (setup fails).
-        """
-        environ = os.environ if environ is None else environ
-        timeout = _positive(environ, TIMEOUT_ENV, DEFAULT_TIMEOUT)
-        max_mb = _positive(environ, MAX_INPUT_MB_ENV, DEFAULT_MAX_MB)
-        return cls(timeout=timeout, max_bytes=int(max_mb * MEGABYTE))
+    def from_settings(cls, settings: Settings) -> FetchLimits:
+        """The operator's limits: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_INPUT_MAX_MB (10^6 bytes)."""
+        return cls(timeout=settings.input_timeout, max_bytes=int(settings.input_max_mb * MEGABYTE))
 
     def describe(self) -> str:
-        return f"{self.timeout:g} s and {self.max_bytes / MEGABYTE:g} MB per input ({TIMEOUT_ENV}, {MAX_INPUT_MB_ENV})"
-
-
-def _positive(environ, name: str, default: float) -> float:
-    text = environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name}={text!r} is not a positive number; leave it unset for the default {default:g}.")
-    return value
+        return (
+            f"{self.timeout:g} s and {self.max_bytes / MEGABYTE:g} MB per input "
+            "(MUSICGEN_INPUT_TIMEOUT, MUSICGEN_INPUT_MAX_MB)"
+        )
 
 
 def fetch(url: str, folder: Path, limits: FetchLimits, name: str = "input_audio") -> Path:
@@ -114,7 +92,7 @@ def _write_data_uri(url: str, dest: Path, limits: FetchLimits, name: str) -> Non
             f"(e.g. data:audio/wav;base64,UklGR...)."
         )
     is_base64 = header.lower().split(";")[-1].strip() == "base64"
-    limit = f"at most {limits.max_bytes / MEGABYTE:g} MB ({MAX_INPUT_MB_ENV})"
+    limit = f"at most {limits.max_bytes / MEGABYTE:g} MB (MUSICGEN_INPUT_MAX_MB)"
     if (len(payload) * 3 // 4 if is_base64 else len(payload)) > limits.max_bytes:
         raise InputError(
             f"{name} (a data: URI) holds more than {limits.max_bytes / MEGABYTE:g} MB; {limit} is allowed."
@@ -164,7 +142,7 @@ class _Transfer:
                 if time.monotonic() > deadline:
                     raise InputError(
                         f"{self.name}: the download from {self.host} did not finish within {self.limits.timeout:g} s "
-                        f"(this server's limit, {TIMEOUT_ENV}); use a faster host, or a smaller file."
+                        f"(this server's limit, MUSICGEN_INPUT_TIMEOUT); use a faster host, or a smaller file."
                     )
             if self.error is not None:
                 raise self.error
@@ -245,7 +223,7 @@ class _Transfer:
     def _too_large(self, size: str) -> str:
         return (
             f"{self.name} from {self.host} {size}; this server accepts at most "
-            f"{self.limits.max_bytes / MEGABYTE:g} MB per input ({MAX_INPUT_MB_ENV}). Send a compressed format "
+            f"{self.limits.max_bytes / MEGABYTE:g} MB per input (MUSICGEN_INPUT_MAX_MB). Send a compressed format "
             f"(FLAC, MP3, ...) or a shorter file."
         )
 

@@ -1,6 +1,7 @@
 """Which loop serves a loaded model, chosen once at setup.
 
-MUSICGEN_DECODER=musicgen (the default) serves with our loop, =audiocraft with audiocraft's own.
+The MUSICGEN_DECODER setting: "musicgen" (the default) serves with our loop, "audiocraft" with
+audiocraft's own.
 On CUDA our loop is checked before it serves: the eager step's logits against the LM's own
 forward pass, then the CUDA-graph step's against the eager step's, over CHECK_STEPS steps of the
 same inputs. Any error or a difference beyond the dtype's Tolerance is logged with its reason and
@@ -11,7 +12,6 @@ token-exact with audiocraft's (tests/test_decode.py), so no check runs there unl
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -21,12 +21,9 @@ from musicgen.decode.decoders import AudiocraftLoop, Decoder, FastLoop
 from musicgen.decode.graphs import GraphedStep
 from musicgen.decode.loop import condition_tensors
 from musicgen.decode.transformer import Unsupported
-from musicgen.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-DECODER_ENV = "MUSICGEN_DECODER"
-DECODERS = ("musicgen", "audiocraft")
 CHECK_STEPS = 8
 CHECK_PROMPT = "warm-up check"
 
@@ -53,26 +50,20 @@ class CheckFailed(Exception):
     """A loop's logits differ from the reference's by more than the tolerance."""
 
 
-def configured_decoder() -> str:
-    """$MUSICGEN_DECODER, checked: "musicgen" (default) or "audiocraft"."""
-    choice = os.environ.get(DECODER_ENV, "").strip() or DECODERS[0]
-    if choice not in DECODERS:
-        raise WeightsError(f"{DECODER_ENV}={choice!r} is not a decoder; use one of {', '.join(DECODERS)}.")
-    return choice
-
-
 def load_decoder(
     model,
     label: str,
+    choice: str = "musicgen",
     check: bool | None = None,
     tolerance: Tolerance | None = None,
     graph_tolerance: Tolerance | None = None,
 ) -> Decoder:
-    """The loop that serves `model` (named `label` in the logs). check: run the checks (default:
+    """The loop that serves `model` (named `label` in the logs): audiocraft's when `choice` (the
+    MUSICGEN_DECODER setting) is "audiocraft", else ours, checked. check: run the checks (default:
     on CUDA only; on the CPU the static step runs uncaptured). tolerance, graph_tolerance: for
     the eager and the graph check, instead of the dtype's TOLERANCES entry (tests force failures)."""
-    if configured_decoder() == "audiocraft":
-        log.info("%s: decoding with audiocraft's loop (%s=audiocraft)", label, DECODER_ENV)
+    if choice == "audiocraft":
+        log.info("%s: decoding with audiocraft's loop (MUSICGEN_DECODER=audiocraft)", label)
         return AudiocraftLoop(model)
     try:
         fast = FastLoop(model)

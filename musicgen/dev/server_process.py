@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from musicgen.dev.loopback import LOOPBACK
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
 
 HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from musicgen.errors import CapacityError, WeightsError
+from musicgen.errors import CapacityError
 from musicgen.models.memory import GB
 
-BUDGET_ENV = "MUSICGEN_GPU_MEMORY_GB"  # the operator's budget for resident models, in GB (10^9 bytes)
 # Left free by the default budget for the largest generation: the 3.3 B model's 30 s attention
 # cache (1.2 GB in float16, 2.4 GB in float32 on a CPU), a CUDA graph's static buffers, EnCodec's
 # decode of 60 s of stereo, HT-Demucs on a 90 s melody and the allocator's slack. A policy, not a
-# measurement: operators with measured figures set $MUSICGEN_GPU_MEMORY_GB.
+# measurement: operators with measured figures set MUSICGEN_GPU_MEMORY_GB.
 HEADROOM = {"cuda": 6 * GB, "cpu": 8 * GB}
 
 
@@ -44,21 +43,11 @@ def device_memory(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def configured_budget(device: str) -> MemoryBudget:
-    """$MUSICGEN_GPU_MEMORY_GB (a positive number of GB) if set, else the device's memory less
-    the headroom the largest generation needs (HEADROOM). A bad value stops setup, naming it."""
-    text = os.environ.get(BUDGET_ENV, "").strip()
-    if text:
-        try:
-            gigabytes = float(text)
-        except ValueError:
-            gigabytes = float("nan")
-        if not gigabytes > 0 or gigabytes == float("inf"):
-            raise WeightsError(
-                f"{BUDGET_ENV}={text!r} is not a memory budget; give a positive number of GB (10^9 bytes), "
-                f"e.g. 70, or leave it unset for the device's memory less {HEADROOM['cuda'] / GB:.0f} GB"
-            )
-        return MemoryBudget(int(gigabytes * GB), f"{BUDGET_ENV}={text}")
+def configured_budget(device: str, gigabytes: float | None = None) -> MemoryBudget:
+    """`gigabytes` (the MUSICGEN_GPU_MEMORY_GB setting) if given, else the device's memory less
+    the headroom the largest generation needs (HEADROOM)."""
+    if gigabytes is not None:
+        return MemoryBudget(int(gigabytes * GB), f"MUSICGEN_GPU_MEMORY_GB={gigabytes:g}")
     total = device_memory(device)
     headroom = HEADROOM["cuda" if device.startswith("cuda") else "cpu"]
     return MemoryBudget(
@@ -82,6 +71,6 @@ def evictions(need: int, resident: int, budget: MemoryBudget, evictable: Mapping
         raise CapacityError(
             f"model_version={version!r} needs {need / GB:.2f} GB and cannot be loaded: the memory budget is "
             f"{budget.describe()}, and the models that stay resident (set up with MUSICGEN_MODEL_VERSIONS) and "
-            f"the shared modules hold {kept / GB:.2f} GB of it. The operator can raise {BUDGET_ENV} or preload fewer models."
+            f"the shared modules hold {kept / GB:.2f} GB of it. The operator can raise MUSICGEN_GPU_MEMORY_GB or preload fewer models."
         )
     return chosen

@@ -41,14 +41,14 @@ MBD_SAFE_GLOBALS = [
 ]
 
 
-def load_mbd(codec, device: str, path: Path | None = None) -> MultiBandDiffusion:
+def load_mbd(codec, device: str, root: Path) -> MultiBandDiffusion:
     """MultiBand Diffusion for 32 kHz MusicGen tokens, over the already loaded EnCodec.
 
-    What `MultiBandDiffusion.get_mbd_musicgen()` does, from the weights root instead of the hub.
+    What `MultiBandDiffusion.get_mbd_musicgen()` does, from the weights root `root` instead of the hub.
     """
-    path = path or layout.mbd_path()
+    path = layout.mbd_path(root)
     if not path.is_file():
-        store.check_present(["mbd"])
+        store.check_present(["mbd"], root)
     start = time.perf_counter()
     try:
         with torch.serialization.safe_globals(MBD_SAFE_GLOBALS):

@@ -2,7 +2,7 @@
 
 The memory plan (README.md, "Memory plan", has the sizes):
 
-- setup() loads the versions $MUSICGEN_MODEL_VERSIONS names (melody and large by default) with
+- setup() loads the versions the MUSICGEN_MODEL_VERSIONS setting names (melody and large by default) with
   audiocraft's own loader and keeps them: on CUDA their transformer layers are float16 (what
   `load_lm_model` asks for on a GPU), on CPU everything is float32.
 - Every other version whose weights are present (melody-large, stereo-large, stereo-melody-large)
@@ -27,7 +27,6 @@ import collections
 import functools
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
 from musicgen.cancellation import uninterrupted
 from musicgen.decode.decoders import Decoder
 from musicgen.decode.graphs import static_cache_bytes
-from musicgen.decode.select import configured_decoder, load_decoder
+from musicgen.decode.select import load_decoder
 from musicgen.errors import WeightsError
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
 from musicgen.models.checkpoints import read_lm_checkpoint
@@ -59,32 +58,16 @@ from musicgen.models.memory import (
     mono_codec,
     release_freed_memory,
 )
-from musicgen.request import VERSIONS_ENV
-from musicgen.versions import GENERATING, PRELOADED
+from musicgen.settings import Settings
+from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
 log = logging.getLogger(__name__)
 
-DEVICE_ENV = "MUSICGEN_DEVICE"  # "cpu" or "cuda[:N]", to override the automatic choice
 
-
-def best_device() -> str:
-    """$MUSICGEN_DEVICE if set; else CUDA when present (the LM then runs in float16), else CPU."""
-    return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def configured_versions() -> tuple[str, ...]:
-    """The model versions setup() loads and keeps: $MUSICGEN_MODEL_VERSIONS (e.g. "melody"), else
-    melody and large. Any other generating version whose weights are present loads on first use."""
-    text = os.environ.get(VERSIONS_ENV, "")
-    versions = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    unknown = [name for name in versions if name not in GENERATING]
-    if unknown:
-        raise WeightsError(
-            f"{VERSIONS_ENV}={text!r} names {', '.join(unknown)}; use a comma-separated subset of "
-            f"{', '.join(GENERATING)} (encode-decode uses musicgen-melody's codec)."
-        )
-    return versions or PRELOADED
+def best_device(setting: str | None = None) -> str:
+    """`setting` (MUSICGEN_DEVICE) if given; else CUDA when present (the LM then runs in float16), else CPU."""
+    return setting or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -97,8 +80,9 @@ class LoadedModels:
     """
 
     device: str
-    root: Path = field(default_factory=layout.weights_root)
+    root: Path
     preloaded: tuple[str, ...] = ()
+    decoder_choice: str = "musicgen"  # the MUSICGEN_DECODER setting
     budget: MemoryBudget | None = None  # None: no limit (models assembled by hand, tests)
     generators: dict[str, MusicGen] = field(default_factory=dict)
     decoders: dict[str, Decoder] = field(default_factory=dict)  # the token loop serving each version
@@ -126,7 +110,7 @@ class LoadedModels:
         here on first use for models assembled by hand)."""
         with self._lock, uninterrupted():
             if version not in self.decoders:
-                self.decoders[version] = load_decoder(self.generator(version), version)
+                self.decoders[version] = load_decoder(self.generator(version), version, self.decoder_choice)
             return self.decoders[version]
 
     @property
@@ -164,7 +148,7 @@ class LoadedModels:
         """MultiBand Diffusion, loaded on first use and then kept."""
         with self._lock, uninterrupted():
             if self._mbd is None:
-                self._mbd = load_mbd(self.codec, self.device)
+                self._mbd = load_mbd(self.codec, self.device, self.root)
                 release_freed_memory()
                 log.info("memory with MultiBand Diffusion: %s", format_memory(self.memory_report()))
         return self._mbd
@@ -185,7 +169,7 @@ class LoadedModels:
             name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
             self.generators[version] = assemble(name, codecs[version], lms[version])
             bound_pattern_cache(self.generators[version].lm)
-            self.decoders[version] = load_decoder(self.generators[version], version)  # on CUDA: checked now
+            self.decoders[version] = load_decoder(self.generators[version], version, self.decoder_choice)  # checked now
             # its weights, and on CUDA its decoder's static buffers (the CUDA graph's cache)
             graph = getattr(self.decoders[version], "graph", None)
             self._sizes[version] = self.memory_report()[f"lm:{version}"] + (graph.nbytes if graph is not None else 0)
@@ -239,25 +223,31 @@ class LoadedModels:
 
 
 def load_models(
-    versions: tuple[str, ...] = PRELOADED,
-    device: str | None = None,
+    settings: Settings,
+    versions: tuple[str, ...] | None = None,
     fine_tuned: str | Path | None = None,
-    root: Path | None = None,
 ) -> LoadedModels:
-    """Load `versions` once each, sharing EnCodec, T5 and HT-Demucs, and log what is resident.
+    """Load `versions` (default: the settings' MUSICGEN_MODEL_VERSIONS) once each, sharing EnCodec,
+    T5 and HT-Demucs, and log what is resident; the weights root, device, budget and decoder are
+    the settings'.
 
     The weights are checked first (a fast, clear error, or a download when the operator allows it).
     Every other generating version whose weights are present is servable, loaded on first use.
     `fine_tuned`: a fine-tuned LM checkpoint (path or URL) served in place of the base model whose
     conditioners and channels it has (see check_fine_tuned); it is loaded now.
     """
-    bound_onednn_cache()  # before the first convolution: oneDNN reads it once
-    root = Path(root) if root else layout.weights_root()
-    configured_decoder()  # an operator's typo in MUSICGEN_DECODER fails before minutes of loading
-    store.ensure_weights(list(versions), root)
+    bound_onednn_cache(settings.onednn_cache_entries)  # before the first convolution: oneDNN reads it once
+    root, versions = settings.weights_root, versions or settings.model_versions
+    store.ensure_weights(list(versions), root, settings.download_on_setup, hub=settings.hub_endpoint)
     layout.check_hub(root)  # T5 is read through the Hugging Face cache under the same root
-    device = device or best_device()
-    models = LoadedModels(device=device, root=root, preloaded=tuple(versions), budget=configured_budget(device))
+    device = best_device(settings.device)
+    models = LoadedModels(
+        device=device,
+        root=root,
+        preloaded=tuple(versions),
+        decoder_choice=settings.decoder,
+        budget=configured_budget(device, settings.memory_budget_gb),
+    )
     for version in GENERATING:
         if version in versions or store.is_present([version], root):
             models.checkpoints[version] = layout.model_dir(version, root) / layout.LM_FILE

@@ -13,19 +13,14 @@ from collections.abc import Mapping
 import torch
 from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
+from musicgen.settings import ONEDNN_CACHE_ENV
+
 GB = 1e9
 MB = 1e6
 # Codebook patterns each LM keeps (audiocraft keeps 100: one per sequence length asked for, each
 # with its layout and index tensors; a server that sees every duration and continuation window
 # holds hundreds of megabytes of them). Rebuilding one takes milliseconds.
 PATTERN_CACHE_ENTRIES = 4
-# oneDNN's primitive cache on CPU (a convolution compiled for each input shape, with its buffers):
-# EnCodec, the resampler and MultiBand Diffusion meet a new length with almost every request, and
-# oneDNN keeps the last 1024 by default: 100 MB more RSS after a soak of 200 mixed predictions
-# (docs/benchmarks.md). 64 hold what one prediction reuses (30 s windows, diffusion steps): no
-# measurable change in speed.
-ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-ONEDNN_CACHE_ENTRIES = 64
 
 
 def resident_components(generators: Mapping, mbd=None, codecs=()) -> dict[str, list[torch.nn.Module]]:
@@ -101,12 +96,12 @@ def bound_pattern_cache(lm: torch.nn.Module, entries: int = PATTERN_CACHE_ENTRIE
     provider.get_pattern = functools.lru_cache(entries)(build)
 
 
-def bound_onednn_cache(entries: int = ONEDNN_CACHE_ENTRIES) -> None:
-    """Keep oneDNN's primitive cache to `entries` unless the operator set ONEDNN_PRIMITIVE_CACHE_CAPACITY.
+def bound_onednn_cache(entries: int) -> None:
+    """Keep oneDNN's primitive cache to `entries` (the ONEDNN_PRIMITIVE_CACHE_CAPACITY setting).
 
     oneDNN reads the variable once, when it builds its first primitive: call this before any model runs.
     """
-    os.environ.setdefault(ONEDNN_CACHE_ENV, str(entries))
+    os.environ[ONEDNN_CACHE_ENV] = str(entries)
 
 
 def release_freed_memory() -> None:

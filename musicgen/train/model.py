@@ -89,9 +89,8 @@ class TrainingModel:
         return levels.convert(instrumental, demucs.samplerate, self.sample_rate, self.channels)[:, : wav.shape[-1]]
 
 
-def load_for_training(version: str, device: str, root: Path | None = None) -> TrainingModel:
-    """The released `version` under the weights root, ready to fine-tune on `device`."""
-    root = Path(root) if root else layout.weights_root()
+def load_for_training(version: str, device: str, root: Path) -> TrainingModel:
+    """The released `version` under the weights root `root`, ready to fine-tune on `device`."""
     store.check_present([version], root)
     layout.check_hub(root)
     base = layout.model_dir(version, root) / layout.LM_FILE

@@ -15,6 +15,7 @@ import audiocraft
 from musicgen.errors import InputError
 from musicgen.generate import draw_seed, seed_everything
 from musicgen.models.load import best_device
+from musicgen.settings import Settings
 from musicgen.train.dataset import Skipped, dataset_files
 from musicgen.train.export import write_fine_tuned
 from musicgen.train.loop import train_lm
@@ -44,12 +45,11 @@ class TrainResult:
     record: dict  # what the checkpoint's config records under `fine_tune`
 
 
-def fine_tune(
-    request: TrainRequest, output_dir: Path | None = None, root: Path | None = None, device: str | None = None
-) -> TrainResult:
-    """Fine-tune `request.model_version`'s LM on the dataset and write `<output_dir>/state_dict.bin`
-    (a fresh temporary folder when None). Caller mistakes, a dataset with no usable audio
-    included, are InputErrors raised before any training."""
+def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None = None) -> TrainResult:
+    """Fine-tune `request.model_version`'s LM (under the settings' weights root, on their device)
+    on the dataset and write `<output_dir>/state_dict.bin` (a fresh temporary folder when None).
+    Caller mistakes, a dataset with no usable audio included, are InputErrors raised before any
+    training."""
     start = time.perf_counter()
     validate(request)
     while _handed_over:
@@ -57,7 +57,7 @@ def fine_tune(
     seed = draw_seed() if request.wants_random_seed else request.seed
     log.info("fine-tuning %s with seed %d", request.model_version, seed)
     seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
-    model = load_for_training(request.model_version, device or best_device(), root)
+    model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
     skipped = Skipped()
     scratch = Path(tempfile.mkdtemp(prefix="musicgen-dataset-"))
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -57,36 +56,33 @@ class Result:
     status: str  # "present" (already verified in place) or "downloaded"
 
 
-def endpoint() -> str:
-    """The hub endpoint: $HF_ENDPOINT (a mirror, or a test server), else the public hub."""
-    return os.environ.get("HF_ENDPOINT") or HF_ENDPOINT
-
-
 def download(
     targets: Iterable[str],
-    root: Path | None = None,
+    root: Path,
     *,
     manifest: Manifest = MANIFEST,
     hub: str | None = None,
+    token: str | None = None,
     workers: int = WORKERS,
     attempts: int = ATTEMPTS,
     retry_wait: float = 2.0,
     progress: bool = True,
 ) -> list[Result]:
-    """Fetch every file the named targets (e.g. "melody", "mbd") need into `root`, verified.
+    """Fetch every file the named targets (e.g. "melody", "mbd") need into `root`, verified, from
+    the hub `hub` (default: the public one; the HF_ENDPOINT setting) with `token` (HF_TOKEN).
 
     Raises DownloadError listing every file that failed, after the others have finished.
     """
-    root = Path(root or layout.weights_root())
+    root = Path(root)
     artifacts = manifest.artifacts(targets)
-    hub = hub or endpoint()
+    hub = hub or HF_ENDPOINT
     bar = _Progress(artifacts, progress)
     failures: list[str] = []
     results: list[Result] = []
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(artifacts)))) as pool:
             futures = [
-                pool.submit(_fetch_one, artifact, root, hub, bar, attempts, retry_wait) for artifact in artifacts
+                pool.submit(_fetch_one, artifact, root, hub, token, bar, attempts, retry_wait) for artifact in artifacts
             ]
             for future in futures:
                 try:
@@ -101,7 +97,9 @@ def download(
     return results
 
 
-def _fetch_one(artifact: Artifact, root: Path, hub: str, bar: _Progress, attempts: int, retry_wait: float) -> Result:
+def _fetch_one(
+    artifact: Artifact, root: Path, hub: str, token: str | None, bar: _Progress, attempts: int, retry_wait: float
+) -> Result:
     dest = root / artifact.dest
     part = _Part(dest.with_name(dest.name + layout.PARTIAL_SUFFIX))
     try:
@@ -119,7 +117,7 @@ def _fetch_one(artifact: Artifact, root: Path, hub: str, bar: _Progress, attempt
         dest.parent.mkdir(parents=True, exist_ok=True)
         part.open()
         bar.update(part.size)
-        digest = _download_into(part, artifact, hub, bar, attempts, retry_wait)
+        digest = _download_into(part, artifact, hub, token, bar, attempts, retry_wait)
         part.commit(dest)
         _write_record(artifact, root, dest.stat().st_size, digest)
     except OSError as error:  # disk full, permissions: name the file rather than show a traceback
@@ -130,12 +128,14 @@ def _fetch_one(artifact: Artifact, root: Path, hub: str, bar: _Progress, attempt
     return Result(artifact, "downloaded")
 
 
-def _download_into(part: _Part, artifact: Artifact, hub: str, bar: _Progress, attempts: int, retry_wait: float) -> str:
+def _download_into(
+    part: _Part, artifact: Artifact, hub: str, token: str | None, bar: _Progress, attempts: int, retry_wait: float
+) -> str:
     """Transfer (resuming) until the .part holds the verified file; return its sha256."""
     url = artifact.source_url(hub)
     headers = {"User-Agent": USER_AGENT}
-    if artifact.repo_id and os.environ.get("HF_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['HF_TOKEN']}"
+    if artifact.repo_id and token:
+        headers["Authorization"] = f"Bearer {token}"
     for attempt in range(1, attempts + 1):
         try:
             _transfer(url, headers, part, artifact, bar)

@@ -17,7 +17,7 @@ Layout under the root (default `weights/` in the repository, `MUSICGEN_WEIGHTS` 
 
 Everything the engine reads is under the root, and loading never touches the network: every
 entry point calls configure_hub() before anything imports huggingface_hub, transformers,
-audiocraft or demucs. This module imports nothing of ours, so anything may import it.
+audiocraft or demucs. This module imports only musicgen.settings and musicgen.versions (plain data), so anything may import it.
 """
 
 from __future__ import annotations
@@ -28,17 +28,10 @@ import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parent.parent.parent
-DEFAULT_ROOT = REPOSITORY / "weights"
-ROOT_ENV = "MUSICGEN_WEIGHTS"
+from musicgen.settings import ROOT_ENV
+from musicgen.versions import GENERATING
 
-MODEL_DIRS = {
-    "melody": "musicgen-melody",
-    "large": "musicgen-large",
-    "melody-large": "musicgen-melody-large",
-    "stereo-large": "musicgen-stereo-large",
-    "stereo-melody-large": "musicgen-stereo-melody-large",
-}
+MODEL_DIRS = {name: version.folder for name, version in GENERATING.items()}  # model_version -> its folder
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 MBD_DIR = "multiband-diffusion"
@@ -58,37 +51,32 @@ FINE_TUNED_DIR = "fine-tuned"  # <root>/fine-tuned/<sha256 of the URL, 16 hex>/<
 _HUB_OVERRIDES = ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
 
 
-def weights_root() -> Path:
-    """The weights root: $MUSICGEN_WEIGHTS, else `weights/` in the repository."""
-    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser().resolve()
+def model_dir(version: str, root: Path) -> Path:
+    return root / MODEL_DIRS[version]
 
 
-def model_dir(version: str, root: Path | None = None) -> Path:
-    return (root or weights_root()) / MODEL_DIRS[version]
+def hf_home(root: Path) -> Path:
+    return root / HF_DIR
 
 
-def hf_home(root: Path | None = None) -> Path:
-    return (root or weights_root()) / HF_DIR
+def torch_home(root: Path) -> Path:
+    return root / TORCH_DIR
 
 
-def torch_home(root: Path | None = None) -> Path:
-    return (root or weights_root()) / TORCH_DIR
+def mbd_path(root: Path) -> Path:
+    return root / MBD_DIR / MBD_FILE
 
 
-def mbd_path(root: Path | None = None) -> Path:
-    return (root or weights_root()) / MBD_DIR / MBD_FILE
-
-
-def htdemucs_path(root: Path | None = None) -> Path:
+def htdemucs_path(root: Path) -> Path:
     return torch_home(root) / "hub" / "checkpoints" / HTDEMUCS_FILE
 
 
-def record_path(dest: str, root: Path | None = None) -> Path:
+def record_path(dest: str, root: Path) -> Path:
     """The downloader's record of a verified file (size, sha256), kept outside the loaders' folders."""
-    return (root or weights_root()) / RECORD_DIR / f"{dest}.json"
+    return root / RECORD_DIR / f"{dest}.json"
 
 
-def read_record(dest: str, root: Path | None = None) -> dict:
+def read_record(dest: str, root: Path) -> dict:
     """The downloader's record of `dest` ({"size", "sha256", ...}); {} when there is none or it is unreadable."""
     try:
         record = json.loads(record_path(dest, root).read_text())
@@ -97,9 +85,8 @@ def read_record(dest: str, root: Path | None = None) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def hub_environment(root: Path | None = None) -> dict[str, str]:
+def hub_environment(root: Path) -> dict[str, str]:
     """The variables that point every cache at `root`, keep the Hugging Face hub offline and its loading quiet."""
-    root = root or weights_root()
     return {
         ROOT_ENV: str(root),
         "HF_HOME": str(hf_home(root)),
@@ -111,29 +98,29 @@ def hub_environment(root: Path | None = None) -> dict[str, str]:
     }
 
 
-def set_hub_environment(env: MutableMapping[str, str], root: Path | None = None) -> None:
+def set_hub_environment(env: MutableMapping[str, str], root: Path) -> None:
     """Write hub_environment(root) into `env` (os.environ, or a child process's), dropping the overrides."""
     for name in _HUB_OVERRIDES:
         env.pop(name, None)
     env.update(hub_environment(root))
 
 
-def configure_hub(root: Path | None = None) -> Path:
+def configure_hub(root: Path) -> Path:
     """Point every cache at the weights root and switch Hugging Face to offline mode; return the root.
 
     Call it before huggingface_hub / transformers / audiocraft / demucs are imported (they read these
     variables once, at import time): predict.py's setup() and the CLI's main() do. Calling it again
     with the same root is harmless; calling it after huggingface_hub was imported online raises.
     """
-    root = Path(root).resolve() if root else weights_root()
+    root = Path(root).resolve()
     check_hub(root)
     set_hub_environment(os.environ, root)
     return root
 
 
-def check_hub(root: Path | None = None) -> None:
+def check_hub(root: Path) -> None:
     """Raise unless huggingface_hub, where already imported, reads the cache under `root`, offline."""
-    root = Path(root).resolve() if root else weights_root()
+    root = Path(root).resolve()
     hub = sys.modules.get("huggingface_hub.constants")
     if hub is not None and not (hub.HF_HUB_OFFLINE and Path(hub.HF_HOME) == hf_home(root)):
         raise RuntimeError(

@@ -16,11 +16,11 @@ import urllib.parse
 from pathlib import Path
 
 from musicgen.errors import WeightsError
+from musicgen.settings import DEFAULT_ROOT
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.layout import FINE_TUNED_DIR, LM_FILE, PARTIAL_SUFFIX, read_record, record_path, weights_root
+from musicgen.weights.layout import FINE_TUNED_DIR, LM_FILE, PARTIAL_SUFFIX, read_record, record_path
 from musicgen.weights.manifest import MANIFEST, Artifact, Manifest
 
-DOWNLOAD_ON_SETUP_ENV = "MUSICGEN_DOWNLOAD_ON_SETUP"  # "1": setup() may fetch missing weights
 URL_SCHEMES = ("http://", "https://")
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,13 @@ def _loader_path(artifact, root: Path) -> Path:
     return root / artifact.dest
 
 
-def required_files(version: str, root: Path | None = None, manifest=None) -> list[Path]:
+def required_files(version: str, root: Path, manifest=None) -> list[Path]:
     """Every file that must exist before `version` (a model_version, or "mbd") can be loaded.
 
     Derived from musicgen.weights.manifest (or `manifest`): the same entries the downloader fetches. Files
     in the Hugging Face cache are looked up in the snapshot `refs/main` names (the demo weights use
     their own).
     """
-    root = root or weights_root()
     files: list[Path] = []
     for artifact in (manifest or MANIFEST).artifacts([version]):
         if artifact.hub_ref:
@@ -67,20 +66,19 @@ def _problem(path: Path, artifact, root: Path) -> str | None:
     return None
 
 
-def download_command(versions: list[str], root: Path | None = None) -> str:
+def download_command(versions: list[str], root: Path) -> str:
     """The exact `python -m musicgen download ...` command that provides `versions` under `root`."""
     command = f"python -m musicgen download {' '.join(dict.fromkeys(versions))}"
-    if root is not None and Path(root).resolve() != weights_root():
+    if Path(root).resolve() != DEFAULT_ROOT:
         command += f" --root {shlex.quote(str(root))}"
     return command
 
 
-def check_present(versions: list[str], root: Path | None = None, manifest=None) -> None:
+def check_present(versions: list[str], root: Path, manifest=None) -> None:
     """Raise WeightsError naming every missing or partial file and the command that provides them.
 
     Never touches the network and never waits: a fast, clear failure instead of a retry loop.
     """
-    root = root or weights_root()
     manifest = manifest or MANIFEST
     problems: dict[Path, str] = {}
     for version in versions:
@@ -95,12 +93,12 @@ def check_present(versions: list[str], root: Path | None = None, manifest=None) 
         raise WeightsError(
             f"Weights missing or incomplete under {root}:\n{listing}\n"
             f"Fetch them with:\n  {download_command(versions, root)}\n"
-            f"(or set {DOWNLOAD_ON_SETUP_ENV}=1 to let setup() fetch them; for tests, write tiny random demo "
+            f"(or set MUSICGEN_DOWNLOAD_ON_SETUP=1 to let setup() fetch them; for tests, write tiny random demo "
             f"checkpoints with `python -m musicgen demo-weights {root}`)."
         )
 
 
-def is_present(versions: list[str], root: Path | None = None) -> bool:
+def is_present(versions: list[str], root: Path) -> bool:
     """Whether every file `versions` need is in place (check_present without the message)."""
     try:
         check_present(versions, root)
@@ -109,35 +107,29 @@ def is_present(versions: list[str], root: Path | None = None) -> bool:
     return True
 
 
-def download_allowed() -> bool:
-    """The operator's switch: may setup() download missing weights? Off unless set to 1/true/yes."""
-    return os.environ.get(DOWNLOAD_ON_SETUP_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
 def ensure_weights(
-    versions: list[str], root: Path | None = None, allow_download: bool | None = None, manifest=None
+    versions: list[str], root: Path, allow_download: bool = False, manifest=None, hub: str | None = None
 ) -> None:
-    """Make sure `versions` can load: present -> return at once; missing -> download when the
-    operator allows it ($MUSICGEN_DOWNLOAD_ON_SETUP=1, or allow_download=True), else raise the
+    """Make sure `versions` can load: present -> return at once; missing -> download from `hub`
+    when the operator allows it (`allow_download`: MUSICGEN_DOWNLOAD_ON_SETUP), else raise the
     WeightsError of check_present() immediately, without touching the network.
     """
-    root = root or weights_root()
     manifest = manifest or MANIFEST
     try:
         check_present(versions, root, manifest)
         return
     except WeightsError:
-        if not (download_allowed() if allow_download is None else allow_download):
+        if not allow_download:
             raise
-    log.info("weights missing under %s; downloading %s (%s=1)", root, ", ".join(versions), DOWNLOAD_ON_SETUP_ENV)
+    log.info("weights missing under %s; downloading %s (MUSICGEN_DOWNLOAD_ON_SETUP=1)", root, ", ".join(versions))
     try:
-        download(versions, root=root, manifest=manifest)
+        download(versions, root=root, manifest=manifest, hub=hub)
     except DownloadError as error:
         raise WeightsError(f"{error}\nRetry (it resumes) with:\n  {download_command(versions, root)}") from None
     check_present(versions, root, manifest)
 
 
-def fine_tuned_checkpoint(source: str | os.PathLike, root: Path | None = None) -> Path:
+def fine_tuned_checkpoint(source: str | os.PathLike, root: Path) -> Path:
     """The local file of a fine-tuned LM checkpoint given as a path or an http(s) URL.
 
     A path names the checkpoint file, or a folder holding `state_dict.bin` (the layout of the
@@ -145,7 +137,6 @@ def fine_tuned_checkpoint(source: str | os.PathLike, root: Path | None = None) -
     (`<key>`: the first 16 hex digits of the URL's SHA-256) by musicgen.weights.download: resumable,
     verified, renamed into place only when complete; later setups reuse it without the network.
     """
-    root = root or weights_root()
     text = os.fspath(source).strip()
     if not text.startswith(URL_SCHEMES):
         path = Path(text).expanduser()

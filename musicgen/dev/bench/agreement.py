@@ -53,9 +53,10 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     from musicgen.decode.select import loop_logits
     from musicgen.generate import seed_everything
     from musicgen.models.load import load_models
+    from musicgen.settings import Settings
 
     version = SIZES[size].version
-    model = load_models((version,), device=device, root=root).generator(version)
+    model = load_models(Settings(weights_root=root, device=device), (version,)).generator(version)
     on_cuda = device == "cuda"
     report: dict = {"size": size, "device": device, "duration": duration, "model_version": version}
     if on_cuda:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from musicgen.dev.bench.processes import child_command, child_environment, run_child
 from musicgen.dev.demo.configs import CODEC_CONFIG, lm_config
-from musicgen.weights.layout import weights_root
+from musicgen.settings import read_settings
 
 BUILD_TIMEOUT = 3 * 3600  # s; building the random large checkpoints on a CPU
 MARKER_FILE = "bench.json"  # written last into a size's root: what it was built from
@@ -53,12 +53,12 @@ T5_BASE = {"vocab_size": 32128, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num
 
 def bench_root(size: str) -> Path:
     """The weights root holding `size`'s checkpoints (under the configured weights root)."""
-    return weights_root() / "bench" / size
+    return read_settings().weights_root / "bench" / size
 
 
 def sdist_cache() -> Path:
     """Where audiocraft's downloaded source archive is kept (under the configured weights root)."""
-    return weights_root() / "bench" / "sdist"
+    return read_settings().weights_root / "bench" / "sdist"
 
 
 def audiocraft_sdist(cache: Path) -> Path:

@@ -153,10 +153,8 @@ def measure_ours(spec: dict, clock_start: float) -> dict:
     import torch  # the measured imports: import_s (setup() imports musicgen.service; it is counted here)
 
     import musicgen.service  # noqa: F401
-    from musicgen.decode.select import DECODER_ENV
-    from musicgen.models.load import DEVICE_ENV
     from musicgen.predictor import input_fields, load_predictor_class
-    from musicgen.request import VERSIONS_ENV, Request
+    from musicgen.request import Request
 
     predictor_class = load_predictor_class()
     record: dict[str, tp.Any] = {"import_s": time.perf_counter() - clock_start}
@@ -164,16 +162,16 @@ def measure_ours(spec: dict, clock_start: float) -> dict:
     clock = _clock(spec["device"])
     # setup() loads melody and large; the operator's switches make it load only the version under
     # test, on the device asked (stock loads one model too).
-    os.environ[VERSIONS_ENV] = spec["version"]
-    os.environ[DEVICE_ENV] = spec["device"]
-    os.environ[DECODER_ENV] = spec["decoder"]
+    os.environ["MUSICGEN_MODEL_VERSIONS"] = spec["version"]
+    os.environ["MUSICGEN_DEVICE"] = spec["device"]
+    os.environ["MUSICGEN_DECODER"] = spec["decoder"]
     predictor = predictor_class()
     start = clock()
     predictor.setup()
     record["setup_s"] = clock() - start
     record["setup_peak_rss_mb"], record["setup_rss_mb"] = _peak_rss_mb(), _rss_mb()
-    model = predictor.service.models.generator(spec["version"])
-    decoder = predictor.service.models.decoder(spec["version"])
+    model = predictor.runner.service.models.generator(spec["version"])
+    decoder = predictor.runner.service.models.decoder(spec["version"])
     record["decoder"] = f"{decoder.name} ({decoder.mode})" if hasattr(decoder, "mode") else decoder.name
     probe = Probe(model, clock, decoder)
 
@@ -186,11 +184,13 @@ def measure_ours(spec: dict, clock_start: float) -> dict:
         output_format="wav",
     )
     start = clock()
-    prediction = predictor.service.predict(Request(**inputs))
+    prediction = predictor.runner.service.predict(Request(**inputs))
     predict_s = clock() - start
     record["generate_s"] = prediction.generate_seconds  # the service's own timing of musicgen.generate.generate
     record["predict_s"] = predict_s
-    return _finish(record, spec, model, probe, lambda: predictor.service.predict(Request(**inputs)).generate_seconds)
+    return _finish(
+        record, spec, model, probe, lambda: predictor.runner.service.predict(Request(**inputs)).generate_seconds
+    )
 
 
 def _clock(device: str) -> tp.Callable[[], float]:

@@ -31,8 +31,8 @@ import soundfile
 from musicgen.dev.loopback import LoopbackServer
 from musicgen.dev.server_process import ServerProcess
 from musicgen.models.memory import MB
+from musicgen.settings import read_settings
 from musicgen.versions import GENERATING as GENERATING_VERSIONS
-from musicgen.weights.layout import weights_root
 
 START_TIMEOUT = 600  # s
 PREDICT_TIMEOUT = 600  # s
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the summary and every record here")
     args = parser.parse_args(argv)
-    root = args.weights_root or weights_root() / "demo"
+    root = args.weights_root or read_settings().weights_root / "demo"
     if not (root / "musicgen-melody").is_dir():
         from musicgen.dev.demo.builders import write_demo_weights
 

@@ -56,6 +56,7 @@ def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
     """Run the fine-tune in this process (its weights root and threads already configured)."""
     import torch
 
+    from musicgen.settings import read_settings
     from musicgen.train.options import TrainRequest
     from musicgen.train.run import fine_tune
 
@@ -68,7 +69,7 @@ def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
             dataset_path=archive, model_version=SIZES[size].version, epochs=steps, batch_size=batch,
             lr=1e-5, warmup_steps=0, drop_vocals=False, seed=0,
         )  # fmt: skip
-        result = fine_tune(request, output_dir=Path(scratch) / "out", device="cpu")
+        result = fine_tune(request, read_settings().replace(device="cpu"), output_dir=Path(scratch) / "out")
         state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["best_state"]
         parameters = sum(tensor.numel() for tensor in state.values() if tensor.is_floating_point())
     return {

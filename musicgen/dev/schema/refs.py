@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from musicgen.weights.layout import REPOSITORY
+from musicgen.settings import REPOSITORY
 
 COG_YAML = REPOSITORY / "cog.yaml"
 
