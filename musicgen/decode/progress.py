@@ -1,8 +1,10 @@
 """Progress of a generation that knows its step count.
 
-A log line about every 10 % of the steps or every 5 s (Cog streams a prediction's logs while it
-runs): steps done / total, elapsed, estimated time left. On a terminal (stderr is a TTY, as for
-`python -m musicgen predict` run by hand) a tqdm bar instead.
+Cog streams a prediction's logs while it runs. A generation still running after QUIET_SECONDS logs
+a line about every 10 % of its steps or every 5 s (steps done / total, elapsed, estimated time
+left); a shorter one logs none. Every generation ends with one line: steps, time and steps/s. On a
+terminal (stderr is a TTY, as for `python -m musicgen predict` run by hand) a tqdm bar instead of
+the periodic lines.
 """
 
 from __future__ import annotations
@@ -10,23 +12,32 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-EVERY_FRACTION = 0.1  # log at least every 10 % of the steps...
+QUIET_SECONDS = 5.0  # no periodic line before this: a short generation has only its closing line
+EVERY_FRACTION = 0.1  # then a line at least every 10 % of the steps...
 EVERY_SECONDS = 5.0  # ...and at least every 5 s
 
 
 class Progress:
-    """Call advance() once per step; close() when done (logs the last line)."""
+    """Call advance() once per step; close() when done (logs the closing line)."""
 
-    def __init__(self, total: int, label: str = "generating", bar: bool | None = None):
+    def __init__(
+        self,
+        total: int,
+        label: str = "generating",
+        bar: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total = max(total, 1)
         self.label = label
         self.done = 0
-        self.start = self.last_time = time.monotonic()
+        self.clock = clock
+        self.start = self.last_time = clock()
         self.last_done = 0
         self.bar = (
             tqdm(total=total, desc=label, unit="step", leave=False)
@@ -39,26 +50,25 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             return
-        now = time.monotonic()
+        now = self.clock()
+        if now - self.start < QUIET_SECONDS:
+            return
         if self.done - self.last_done >= EVERY_FRACTION * self.total or now - self.last_time >= EVERY_SECONDS:
-            self._log(now)
+            elapsed = now - self.start
+            log.info(
+                "%s: %d/%d steps (%d%%), %.1f s elapsed, about %.1f s left",
+                self.label,
+                self.done,
+                self.total,
+                100 * self.done // self.total,
+                elapsed,
+                elapsed / self.done * (self.total - self.done),
+            )
+            self.last_time, self.last_done = now, self.done
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.done > self.last_done or self.bar is not None:
-            self._log(time.monotonic())
-
-    def _log(self, now: float) -> None:
-        elapsed = now - self.start
-        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-        log.info(
-            "%s: %d/%d steps (%d%%), %.1f s elapsed, about %.1f s left",
-            self.label,
-            self.done,
-            self.total,
-            100 * self.done // self.total,
-            elapsed,
-            left,
-        )
-        self.last_time, self.last_done = now, self.done
+        elapsed = self.clock() - self.start
+        rate = self.done / elapsed if elapsed > 0 else float("inf")
+        log.info("%s: %d/%d steps in %.1f s (%.1f steps/s)", self.label, self.done, self.total, elapsed, rate)
