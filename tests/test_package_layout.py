@@ -4,6 +4,11 @@ tooling, and no module grows past what one concern needs."""
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 from musicgen.settings import REPOSITORY
@@ -82,8 +87,13 @@ def test_no_import_cycle_inside_the_package():
     assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
 
 
-def test_the_weights_layout_imports_nothing_of_ours():
-    assert graph()["musicgen.weights.layout"] == set()
+def test_the_foundations_import_only_plain_data():
+    """versions (the model table) imports nothing of ours; settings only errors and versions; the
+    weights layout only those: any module may import them."""
+    edges = graph()
+    assert edges["musicgen.versions"] == set()
+    assert edges["musicgen.settings"] == {"musicgen.errors", "musicgen.versions"}
+    assert edges["musicgen.weights.layout"] == {"musicgen.settings", "musicgen.versions"}
 
 
 def test_serving_never_imports_the_tooling():
@@ -101,3 +111,36 @@ def test_serving_never_imports_the_tooling():
 def test_no_module_is_longer_than_one_concern_needs():
     lengths = {name: len(path.read_text().splitlines()) for name, path in sources().items() if name != "predict"}
     assert not {name: lines for name, lines in lengths.items() if lines > MAX_LINES and name not in ONE_CONCERN}
+
+
+def test_the_wheel_holds_every_module_and_its_command_line_runs_outside_the_checkout(tmp_path):
+    """`pip wheel .` (built from a copy: building writes build/ beside pyproject.toml), unpacked
+    into a folder of its own, put first on the path: `python -m musicgen --help` runs from it."""
+    source = tmp_path / "source"
+    shutil.copytree(PACKAGE, source / "musicgen", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPOSITORY / "pyproject.toml", source)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True, timeout=300)
+    [wheel] = tmp_path.glob("musicgen_cog-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {name for name in archive.namelist() if name.endswith(".py")}
+        archive.extractall(tmp_path / "site")
+    assert packed == {path.relative_to(REPOSITORY).as_posix() for path in PACKAGE.rglob("*.py")}
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    code = "import musicgen, sys; print(musicgen.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert where.stdout.strip() == str(tmp_path / "site" / "musicgen" / "__init__.py"), where.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "musicgen", "--help"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for command in ("predict", "train", "demo-weights", "download", "serve", "bench"):
+        assert command in done.stdout
