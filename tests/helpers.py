@@ -113,7 +113,8 @@ class HostileSenders(LoopbackServer):
     /file: `file` (bytes) whole, with its length; /missing: 404; /slow: declares 192 KB and trickles
     10 bytes a second; /endless: random bytes without end; /hang: headers (1000 bytes declared),
     then silence until the client goes away; /huge: declares 10 GB. `sent` counts each path's body
-    bytes, `started` is set when a body begins, `closed[path]` notes when the client went away.
+    bytes, `started` is set when a body begins, `closed[path]` notes when the client went away
+    (wait_closed() waits for it).
     """
 
     SLOW_BYTES = 192_000  # /slow's declared length
@@ -123,6 +124,7 @@ class HostileSenders(LoopbackServer):
         self.sent: dict[str, int] = {}
         self.closed: dict[str, float] = {}
         self.started = threading.Event()
+        self.changed = threading.Condition()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -134,7 +136,7 @@ class HostileSenders(LoopbackServer):
                 try:
                     self._send()
                 except (BrokenPipeError, ConnectionResetError):
-                    outer.closed[self.path] = time.monotonic()
+                    outer.went_away(self.path)
 
             def _send(self):
                 if self.path == "/missing":
@@ -149,7 +151,7 @@ class HostileSenders(LoopbackServer):
                     while not select.select([self.connection], [], [], 0.05)[0]:
                         pass
                     if self.connection.recv(1) == b"":
-                        outer.closed[self.path] = time.monotonic()
+                        outer.went_away(self.path)
                 elif self.path in ("/slow", "/endless"):
                     block = b"\0" * outer.TRICKLE if self.path == "/slow" else np.random.bytes(1 << 16)
                     while True:
@@ -167,6 +169,16 @@ class HostileSenders(LoopbackServer):
                 self.end_headers()
 
         super().__init__(Handler)
+
+    def went_away(self, path: str) -> None:
+        with self.changed:
+            self.closed[path] = time.monotonic()
+            self.changed.notify_all()
+
+    def wait_closed(self, path: str, timeout: float) -> bool:
+        """Whether the client of `path` went away within `timeout` seconds (waits on the event)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: path in self.closed, timeout)
 
 
 class FileServer(LoopbackServer):
@@ -246,6 +258,19 @@ def decode_output(prediction: dict) -> tuple[str, np.ndarray, int]:
     assert header.startswith("data:") and header.endswith(";base64"), header[:80]
     samples, rate = soundfile.read(io.BytesIO(base64.b64decode(payload)), always_2d=True)
     return header[5:].split(";")[0], samples, rate
+
+
+def checkout_files() -> set[tuple[str, int, int]]:
+    """Every file of the checkout (its path, size and modification time in ns), less what Python
+    and the tools write beside the code (bytecode, caches, the virtualenv, git's own files)."""
+    skipped = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+    found = set()
+    for folder, folders, names in os.walk(REPOSITORY):
+        folders[:] = [name for name in folders if name not in skipped]
+        for name in names:
+            stat = os.stat(os.path.join(folder, name))
+            found.add((os.path.relpath(os.path.join(folder, name), REPOSITORY), stat.st_size, stat.st_mtime_ns))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

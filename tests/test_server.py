@@ -63,6 +63,13 @@ def test_launch_is_the_containers():
     assert server_command("127.0.0.1") == [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
 
 
+def test_serving_writes_nothing_into_the_checkout(server):
+    """`serve` runs on the committed .cog/openapi_schema.json (tests/test_schema_generator.py keeps
+    it current) and writes no file of the checkout: it can start from a read-only image."""
+    assert server.checkout_changes == set()
+    assert openapi.SCHEMA_FILE.read_text() == openapi.generate()
+
+
 def test_served_openapi_is_the_generated_schema(server):
     served = requests.get(f"{server.url}/openapi.json", timeout=HTTP_TIMEOUT).json()
     assert served == json.loads(openapi.generate())

@@ -15,6 +15,7 @@ import base64
 import binascii
 import http
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -155,15 +156,24 @@ class _Transfer:
             raise
 
     def _abort(self) -> None:
-        """Stop the helper thread: wake its blocked read and let it close the connection."""
+        """Stop the helper thread and end the connection now, from this thread: shutting the socket
+        down both ways sends the sender its FIN at once and wakes the helper's blocked read; the
+        helper then closes the socket. (Left to the helper alone, the connection stayed open for as
+        long as a loaded machine took to schedule it.)"""
         self.aborted.set()
         with self.lock:
             response = self.response
-        if response is not None:
-            try:
+        if response is None:
+            return  # still in the request: the helper closes it on seeing `aborted`
+        connection = response.raw.connection
+        sock = getattr(connection, "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
                 response.raw.shutdown()  # wakes a read blocked in the socket (urllib3 >= 2.3)
-            except (OSError, ValueError, RuntimeError):
-                pass
+        except (OSError, ValueError, RuntimeError):
+            pass  # already closed
 
     def _download(self) -> None:
         try:
