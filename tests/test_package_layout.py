@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,3 +145,18 @@ def test_the_wheel_holds_every_module_and_its_command_line_runs_outside_the_chec
     assert done.returncode == 0, done.stderr
     for command in ("predict", "train", "demo-weights", "download", "serve", "bench"):
         assert command in done.stdout
+
+
+def test_the_layout_in_the_docs_names_every_module():
+    """docs/architecture.md's layout names each module: its path, or its folder and its file name
+    (a folder's line lists its files)."""
+    text = (REPOSITORY / "docs" / "architecture.md").read_text().split("## Layout", 1)[1]
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = path.relative_to(REPOSITORY).as_posix()
+        folder = path.parent.relative_to(REPOSITORY).as_posix() + "/"
+        if relative not in text and not (folder in text and re.search(rf"\b{re.escape(path.name)}\b", text)):
+            missing.append(relative)
+    assert missing == []
