@@ -21,7 +21,7 @@ from musicgen.generate import diffusion_audio, seed_everything, set_generation_p
 from musicgen.models.load import load_models
 from musicgen.request import Request
 from musicgen.service import MusicGenService
-from musicgen.settings import read_settings
+from musicgen.settings import REPOSITORY, read_settings
 from musicgen.versions import GENERATING, MODEL_VERSIONS, PRELOADED, PUBLISHED
 from musicgen.weights import layout, manifest
 
@@ -49,12 +49,12 @@ def test_every_model_version_is_declared_once_in_the_table_and_the_rest_derives_
 
     # predict.py's and train.py's literal choices (as Cog reads them) are the table's versions, published ones first
     for path, target, mode in (("predict.py", "Predictor", PREDICT), ("train.py", "train", TRAIN)):
-        fields, _ = read_inputs((layout.REPOSITORY / path).read_text(), target, mode)
+        fields, _ = read_inputs((REPOSITORY / path).read_text(), target, mode)
         [model_version] = [field for field in fields if field.name == "model_version"]
         assert model_version.keywords["choices"] == list(MODEL_VERSIONS), path
     assert MODEL_VERSIONS[: len(PUBLISHED)] == PUBLISHED
     for name, version in GENERATING.items():
-        assert layout.model_dir(name).name == version.folder
+        assert layout.model_dir(name, REPOSITORY).name == version.folder == layout.MODEL_DIRS[name]
         files = manifest.MANIFEST.targets[name]
         assert files[0].repo_id == version.repo and files[0].revision == version.revision
         assert (manifest.HTDEMUCS in files) == version.melody

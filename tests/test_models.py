@@ -202,7 +202,7 @@ def test_the_pointer_checkpoints_share_the_hugging_face_encodec(demo_weights) ->
 
     from musicgen.models.load import LoadedModels
 
-    pointer = torch.load(layout.model_dir("stereo-large") / layout.CODEC_FILE, weights_only=True)
+    pointer = torch.load(layout.model_dir("stereo-large", demo_weights) / layout.CODEC_FILE, weights_only=True)
     assert pointer["pretrained"] == layout.ENCODEC_HF_NAME and pointer["exported"] is True
     models = LoadedModels(device="cpu", root=demo_weights)
     codecs = [models.codec_for(version) for version in ("melody-large", "stereo-large", "stereo-melody-large")]
