@@ -11,6 +11,8 @@ import tarfile
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from musicgen.dev.bench.checkpoints import released_configs
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -40,6 +42,7 @@ RECORD_FIELDS = (
 )
 
 
+@pytest.mark.slow
 def test_tiny_bench_end_to_end(demo_weights: Path, tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     command = [sys.executable, "-m", "musicgen", "bench", "--size", "tiny", "--device", "cpu", "--duration", "1"]
@@ -122,6 +125,7 @@ def test_released_configs_take_the_sizes_from_the_sdist(tmp_path: Path) -> None:
     assert (codec["rvq"]["n_q"], codec["rvq"]["bins"]) == (4, 2048)
 
 
+@pytest.mark.slow
 def test_agreement_of_the_loops_on_the_cpu(demo_weights: Path, tmp_path: Path) -> None:
     """The GPU agreement check, run on the CPU: our eager and static steps give audiocraft's
     greedy tokens, and their logits follow audiocraft's loop to float32 rounding."""

@@ -18,6 +18,7 @@ def test_help_lists_the_commands(tmp_path, demo_weights):
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_predict_writes_the_output_and_prints_path_and_seed(tmp_path, demo_weights):
     args = ("predict", "-i", "prompt=calm piano", "-i", "duration=1", "-i", "seed=11", "-i", "top_p=0.9")
     first = run_cli(*args, "-o", "first.wav", cwd=tmp_path, weights=demo_weights)
@@ -32,6 +33,7 @@ def test_predict_writes_the_output_and_prints_path_and_seed(tmp_path, demo_weigh
     assert second.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_caller_mistake_exits_non_zero_with_the_message_and_no_traceback(tmp_path, demo_weights):
     result = run_cli("predict", "-i", "prompt=x", "-i", "duration=61", cwd=tmp_path, weights=demo_weights)
     assert result.returncode == 2

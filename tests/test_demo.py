@@ -83,6 +83,7 @@ def test_writes_exactly_the_layout_weights_py_describes(demo_root: Path) -> None
     assert total < 25_000_000, f"demo weights grew to {total} bytes"
 
 
+@pytest.mark.slow
 def test_is_byte_identical_across_runs_and_processes(demo_root: Path, tmp_path: Path) -> None:
     other = tmp_path / "again"
     code = "from pathlib import Path\nfrom musicgen.dev.demo.builders import write_demo_weights\n"

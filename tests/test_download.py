@@ -227,6 +227,7 @@ def test_download_help_lists_models_and_sizes(capsys):
 # --- downloading -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights, hub, tmp_path):
     """The stand-in hub serves the demo checkpoints at the real manifest's repos, revisions and paths;
     `download --all` must rebuild them byte for byte, in the layout check_present and the loaders read."""

@@ -216,6 +216,7 @@ def test_a_5_1_file_gets_the_default_loudness_normalization_by_bs1770s_weights(p
 # The command line: `error: <message>`, non-zero, no traceback
 
 
+@pytest.mark.slow
 def test_cli_prints_a_failed_prediction_as_an_error_without_a_traceback(tmp_path, demo_weights, files):
     inputs = ("-i", "prompt=calm", "-i", f"input_audio={files['corrupt']}")
     result = run_cli("predict", *inputs, cwd=tmp_path, weights=demo_weights, timeout=300)

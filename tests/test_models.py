@@ -302,6 +302,7 @@ print((process_rss() - start) / 1e6)
 """
 
 
+@pytest.mark.slow
 def test_onednn_keeps_a_bounded_primitive_cache_unless_the_operator_sets_one(demo_weights) -> None:
     from musicgen.settings import ONEDNN_CACHE_ENV
 
@@ -318,6 +319,7 @@ def test_onednn_keeps_a_bounded_primitive_cache_unless_the_operator_sets_one(dem
     assert bounded < operators / 2, (bounded, operators)
 
 
+@pytest.mark.slow
 def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
     """Cog's worker has no logging handler: setup() adds one on stderr (once)."""
     code = (

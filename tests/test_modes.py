@@ -256,6 +256,7 @@ def test_long_text_is_windowed_to_the_exact_length(predictor):
     assert_continuous(out.samples)
 
 
+@pytest.mark.slow
 def test_long_melody_tiles_the_melody_over_the_windows(predictor, melody, monkeypatch):
     lengths = []
     conditioner = predictor.runner.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]

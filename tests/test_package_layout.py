@@ -12,6 +12,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from musicgen.settings import REPOSITORY
 
 PACKAGE = REPOSITORY / "musicgen"
@@ -114,6 +116,7 @@ def test_no_module_is_longer_than_one_concern_needs():
     assert not {name: lines for name, lines in lengths.items() if lines > MAX_LINES and name not in ONE_CONCERN}
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_every_module_and_its_command_line_runs_outside_the_checkout(tmp_path):
     """`pip wheel .` (built from a copy: building writes build/ beside pyproject.toml), unpacked
     into a folder of its own, put first on the path: `python -m musicgen --help` runs from it."""

@@ -29,6 +29,8 @@ from helpers import (
 from musicgen.dev.schema import openapi
 from musicgen.server import server_command, server_environment
 
+pytestmark = pytest.mark.slow  # the real server, started once per session
+
 SAMPLE_RATE = 32000  # Hz, every MusicGen output
 MELODY_SECONDS = 3
 

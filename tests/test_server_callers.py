@@ -33,6 +33,8 @@ from musicgen.audio.channels import bs1770_weights
 from musicgen.audio.loudness import integrated_loudness
 from musicgen.runtime import PREDICTION_FOLDERS
 
+pytestmark = pytest.mark.slow  # the real server, started once per session
+
 
 @pytest.fixture(scope="module")
 def melody(tmp_path_factory) -> Path:

@@ -131,6 +131,7 @@ def test_only_the_settings_module_reads_the_environment():
     assert _environment_reads(REPOSITORY / "musicgen" / "settings.py")  # the check sees a read where there is one
 
 
+@pytest.mark.slow
 def test_a_bad_setting_stops_setup_and_the_command_line_before_any_model_loads(demo_weights, tmp_path, monkeypatch):
     from musicgen.predictor import load_predictor_class
 

@@ -110,6 +110,7 @@ def test_the_checkpoint_serves_with_tokens_of_its_own(trained, predictor, demo_w
     assert tuned != predict_with_defaults(predictor, **inputs).read_bytes()  # not the base model's
 
 
+@pytest.mark.slow
 def test_the_cli_trains_and_serves_the_checkpoint(tmp_path, demo_weights, dataset):
     result = run_cli(
         "train",
@@ -161,6 +162,7 @@ def test_the_cli_refuses_a_url_dataset_or_an_output_it_cannot_make_before_traini
     assert "step " not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_real_server_trains_and_then_serves_the_result(tmp_path, demo_weights, dataset):
     """`serve --train` (coglet in training mode, as `cog train` runs the image): POST /trainings with
     the dataset as a data: URI; then `serve --weights` with the checkpoint it returned is READY."""
