@@ -13,7 +13,7 @@ from musicgen.dev.bench import report as bench
 from musicgen.errors import CapacityError, InputError, SettingsError, TrainingError, WeightsError
 from musicgen.logs import FORMAT, quiet_libraries
 from musicgen.predictor import input_fields, load_predictor_class, load_train_function
-from musicgen.request import is_url
+from musicgen.rules import is_url
 from musicgen.server import serve
 from musicgen.settings import Settings, read_settings
 from musicgen.weights.download import DownloadError, download

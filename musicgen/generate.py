@@ -21,8 +21,9 @@ from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.audio import levels
 from musicgen.audio.decode import DecodedAudio
+from musicgen.limits import MAX_CONTEXT, MAX_SEED
 from musicgen.models.load import LoadedModels
-from musicgen.request import MAX_CONTEXT, MAX_SEED, Request, continuation_bounds
+from musicgen.request import Request, continuation_bounds
 from musicgen.versions import ENCODE_DECODE
 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt

@@ -14,22 +14,22 @@ from pathlib import Path
 
 from musicgen.audio.channels import undefined_for_loudness
 from musicgen.errors import InputError
+from musicgen.limits import (
+    MAX_CLASSIFIER_FREE_GUIDANCE,
+    MAX_CONTEXT,
+    MAX_DURATION,
+    MAX_MP3_CHANNELS,
+    MAX_PROMPT_CHARACTERS,
+    MAX_SEED,
+    MIN_DURATION,
+    MIN_INPUT_SECONDS,
+    MIN_SAMPLING_TEMPERATURE,
+    NORMALIZATION_STRATEGIES,
+    OUTPUT_FORMATS,
+    RANDOM_SEED,
+)
+from musicgen.rules import check_range, is_url, set_whole_numbers, shortened
 from musicgen.versions import ENCODE_DECODE, GENERATING, MODEL_VERSIONS
-
-NORMALIZATION_STRATEGIES = ("loudness", "clip", "peak", "rms")
-OUTPUT_FORMATS = ("wav", "mp3")
-MIN_DURATION = 1  # seconds
-MAX_DURATION = 60  # seconds; past 30 s generation runs in overlapping windows
-MAX_CLASSIFIER_FREE_GUIDANCE = 30
-MIN_SAMPLING_TEMPERATURE = 0.01  # below it logits / temperature overflow (float16 on GPU first)
-MAX_PROMPT_CHARACTERS = 2000  # about T5's 512-token context; longer prompts only cost time
-MAX_SEED = 2**32 - 1
-RANDOM_SEED = -1  # like None: draw a random seed
-MAX_CONTEXT = 30  # seconds the LM attends to; a continuation window may not be longer
-MIN_INPUT_SECONDS = 0.1  # shorter inputs carry no usable melody or prompt
-MAX_MP3_CHANNELS = 2  # MP3 holds mono or stereo
-VERSIONS_ENV = "MUSICGEN_MODEL_VERSIONS"  # the operator's choice of what setup() loads
-URL_SCHEMES = ("http", "https", "data")  # what input_audio given as text may be
 
 
 @dataclass(frozen=True)
@@ -80,34 +80,9 @@ WHOLE_NUMBER_INPUTS = tuple(
 )
 
 
-def set_whole_numbers(inputs: object, names: tuple[str, ...]) -> None:
-    """Each of `names` on the frozen dataclass `inputs` that arrived as a float (JSON's 7.0) becomes
-    the integer it is; InputError for a fraction."""
-    for name in names:
-        value = getattr(inputs, name)
-        if isinstance(value, float):
-            if not (math.isfinite(value) and value.is_integer()):
-                raise InputError(f"{name}={value!r} is not allowed; it must be a whole number.")
-            object.__setattr__(inputs, name, int(value))
-
-
-def is_url(value: object) -> bool:
-    """Whether `value` is text naming one of URL_SCHEMES (what HTTP callers send for a file)."""
-    return isinstance(value, str) and value.partition(":")[0].lower() in URL_SCHEMES and ":" in value
-
-
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InputError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}.")
-
-
-def check_range(name: str, value: float, low: float, high: float | None) -> None:
-    """InputError unless `value` is a finite number from `low` to `high` (None: no upper bound)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{name}={value!r} must be a finite number.")
-    if value < low or (high is not None and value > high):
-        allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise InputError(f"{name}={value!r} is out of range; it must be {allowed}.")
 
 
 def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
@@ -169,11 +144,6 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
         _validate_served(request, served)
 
 
-def shortened(text: str, limit: int = 120) -> str:
-    """`text` cut to `limit` characters for a message (a caller's URL can be megabytes of data: URI)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _validate_continuation_window(request: Request) -> None:
     """The parts of the continuation window that can be checked before the audio is read."""
     if request.input_audio is None:
@@ -193,7 +163,7 @@ def _validate_served(request: Request, served: Mapping[str, int]) -> None:
     if request.model_version not in served:
         raise InputError(
             f"model_version={request.model_version!r} is not loaded by this deployment; it serves "
-            f"{', '.join(served)} (the operator preloads with {VERSIONS_ENV}; any other version is served once "
+            f"{', '.join(served)} (the operator preloads with MUSICGEN_MODEL_VERSIONS; any other version is served once "
             f"its weights are in place: python -m musicgen download {request.model_version})."
         )
     card = served[request.model_version]

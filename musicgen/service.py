@@ -16,7 +16,8 @@ from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.generate import draw_seed, generate
 from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
-from musicgen.request import Request, is_url, validate, validate_input_audio
+from musicgen.request import Request, validate, validate_input_audio
+from musicgen.rules import is_url
 from musicgen.settings import Settings
 from musicgen.versions import ENCODE_DECODE
 

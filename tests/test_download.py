@@ -25,8 +25,8 @@ from helpers import LoopbackServer
 
 from musicgen.cli import main
 from musicgen.errors import WeightsError
-from musicgen.request import MODEL_VERSIONS
 from musicgen.settings import read_settings
+from musicgen.versions import MODEL_VERSIONS
 from musicgen.weights import layout, store
 from musicgen.weights.download import DownloadError, download
 from musicgen.weights.manifest import MANIFEST, UNPINNED_REPOS, Artifact, Manifest

@@ -97,6 +97,18 @@ def test_the_foundations_import_only_plain_data():
     assert edges["musicgen.versions"] == set()
     assert edges["musicgen.settings"] == {"musicgen.errors", "musicgen.versions"}
     assert edges["musicgen.weights.layout"] == {"musicgen.settings", "musicgen.versions"}
+    assert edges["musicgen.limits"] == set()
+    assert edges["musicgen.rules"] == {"musicgen.errors", "musicgen.limits"}
+
+
+def test_the_lower_layers_never_import_the_request():
+    """audio/, decode/, models/, train/ and weights/ read limits from musicgen.limits: only the
+    prediction's own modules (service, generate, runner, cli) know musicgen.request."""
+    lower = ("musicgen.audio.", "musicgen.decode.", "musicgen.models.", "musicgen.train.", "musicgen.weights.")
+    climbing = sorted(
+        name for name, targets in graph().items() if name.startswith(lower) and "musicgen.request" in targets
+    )
+    assert climbing == []
 
 
 def test_serving_never_imports_the_tooling():

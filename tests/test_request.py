@@ -11,17 +11,10 @@ import pytest
 
 from musicgen.dev.schema.inputs import NONE, read_inputs
 from musicgen.errors import InputError
-from musicgen.request import (
-    MAX_DURATION,
-    MODEL_VERSIONS,
-    NORMALIZATION_STRATEGIES,
-    OUTPUT_FORMATS,
-    Request,
-    continuation_bounds,
-    validate,
-    validate_input_audio,
-)
+from musicgen.limits import MAX_DURATION, NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
+from musicgen.request import Request, continuation_bounds, validate, validate_input_audio
 from musicgen.settings import REPOSITORY
+from musicgen.versions import MODEL_VERSIONS
 
 AUDIO = Path("song.wav")  # validation does not read the file
 

@@ -15,7 +15,7 @@ import torch
 from musicgen import files
 from musicgen.audio.decode import OPEN_OPTIONS
 from musicgen.errors import InputError
-from musicgen.request import MAX_MP3_CHANNELS, OUTPUT_FORMATS
+from musicgen.limits import MAX_MP3_CHANNELS, OUTPUT_FORMATS
 
 MP3_BITRATE = "320k"  # audiocraft's own MP3 bitrate
 FFMPEG_TIMEOUT = 600  # seconds; encoding a minute of audio takes well under one

@@ -25,7 +25,8 @@ from pathlib import Path
 import requests
 
 from musicgen.errors import InputError
-from musicgen.request import URL_SCHEMES, shortened
+from musicgen.limits import URL_SCHEMES
+from musicgen.rules import shortened
 from musicgen.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from musicgen.request import MAX_PROMPT_CHARACTERS
+from musicgen.limits import MAX_PROMPT_CHARACTERS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen.errors import InputError
-from musicgen.request import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED, check_range, set_whole_numbers, shortened
+from musicgen.limits import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED
+from musicgen.rules import check_range, set_whole_numbers, shortened
 from musicgen.versions import ENCODE_DECODE, GENERATING
 
 MIN_EPOCHS, MAX_EPOCHS = 1, 100

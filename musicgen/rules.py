@@ -1,0 +1,38 @@
+"""The rule helpers predictions and trainings share: whole numbers, ranges, URLs, quoting a caller's text."""
+
+from __future__ import annotations
+
+import math
+
+from musicgen.errors import InputError
+from musicgen.limits import URL_SCHEMES
+
+
+def set_whole_numbers(inputs: object, names: tuple[str, ...]) -> None:
+    """Each of `names` on the frozen dataclass `inputs` that arrived as a float (JSON's 7.0) becomes
+    the integer it is; InputError for a fraction."""
+    for name in names:
+        value = getattr(inputs, name)
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise InputError(f"{name}={value!r} is not allowed; it must be a whole number.")
+            object.__setattr__(inputs, name, int(value))
+
+
+def check_range(name: str, value: float, low: float, high: float | None) -> None:
+    """InputError unless `value` is a finite number from `low` to `high` (None: no upper bound)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name}={value!r} must be a finite number.")
+    if value < low or (high is not None and value > high):
+        allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InputError(f"{name}={value!r} is out of range; it must be {allowed}.")
+
+
+def is_url(value: object) -> bool:
+    """Whether `value` is text naming one of URL_SCHEMES (what HTTP callers send for a file)."""
+    return isinstance(value, str) and value.partition(":")[0].lower() in URL_SCHEMES and ":" in value
+
+
+def shortened(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters for a message (a caller's URL can be megabytes of data: URI)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
