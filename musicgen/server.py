@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from musicgen.dev.schema.refs import COG_YAML, CogRefs, cog_refs
+from musicgen.cog_yaml import COG_YAML, CogRefs, cog_refs
 from musicgen.settings import FINE_TUNED_ENV, REPOSITORY, SLOTS_ENV, child_environment
 
 log = logging.getLogger(__name__)

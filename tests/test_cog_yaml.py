@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from musicgen.cog_yaml import CogRefs, cog_refs
 from musicgen.dev.schema import inputs, openapi
-from musicgen.dev.schema.refs import CogRefs, cog_refs
 from musicgen.settings import REPOSITORY
 
 COG_YAML = REPOSITORY / "cog.yaml"

@@ -20,7 +20,7 @@ PACKAGE = REPOSITORY / "musicgen"
 MAX_LINES = 350
 # Longer, but one concern that reads top to bottom.
 ONE_CONCERN = {"musicgen.weights.download": "a resumable, verified HTTP download of the manifest's files"}
-SERVING = ("predict", "musicgen.service")  # what the Cog worker imports to serve
+SERVING = ("predict", "musicgen.service", "musicgen.server")  # the Cog worker's imports, and `serve`'s
 
 
 def module_name(path: Path) -> str:

@@ -16,8 +16,8 @@ import typing
 import pytest
 from helpers import ADDED_CHOICES, EXPECTED_ORDER, load_seeds, squash
 
+from musicgen.cog_yaml import CogRefs
 from musicgen.dev.schema import gojson, inputs, openapi
-from musicgen.dev.schema.refs import CogRefs
 from musicgen.predictor import load_predictor_class
 
 SEED_OUTPUT = {"format": "uri", "title": "Output", "type": "string"}

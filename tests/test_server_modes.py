@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from musicgen.dev.schema.refs import CogRefs, cog_refs
+from musicgen.cog_yaml import CogRefs, cog_refs
 from musicgen.server import serve, server_command, server_environment
 
 REFS = CogRefs("predict.py:Predictor", "train.py:train")

@@ -13,8 +13,8 @@ import typing
 
 import pytest
 
+from musicgen.cog_yaml import CogRefs
 from musicgen.dev.schema import inputs, openapi
-from musicgen.dev.schema.refs import CogRefs
 from musicgen.errors import InputError
 from musicgen.predictor import load_predictor_class, load_train_function
 

@@ -32,9 +32,9 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from musicgen import files
+from musicgen.cog_yaml import CogRefs, cog_refs, split_ref
 from musicgen.dev.schema.gojson import Ordered, go_json, go_json_indent
 from musicgen.dev.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_inputs, title_case
-from musicgen.dev.schema.refs import CogRefs, cog_refs, split_ref
 from musicgen.settings import REPOSITORY
 
 SCHEMA_FILE = REPOSITORY / ".cog" / "openapi_schema.json"  # where coglet looks (cwd-relative)
