@@ -4,7 +4,7 @@ Each mode takes the loaded models, the validated request and its decoded input_a
 returns audio [C, T] at the codec's rate (two channels for a stereo model: audiocraft's stereo
 wrapper encodes and decodes left and right over the mono EnCodec, interleaving their codebooks).
 The generating modes prepare the conditions and prompt with audiocraft's own steps, take the
-tokens from the model's decoder (musicgen.decode: our loop, token-exact with audiocraft's on the
+tokens from the model's decoder (musicgen.tokens: our loop, token-exact with audiocraft's on the
 CPU, or audiocraft's own) and decode them with EnCodec, or with MultiBand Diffusion when asked.
 """
 
@@ -20,7 +20,7 @@ from audiocraft.models import MusicGen
 from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.audio import levels
-from musicgen.audio.decode import DecodedAudio
+from musicgen.audio.read import DecodedAudio
 from musicgen.limits import MAX_CONTEXT, MAX_SEED
 from musicgen.models.load import LoadedModels
 from musicgen.request import Request, continuation_bounds
@@ -57,7 +57,7 @@ def set_generation_params(model: MusicGen, request: Request, duration: float) ->
 
 
 def _audio(models: LoadedModels, request: Request, attributes, prompt: torch.Tensor | None, head=None) -> torch.Tensor:
-    """Tokens from the model's decoder (musicgen.decode: ours, or audiocraft's loop), then audio
+    """Tokens from the model's decoder (musicgen.tokens: ours, or audiocraft's loop), then audio
     [C, T]: EnCodec's decode, or MultiBand Diffusion's when asked. `head`: prompt frames that stay
     in the output without being in the LM's context (a continuation's first 18 s of a full window)."""
     model = models.generator(request.model_version)

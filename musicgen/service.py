@@ -10,9 +10,9 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicgen.audio import decode, encode, levels
-from musicgen.audio.decode import DecodedAudio
+from musicgen.audio import encode, levels, read
 from musicgen.audio.fetch import FetchLimits, fetch
+from musicgen.audio.read import DecodedAudio
 from musicgen.generate import draw_seed, generate
 from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
@@ -96,7 +96,7 @@ class MusicGenService:
         if is_url(source):
             source = fetch(source, folder, self.fetch_limits)
         try:
-            input_audio = decode.load_audio(source)
+            input_audio = read.load_audio(source)
         finally:
             if source is not request.input_audio:
                 source.unlink(missing_ok=True)

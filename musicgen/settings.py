@@ -27,7 +27,7 @@ ROOT_ENV = "MUSICGEN_WEIGHTS"
 FINE_TUNED_ENV = "COG_WEIGHTS"  # Cog's: what its runtime hands setup() as `weights`
 SLOTS_ENV = "COG_MAX_CONCURRENCY"  # Cog's runtime's prediction slots
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"  # read by oneDNN (torch's CPU kernels) once
-DECODERS = ("musicgen", "audiocraft")  # our loop (musicgen.decode), or audiocraft's own
+DECODERS = ("musicgen", "audiocraft")  # our loop (musicgen.tokens), or audiocraft's own
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes"), ("0", "false", "no")
 
 

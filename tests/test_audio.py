@@ -12,12 +12,12 @@ import torchaudio
 from audiocraft.data.audio_utils import normalize_audio
 from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, sines
 
-from musicgen.audio import decode
+from musicgen.audio import read
 from musicgen.audio.channels import bs1770_weights, default_layout, undefined_for_loudness
-from musicgen.audio.decode import DecodedAudio, load_audio
 from musicgen.audio.encode import EncoderError, metadata_comment, parse_metadata_comment, read_metadata, write_output
 from musicgen.audio.levels import convert, normalize
 from musicgen.audio.loudness import TORCHAUDIO_WEIGHTS, integrated_loudness
+from musicgen.audio.read import DecodedAudio, load_audio
 from musicgen.errors import InputError
 
 SECONDS = 0.5  # s: 2 Hz FFT bins, enough to tell the channel frequencies apart
@@ -219,18 +219,18 @@ def test_load_audio_names_the_input_it_was_given(tmp_path):
 
 
 def test_load_audio_refuses_long_files_from_the_header_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(decode, "MAX_INPUT_SECONDS", 2)
+    monkeypatch.setattr(read, "MAX_INPUT_SECONDS", 2)
     path = tmp_path / "long.wav"
     soundfile.write(path, np.zeros((3 * 8000, 1)), 8000, subtype="PCM_16")
     decoded = []
-    monkeypatch.setattr(decode, "_frame_to_float", lambda frame: decoded.append(frame))
+    monkeypatch.setattr(read, "_frame_to_float", lambda frame: decoded.append(frame))
     with pytest.raises(InputError, match=r"^input_audio is 3\.0 s long; at most 2 s of audio is allowed\. Trim"):
         load_audio(path)
     assert not decoded
 
 
 def test_load_audio_refuses_long_files_whose_header_states_no_length(tmp_path, monkeypatch):
-    monkeypatch.setattr(decode, "MAX_INPUT_SECONDS", 2)
+    monkeypatch.setattr(read, "MAX_INPUT_SECONDS", 2)
     source = tmp_path / "source.wav"
     soundfile.write(source, sines(5, 8000), 8000, subtype="PCM_16")
     path = tmp_path / "streamed.mka"
@@ -261,7 +261,7 @@ def test_load_audio_reports_the_channel_positions_a_file_names(tmp_path, layout,
         assert peak_frequency(decoded.wav[k], 48000) == pytest.approx(frequency, abs=3), names[k]
 
 
-@pytest.mark.parametrize("channels", range(1, decode.MAX_INPUT_CHANNELS + 1))
+@pytest.mark.parametrize("channels", range(1, read.MAX_INPUT_CHANNELS + 1))
 def test_load_audio_gives_unnamed_channels_the_positions_ffmpeg_assumes(tmp_path, channels):
     """libsndfile writes plain PCM WAVs that name no positions; ffmpeg assumes its default layout."""
     path = tmp_path / "plain.wav"
@@ -292,8 +292,8 @@ def test_decoded_audio_unpacks_as_samples_and_rate_and_defaults_its_positions():
 
 
 def test_max_input_length_is_twenty_minutes():
-    assert decode.MAX_INPUT_SECONDS == 20 * 60
-    assert "at most 1200 s (20 minutes) of audio" in decode._too_long("input_audio", 1260.0)
+    assert read.MAX_INPUT_SECONDS == 20 * 60
+    assert "at most 1200 s (20 minutes) of audio" in read._too_long("input_audio", 1260.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from helpers import failing_ffmpeg, ffmpeg, run_cli, sines
 from helpers import predict_with_defaults as predict
 
 from musicgen.audio.channels import bs1770_weights
-from musicgen.audio.decode import load_audio
 from musicgen.audio.encode import EncoderError
 from musicgen.audio.loudness import integrated_loudness
+from musicgen.audio.read import load_audio
 from musicgen.errors import InputError
 
 RATE = 32000  # Hz, every output

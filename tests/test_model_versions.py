@@ -1,7 +1,7 @@
 """The models beyond melody and large (melody-large, stereo-large, stereo-melody-large) through the
 Predictor on the demo weights, and the memory budget that loads and evicts them.
 
-Token-exactness of our loop on them against audiocraft's own is in test_decode.py.
+Token-exactness of our loop on them against audiocraft's own is in test_tokens.py.
 """
 
 from __future__ import annotations

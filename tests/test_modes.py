@@ -21,9 +21,9 @@ import torchaudio
 from helpers import predict_with_defaults, write_scale
 
 from musicgen import generate
-from musicgen.audio.decode import load_audio
 from musicgen.audio.encode import read_metadata
 from musicgen.audio.levels import convert, normalize
+from musicgen.audio.read import load_audio
 from musicgen.errors import InputError
 from musicgen.models.load import LoadedModels
 from musicgen.request import Request

@@ -13,7 +13,7 @@ import soundfile
 import torch
 
 from musicgen import files
-from musicgen.audio.decode import OPEN_OPTIONS
+from musicgen.audio.read import OPEN_OPTIONS
 from musicgen.errors import InputError
 from musicgen.limits import MAX_MP3_CHANNELS, OUTPUT_FORMATS
 

@@ -39,9 +39,6 @@ import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
 
 from musicgen.cancellation import uninterrupted
-from musicgen.decode.decoders import Decoder
-from musicgen.decode.graphs import static_cache_bytes
-from musicgen.decode.select import load_decoder
 from musicgen.errors import WeightsError
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
 from musicgen.models.checkpoints import read_lm_checkpoint
@@ -59,6 +56,9 @@ from musicgen.models.memory import (
     release_freed_memory,
 )
 from musicgen.settings import Settings
+from musicgen.tokens.decoders import Decoder
+from musicgen.tokens.graphs import static_cache_bytes
+from musicgen.tokens.select import load_decoder
 from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
@@ -106,7 +106,7 @@ class LoadedModels:
             return self.generators[version]
 
     def decoder(self, version: str) -> Decoder:
-        """The loop generating `version`'s tokens (musicgen.decode.select chooses it at load, or
+        """The loop generating `version`'s tokens (musicgen.tokens.select chooses it at load, or
         here on first use for models assembled by hand)."""
         with self._lock, uninterrupted():
             if version not in self.decoders:

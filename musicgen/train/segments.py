@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from musicgen.audio import levels
-from musicgen.audio.decode import load_audio
+from musicgen.audio.read import load_audio
 from musicgen.errors import InputError
 from musicgen.train.dataset import DatasetFile, Skipped
 from musicgen.train.model import TrainingModel

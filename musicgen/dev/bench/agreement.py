@@ -47,13 +47,13 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     import torch  # heavy imports here: the module is listed by the CLI's help without them
     from audiocraft.utils.autocast import TorchAutocast
 
-    from musicgen.decode.decoders import AudiocraftLoop, FastLoop
-    from musicgen.decode.graphs import GraphedStep
-    from musicgen.decode.loop import condition_tensors
-    from musicgen.decode.select import loop_logits
     from musicgen.generate import seed_everything
     from musicgen.models.load import load_models
     from musicgen.settings import Settings
+    from musicgen.tokens.decoders import AudiocraftLoop, FastLoop
+    from musicgen.tokens.graphs import GraphedStep
+    from musicgen.tokens.loop import condition_tensors
+    from musicgen.tokens.select import loop_logits
 
     version = SIZES[size].version
     model = load_models(Settings(weights_root=root, device=device), (version,)).generator(version)

@@ -9,7 +9,7 @@ the same prompt, seed and thread count:
                          generate([prompt]), audio_write(..., strategy="loudness", loudness_compressor=True)
     musicgen             predict.py's Predictor: setup(), then one prediction through its service
                          with predict()'s defaults and (model_version, prompt, duration, seed); our
-                         decoding loop (musicgen.decode)
+                         decoding loop (musicgen.tokens)
     musicgen-stock-loop  the same with MUSICGEN_DECODER=audiocraft: audiocraft's loop in our service
 
 Both processes record the same probes (hooks on the loaded MusicGen: token generation time, decode

@@ -1,4 +1,4 @@
-"""Our generation loop (musicgen.decode) against audiocraft's own, on the demo weights, on the CPU.
+"""Our generation loop (musicgen.tokens) against audiocraft's own, on the demo weights, on the CPU.
 
 Token-exact in every mode: each case seeds as the service does, asks audiocraft's own generate*
 for its tokens, then our loop for the same conditions, and compares the token tensors. Then the
@@ -26,12 +26,12 @@ import torch
 from audiocraft.utils.autocast import TorchAutocast
 from helpers import predict_with_defaults, write_scale
 
-from musicgen.decode.decoders import AudiocraftLoop, FastLoop, plan_windows
-from musicgen.decode.graphs import GraphedStep, static_cache_bytes
-from musicgen.decode.loop import steps_in_window
-from musicgen.decode.progress import Progress
-from musicgen.decode.select import Tolerance, load_decoder
 from musicgen.generate import seed_everything
+from musicgen.tokens.decoders import AudiocraftLoop, FastLoop, plan_windows
+from musicgen.tokens.graphs import GraphedStep, static_cache_bytes
+from musicgen.tokens.loop import steps_in_window
+from musicgen.tokens.progress import Progress
+from musicgen.tokens.select import Tolerance, load_decoder
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RATE = 32000
@@ -140,7 +140,7 @@ def test_the_checked_static_step_gives_audiocrafts_tokens_on_the_cpu(predictor, 
     tensor: on the CPU in float32 the same tokens as audiocraft's loop, greedy and sampled."""
     for version in ("large", "melody"):
         model = predictor.runner.service.models.generator(version)
-        with caplog.at_level(logging.INFO, logger="musicgen.decode.select"):
+        with caplog.at_level(logging.INFO, logger="musicgen.tokens.select"):
             decoder = load_decoder(model, version, check=True)
         assert isinstance(decoder, FastLoop) and decoder.graph is not None
         assert decoder.mode == "static steps (no graph)"
@@ -161,7 +161,7 @@ def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
         if isinstance(module, torch.nn.LayerNorm):
             module.float()
     model.autocast = TorchAutocast(enabled=True, device_type="cpu", dtype=torch.bfloat16)
-    with caplog.at_level(logging.INFO, logger="musicgen.decode.select"):
+    with caplog.at_level(logging.INFO, logger="musicgen.tokens.select"):
         decoder = load_decoder(model, "melody-bf16", check=True)
     assert "melody-bf16: decoding with our loop, static steps (no graph)" in caplog.text
     assert decoder.transformer.kv_dtype(model.autocast) == torch.bfloat16
@@ -183,7 +183,7 @@ def test_the_static_buffers_are_known_before_the_lm_loads(predictor, version):
 
 def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
     model = predictor.runner.service.models.generator("large")
-    with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
+    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.select"):
         decoder = load_decoder(model, "large", check=True, graph_tolerance=Tolerance(-1.0, 0.0))
     assert isinstance(decoder, FastLoop) and decoder.graph is None and decoder.mode == "eager"
     assert "large: decoding with our eager loop; the CUDA-graph step failed its check: the static step " in caplog.text
@@ -194,7 +194,7 @@ def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
 
 def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
     model = predictor.runner.service.models.generator("melody")
-    with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
+    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.select"):
         decoder = load_decoder(model, "melody", check=True, tolerance=Tolerance(-1.0, 0.0))
     assert isinstance(decoder, AudiocraftLoop)
     assert "melody: decoding with audiocraft's loop; our loop failed its check: our eager step differs from " in (
@@ -202,9 +202,9 @@ def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
     )
     model.set_generation_params(duration=1, extend_stride=18)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="musicgen.decode.progress"):
+    with caplog.at_level(logging.INFO, logger="musicgen.tokens.progress"):
         assert torch.equal(our_tokens(model, decoder, "text", 8), stock_tokens(model, "text", 8))
-    lines = [record.getMessage() for record in caplog.records if record.name == "musicgen.decode.progress"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "musicgen.tokens.progress"]
     assert re.fullmatch(r"generating: 53/53 steps in [0-9.]+ s \([0-9.]+ steps/s\)", lines[-1])  # audiocraft's loop too
 
 
@@ -212,7 +212,7 @@ def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, capl
     model = copy.copy(predictor.runner.service.models.generator("large"))
     model.lm = copy.deepcopy(model.lm)
     model.lm.two_step_cfg = True
-    with caplog.at_level(logging.WARNING, logger="musicgen.decode.select"):
+    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.select"):
         decoder = load_decoder(model, "large")
     assert isinstance(decoder, AudiocraftLoop)
     assert "large: decoding with audiocraft's loop; ours does not handle this LM: two_step_cfg" in caplog.text
@@ -234,9 +234,9 @@ def test_windows_past_30_s_are_audiocrafts(predictor):
 
 
 def test_a_short_prediction_logs_one_closing_line(predictor, caplog):
-    with caplog.at_level(logging.INFO, logger="musicgen.decode.progress"):
+    with caplog.at_level(logging.INFO, logger="musicgen.tokens.progress"):
         predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=1)
-    lines = [record.getMessage() for record in caplog.records if record.name == "musicgen.decode.progress"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "musicgen.tokens.progress"]
     assert len(lines) == 1, lines  # the demo model generates 2 s in well under QUIET_SECONDS
     assert re.fullmatch(r"generating: 103/103 steps in [0-9.]+ s \([0-9.]+ steps/s\)", lines[0])
 
@@ -247,7 +247,7 @@ def test_a_long_generation_logs_progress_every_10_percent_or_5_s(caplog):
     it, then the closing line."""
     now = [0.0]
     progress = Progress(1000, bar=False, clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="musicgen.decode.progress"):
+    with caplog.at_level(logging.INFO, logger="musicgen.tokens.progress"):
         for _ in range(1000):
             now[0] += 1 / 128
             progress.advance()
@@ -263,7 +263,7 @@ def test_a_long_generation_logs_progress_every_10_percent_or_5_s(caplog):
 
 def test_on_a_terminal_progress_is_a_bar():
     program = (
-        "from musicgen.decode.progress import Progress\np = Progress(40)\nfor _ in range(40): p.advance()\np.close()"
+        "from musicgen.tokens.progress import Progress\np = Progress(40)\nfor _ in range(40): p.advance()\np.close()"
     )
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a terminal 80 wide

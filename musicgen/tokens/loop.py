@@ -13,9 +13,9 @@ from typing import Protocol
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
 
-from musicgen.decode.cache import CrossAttentionCache, KVCache
-from musicgen.decode.sampling import Sampling, guided, next_token
-from musicgen.decode.transformer import CachedTransformer
+from musicgen.tokens.cache import CrossAttentionCache, KVCache
+from musicgen.tokens.sampling import Sampling, guided, next_token
+from musicgen.tokens.transformer import CachedTransformer
 
 UNKNOWN_TOKEN = -1  # what audiocraft fills not-yet-generated codes with
 

@@ -6,7 +6,7 @@ On CUDA our loop is checked before it serves: the eager step's logits against th
 forward pass, then the CUDA-graph step's against the eager step's, over CHECK_STEPS steps of the
 same inputs. Any error or a difference beyond the dtype's Tolerance is logged with its reason and
 the next loop down serves instead: CUDA graph -> eager -> audiocraft. On the CPU our eager loop is
-token-exact with audiocraft's (tests/test_decode.py), so no check runs there unless asked.
+token-exact with audiocraft's (tests/test_tokens.py), so no check runs there unless asked.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from musicgen.decode.decoders import AudiocraftLoop, Decoder, FastLoop
-from musicgen.decode.graphs import GraphedStep
-from musicgen.decode.loop import condition_tensors
-from musicgen.decode.transformer import Unsupported
+from musicgen.tokens.decoders import AudiocraftLoop, Decoder, FastLoop
+from musicgen.tokens.graphs import GraphedStep
+from musicgen.tokens.loop import condition_tensors
+from musicgen.tokens.transformer import Unsupported
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from audiocraft.models import builders
 
-from musicgen.decode.cache import CrossAttentionCache, KVCache
-from musicgen.decode.transformer import CachedTransformer
+from musicgen.tokens.cache import CrossAttentionCache, KVCache
+from musicgen.tokens.transformer import CachedTransformer
 
 CROSS_CAPACITY = 256  # text tokens the captured step's cross-attention holds (T5 tokens of the prompt)
 PREFIX_CAPACITY = 512  # positions reserved before the pattern steps (the melody model's chroma + text prefix)

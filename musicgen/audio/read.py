@@ -1,4 +1,4 @@
-"""Decoding an input file: any format ffmpeg reads (whitelisted demuxers), to float32 [C, T] at its own rate."""
+"""Reading an input file: any format ffmpeg reads (whitelisted demuxers), to float32 [C, T] at its own rate."""
 
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ import typing as tp
 import torch
 from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
 
-from musicgen.decode.cache import CrossAttentionCache, KVCache
-from musicgen.decode.loop import Step, Window, steps_in_window
-from musicgen.decode.progress import Progress
-from musicgen.decode.sampling import Sampling
-from musicgen.decode.transformer import CachedTransformer
+from musicgen.tokens.cache import CrossAttentionCache, KVCache
+from musicgen.tokens.loop import Step, Window, steps_in_window
+from musicgen.tokens.progress import Progress
+from musicgen.tokens.sampling import Sampling
+from musicgen.tokens.transformer import CachedTransformer
 
 
 class Decoder(tp.Protocol):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from audiocraft.modules.transformer import StreamingTransformer, _get_attention_time_dimension, create_sin_embedding
 from torch import nn
 
-from musicgen.decode.cache import CrossAttentionCache, KVCache
+from musicgen.tokens.cache import CrossAttentionCache, KVCache
 
 
 class Unsupported(Exception):

@@ -1,1 +1,0 @@
-"""The generation loop: a preallocated key/value cache, one step function, audiocraft's sampling."""
