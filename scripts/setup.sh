@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a Debian machine with Python 3.11 (root for apt): ffmpeg, the virtualenv
-# at .venv/, and every pinned Python package. CPU machines get torch 2.13.0 (see the README).
+# at .venv/, and every pinned Python package. CPU machines get torch 2.13.0 (docs/stack.md says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

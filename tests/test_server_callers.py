@@ -147,7 +147,7 @@ def test_the_command_line_still_takes_a_local_file(tmp_path, demo_weights, melod
 
 
 # --------------------------------------------------------------------------------------------
-# 4. Prediction ids are folder names in coglet 0.23.1 (blocked upstream: README, "The same server")
+# 4. Prediction ids are folder names in coglet 0.23.1 (blocked upstream: docs/operations.md)
 
 
 @pytest.mark.xfail(strict=True, reason="coglet 0.23.1 joins the caller's id into a path before our code runs")

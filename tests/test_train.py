@@ -1,6 +1,6 @@
 """Fine-tuning (train.py, musicgen/train/) on the demo weights with datasets the tests make: short
 tones with captions. The loss goes down, a seed reproduces a run, the checkpoint serves, bad
-datasets are refused or skipped as the README says, and the community fine-tuner's file serves."""
+datasets are refused or skipped as docs/fine-tuning.md says, and the community fine-tuner's file serves."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A vectorised IIR core for torchaudio's lfilter where its compiled extension is missing (CPU set-up).
 
-On CPU machines torchaudio's compiled extensions are removed (README, "Why the CPU and GPU pins
+On CPU machines torchaudio's compiled extensions are removed (docs/stack.md, "Why the CPU and GPU pins
 differ"), so `torchaudio.functional.filtering` runs the recursive part of every IIR filter in
 `_lfilter_core_generic_loop`: one Python iteration per sample, ~1.5 s per second of stereo audio
 for the two biquads of BS.1770 loudness (audiocraft's default normalization). `install()` swaps in

@@ -1,6 +1,6 @@
 """The memory budget for resident models, and which models to evict to make room for another.
 
-Policy (README.md, "Memory plan"): the versions setup() loads stay resident; any other is loaded
+Policy (docs/memory.md): the versions setup() loads stay resident; any other is loaded
 on its first request and kept while everything resident fits the budget; to load one that does
 not fit, the least recently used models that setup() did not load are evicted first. A model
 that cannot fit even with every evictable model gone is refused with a message naming it and

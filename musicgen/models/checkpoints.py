@@ -1,7 +1,7 @@
 """Reading checkpoint files: audiocraft's exports (weights only), and the community fine-tuner's LMs.
 
 Every released checkpoint and every export (ours included) keeps its config as a YAML string, so
-torch's weights-only loader reads it. The community fine-tuner behind musicgen-epic
+torch's weights-only loader reads it. The community fine-tuner
 (sakemin/cog-musicgen-fine-tuner) writes `trained_model.tar` instead:
 `torch.save({'xp.cfg': <the training run's OmegaConf DictConfig>, 'model': <LM state dict>})`.
 That config is pickled (and holds a filled collections.defaultdict, which the weights-only loader

@@ -1,6 +1,6 @@
 """Load each model once, on the best device and dtype, keep what fits, and say what is resident.
 
-The memory plan (README.md, "Memory plan", has the sizes):
+The memory plan (docs/memory.md has the sizes):
 
 - setup() loads the versions the MUSICGEN_MODEL_VERSIONS setting names (melody and large by default) with
   audiocraft's own loader and keeps them: on CUDA their transformer layers are float16 (what
