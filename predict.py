@@ -36,7 +36,19 @@ class Predictor(BasePredictor):
         model_version: str = Input(
             description="Model to use for generation. If set to 'encode-decode', the audio specified via 'input_audio' will simply be encoded and then decoded.",
             default="melody",
-            choices=["melody", "large", "encode-decode", "melody-large", "stereo-large", "stereo-melody-large"],
+            choices=[
+                "melody",
+                "large",
+                "encode-decode",
+                "melody-large",
+                "stereo-large",
+                "stereo-melody-large",
+                "small",
+                "medium",
+                "stereo-small",
+                "stereo-medium",
+                "stereo-melody",
+            ],
         ),
         prompt: Optional[str] = Input(
             description="A description of the music you want to generate.",
@@ -97,6 +109,10 @@ class Predictor(BasePredictor):
             description="Seed for random number generator. If None or -1, a random seed will be used.",
             default=None,
         ),
+        negative_prompt: Optional[str] = Input(
+            description="What the music should not have, e.g. 'drums, vocals': classifier-free guidance steers away from it (it takes the place of the unconditional prompt). Left out or empty: no negative prompt.",
+            default=None,
+        ),
     ) -> Path:
         request = Request(
             model_version=model_version,
@@ -114,5 +130,6 @@ class Predictor(BasePredictor):
             classifier_free_guidance=classifier_free_guidance,
             output_format=output_format,
             seed=seed,
+            negative_prompt=negative_prompt,
         )
         return Path((await self.runner.predict(request)).path)

@@ -25,7 +25,19 @@ def train(
     model_version: str = Input(
         description="The served model to fine-tune: its LM is trained, its EnCodec, T5 and (melody models) chroma conditioner stay. 'encode-decode' is not a model and cannot be fine-tuned.",
         default="melody",
-        choices=["melody", "large", "encode-decode", "melody-large", "stereo-large", "stereo-melody-large"],
+        choices=[
+            "melody",
+            "large",
+            "encode-decode",
+            "melody-large",
+            "stereo-large",
+            "stereo-melody-large",
+            "small",
+            "medium",
+            "stereo-small",
+            "stereo-medium",
+            "stereo-melody",
+        ],
     ),
     epochs: int = Input(
         description="Passes over the dataset.",

@@ -61,7 +61,7 @@ def _audio(models: LoadedModels, request: Request, attributes, prompt: torch.Ten
     [C, T]: EnCodec's decode, or MultiBand Diffusion's when asked. `head`: prompt frames that stay
     in the output without being in the LM's context (a continuation's first 18 s of a full window)."""
     model = models.generator(request.model_version)
-    tokens = models.decoder(request.model_version).tokens(attributes, prompt)
+    tokens = models.decoder(request.model_version).tokens(attributes, prompt, request.negative_prompt)
     if head is not None:
         tokens = torch.cat([head, tokens], dim=-1)
     if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation

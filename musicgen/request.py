@@ -53,12 +53,15 @@ class Request:
     classifier_free_guidance: int = 3
     output_format: str = "wav"
     seed: int | None = None  # None or -1: random
+    negative_prompt: str | None = None  # the unconditional half of guidance; whitespace only counts as empty
 
     def __post_init__(self) -> None:
         """JSON and the command line may send a whole number as 7.0: it is 7; 7.5 is refused."""
         set_whole_numbers(self, WHOLE_NUMBER_INPUTS)
         if self.prompt is not None and not self.prompt.strip():
             object.__setattr__(self, "prompt", "")  # like "": no text condition
+        if self.negative_prompt is not None and not self.negative_prompt.strip():
+            object.__setattr__(self, "negative_prompt", None)  # like leaving it out
 
     @property
     def mode(self) -> str:
@@ -103,11 +106,14 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
             f"temperature={request.temperature!r} is too small to sample with; use 0 for greedy decoding "
             f"or a value of at least {MIN_SAMPLING_TEMPERATURE}."
         )
-    if request.prompt is not None and len(request.prompt) > MAX_PROMPT_CHARACTERS:
-        raise InputError(
-            f"prompt is {len(request.prompt)} characters long; it may be at most {MAX_PROMPT_CHARACTERS} "
-            f"(the text encoder reads about 512 tokens)."
-        )
+    for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+        if text is not None and len(text) > MAX_PROMPT_CHARACTERS:
+            raise InputError(
+                f"{name} is {len(text)} characters long; it may be at most {MAX_PROMPT_CHARACTERS} "
+                f"(the text encoder reads about 512 tokens)."
+            )
+    if request.negative_prompt is not None and "\0" in request.negative_prompt:
+        raise InputError("negative_prompt holds a NUL character; send text without it.")  # it goes into the file's tags
     check_range("classifier_free_guidance", request.classifier_free_guidance, 0, MAX_CLASSIFIER_FREE_GUIDANCE)
     if not request.wants_random_seed:
         if request.seed < 0:

@@ -13,12 +13,14 @@ from pathlib import Path
 from musicgen.audio import encode, levels, read
 from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.audio.read import DecodedAudio
+from musicgen.errors import InputError
 from musicgen.generate import draw_seed, generate
 from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
 from musicgen.request import Request, validate, validate_input_audio
 from musicgen.rules import is_url
 from musicgen.settings import Settings
+from musicgen.tokens.decoders import NEGATIVE_REFUSED
 from musicgen.versions import ENCODE_DECODE
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class MusicGenService:
         """Every caller mistake is refused (InputError) before any model runs."""
         remove_folders(self._output_dirs, self._outputs_kept)  # answers already delivered
         validate(request, self.models.served)
+        if request.negative_prompt and self.models.decoder_choice == "audiocraft":
+            raise InputError(NEGATIVE_REFUSED)
         folder = Path(tempfile.mkdtemp(prefix="musicgen-"))
         try:
             input_audio = self._read_input(request, folder)
@@ -78,6 +82,8 @@ class MusicGenService:
             layout = input_audio.channel_names if request.mode == ENCODE_DECODE else None
             wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
             metadata = {"model_version": request.model_version, "seed": str(seed)}
+            if request.negative_prompt:
+                metadata["negative_prompt"] = request.negative_prompt
             stem = f"musicgen-{request.model_version}-{seed}"
             path = encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
         except BaseException:

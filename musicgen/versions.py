@@ -29,6 +29,9 @@ class ModelVersion:
     # True: the repository ships the 32 kHz EnCodec file itself; False: a pointer to the Hugging
     # Face EnCodec (facebook/encodec_32khz), which the download then fetches too.
     ships_codec: bool
+    # Whether that file's LFS size and sha256 are published (the one shared by musicgen-medium,
+    # -melody and -large); False: the downloader records the sha256 it computes.
+    codec_published: bool = True
     lm_size: int | None = None  # bytes of state_dict.bin as the hub publishes them; None: unpublished
     lm_sha256: str | None = None  # its SHA-256 as the hub publishes it; None: unpublished
 
@@ -92,6 +95,52 @@ VERSIONS = (
         "facebook/musicgen-stereo-melody-large",
         "eea14861e6c29c47aea1055982a217468cd1634d",
         "3.3 B",
+        stereo=True,
+        melody=True,
+        ships_codec=False,
+    ),
+    ModelVersion(
+        "small",
+        "facebook/musicgen-small",
+        "4c8334b02c6ec4e8664a91979669a501ec497792",
+        "300 M",
+        stereo=False,
+        melody=False,
+        ships_codec=True,
+        codec_published=False,
+    ),
+    ModelVersion(
+        "medium",
+        "facebook/musicgen-medium",
+        "d3bd7b00761b78ad7a8a05145ee31e7832e9916c",
+        "1.5 B",
+        stereo=False,
+        melody=False,
+        ships_codec=True,
+    ),
+    ModelVersion(
+        "stereo-small",
+        "facebook/musicgen-stereo-small",
+        "3a110c0092820d470372c880c5ea06ce21a78ddd",
+        "300 M",
+        stereo=True,
+        melody=False,
+        ships_codec=False,
+    ),
+    ModelVersion(
+        "stereo-medium",
+        "facebook/musicgen-stereo-medium",
+        "2747e613fbaadc43b14257224326ef58c5c11b81",
+        "1.5 B",
+        stereo=True,
+        melody=False,
+        ships_codec=False,
+    ),
+    ModelVersion(
+        "stereo-melody",
+        "facebook/musicgen-stereo-melody",
+        "022c3bd20a7d77e7c014082f0391bcbcd3940a7a",
+        "1.5 B",
         stereo=True,
         melody=True,
         ships_codec=False,

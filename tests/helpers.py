@@ -278,10 +278,12 @@ def checkout_files() -> set[tuple[str, int, int]]:
 
 SEEDS = Path(__file__).resolve().parent / "data" / "published-schemas"
 SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
-# The one kind of addition to the published inputs: model_version choices after the published ones,
-# every version of the table (musicgen.versions) the published schemas do not name.
+# The additions to the published inputs, and the only ones allowed: model_version choices after the
+# published ones (every version of musicgen.versions' table the published schemas do not name), and
+# optional inputs after the published inputs.
 ADDED_CHOICES = {"model_version": [name for name in MODEL_VERSIONS if name not in PUBLISHED]}
-EXPECTED_ORDER = [
+ADDED_INPUTS = ["negative_prompt"]  # optional (default None), after every published input
+PUBLISHED_ORDER = [
     "model_version",
     "prompt",
     "input_audio",
@@ -298,6 +300,7 @@ EXPECTED_ORDER = [
     "output_format",
     "seed",
 ]
+EXPECTED_ORDER = PUBLISHED_ORDER + ADDED_INPUTS
 
 
 def squash(text: str) -> str:

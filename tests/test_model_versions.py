@@ -16,7 +16,7 @@ import soundfile
 import torch
 from helpers import predict_with_defaults, write_scale
 
-from musicgen.errors import CapacityError
+from musicgen.errors import CapacityError, InputError
 from musicgen.generate import diffusion_audio, seed_everything, set_generation_params
 from musicgen.models.load import load_models
 from musicgen.request import Request
@@ -85,7 +85,7 @@ def test_each_new_version_is_its_own_model(predictor):
     assert len(set(outputs.values())) == len(outputs)
 
 
-@pytest.mark.parametrize("version", ["melody-large", "stereo-melody-large"])
+@pytest.mark.parametrize("version", [name for name in NEW_VERSIONS if GENERATING[name].melody])
 def test_the_melody_conditions_the_result(predictor, audio_dir, version):
     rising = write_scale(audio_dir / "rising.wav", 4.0)
     falling = write_scale(audio_dir / "falling.wav", 4.0, rising=False)
@@ -185,12 +185,14 @@ def test_every_normalization_works_on_stereo(predictor, strategy):
         assert peak == pytest.approx(10 ** (-1 / 20), abs=2**-14)
 
 
-def test_large_models_without_melody_conditioning_refuse_a_melody(predictor, audio_dir):
+@pytest.mark.parametrize("version", [name for name in NEW_VERSIONS if not GENERATING[name].melody])
+def test_models_without_melody_conditioning_refuse_a_melody_naming_those_that_take_one(predictor, audio_dir, version):
     path = write_scale(audio_dir / "tune.wav", 2.0)
-    with pytest.raises(
-        Exception, match=r"model_version='stereo-large' has no melody conditioning.*'stereo-melody-large'"
-    ):
-        predict_with_defaults(predictor, model_version="stereo-large", prompt="x", input_audio=path, duration=1)
+    takes_one = ", ".join(repr(name) for name, entry in GENERATING.items() if entry.melody)
+    with pytest.raises(InputError) as refused:
+        predict_with_defaults(predictor, model_version=version, prompt="x", input_audio=path, duration=1)
+    assert f"model_version={version!r} has no melody conditioning" in str(refused.value)
+    assert f"({takes_one})" in str(refused.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def test_versions_without_weights_are_not_served(demo_weights, settings):
         models = load_models(settings, ("melody",))
     finally:
         hidden.rename(folder)
-    assert set(models.served) == {"melody", "large", "melody-large", "stereo-melody-large"}
+    assert set(models.served) == set(GENERATING) - {"stereo-large"}
     with pytest.raises(Exception, match=r"model_version='stereo-large' is not loaded by this deployment; it serves"):
         MusicGenService(models).predict(Request(model_version="stereo-large", prompt="calm", duration=1))
     assert set(models.generators) == {"melody"}

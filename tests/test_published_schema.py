@@ -1,5 +1,6 @@
 """predict.py's inputs against the two published schemas in tests/data/published-schemas/: it declares exactly
-their union (names, order, types, defaults, descriptions, bounds and choices).
+their union (names, order, types, defaults, descriptions, bounds and choices), plus only the additions
+helpers.py names: model_version choices after the published ones, optional inputs after the published inputs.
 
 The seed parsers are in helpers.py (test_schema_generator.py reads the seeds too).
 """
@@ -8,7 +9,7 @@ import inspect
 import typing
 
 import pytest
-from helpers import ADDED_CHOICES, EXPECTED_ORDER, SEED_TYPES, load_seeds, squash
+from helpers import ADDED_CHOICES, ADDED_INPUTS, EXPECTED_ORDER, PUBLISHED_ORDER, SEED_TYPES, load_seeds, squash
 
 from musicgen.predictor import input_fields, load_predictor_class
 
@@ -25,14 +26,21 @@ def declared():
 def test_seeds_parse_into_both_schemas():
     seeds = load_seeds()
     assert [len(seed) for seed in seeds] == [14, 14]
-    assert {field["name"] for seed in seeds for field in seed} == set(EXPECTED_ORDER)
+    assert {field["name"] for seed in seeds for field in seed} == set(PUBLISHED_ORDER)
 
 
-def test_names_and_order_are_the_union_of_the_seeds(declared):
-    assert list(declared) == EXPECTED_ORDER
+def test_names_and_order_are_the_union_of_the_seeds_then_the_additions(declared):
+    assert list(declared) == EXPECTED_ORDER == PUBLISHED_ORDER + ADDED_INPUTS
     for seed in load_seeds():
         seed_names = [field["name"] for field in seed]
         assert [name for name in declared if name in seed_names] == seed_names
+
+
+def test_every_added_input_is_optional_and_changes_nothing_when_left_out(declared):
+    for name in ADDED_INPUTS:
+        value_type, info, annotation = declared[name]
+        assert info.default is None and typing.get_origin(annotation) in (typing.Union, type(int | None)), name
+        assert info.choices is None and info.le is None and info.ge is None, name
 
 
 def test_types_defaults_and_descriptions_match_every_seed(declared):

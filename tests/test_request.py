@@ -23,10 +23,15 @@ AUDIO = Path("song.wav")  # validation does not read the file
     ("changes", "message"),
     [
         (
-            {"model_version": "small"},
-            "model_version='small' is not allowed; choose one of: melody, large, encode-decode, melody-large, "
-            "stereo-large, stereo-melody-large.",
+            {"model_version": "xl"},
+            "model_version='xl' is not allowed; choose one of: melody, large, encode-decode, melody-large, "
+            "stereo-large, stereo-melody-large, small, medium, stereo-small, stereo-medium, stereo-melody.",
         ),
+        (
+            {"negative_prompt": "n" * 2001},
+            "negative_prompt is 2001 characters long; it may be at most 2000 (the text encoder reads about 512 tokens).",
+        ),
+        ({"negative_prompt": "no\0drums"}, "negative_prompt holds a NUL character; send text without it."),
         ({"duration": 0}, "duration=0 is out of range; it must be between 1 and 60."),
         ({"duration": 61}, "duration=61 is out of range; it must be between 1 and 60."),
         ({"top_k": -1}, "top_k=-1 is out of range; it must be at least 0."),
@@ -69,7 +74,8 @@ AUDIO = Path("song.wav")  # validation does not read the file
         (
             {"model_version": "large", "input_audio": AUDIO},
             "model_version='large' has no melody conditioning, so input_audio with continuation=False is not "
-            "supported; use a model_version with melody conditioning ('melody', 'melody-large', 'stereo-melody-large'), "
+            "supported; use a model_version with melody conditioning ('melody', 'melody-large', 'stereo-melody-large', "
+            "'stereo-melody'), "
             "or set continuation=True to continue the audio.",
         ),
         (

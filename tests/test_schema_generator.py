@@ -99,7 +99,16 @@ def test_schema_shows_the_seeds(document):
     assert components["model_version"]["enum"] == [
         *("melody", "large", "encode-decode"),  # published
         *("melody-large", "stereo-large", "stereo-melody-large"),  # added (helpers.ADDED_CHOICES)
+        *("small", "medium", "stereo-small", "stereo-medium", "stereo-melody"),
     ]
+    assert properties["negative_prompt"] == {  # added (helpers.ADDED_INPUTS): an optional string, last
+        "default": None,
+        "description": properties["negative_prompt"]["description"],
+        "nullable": True,
+        "title": "Negative Prompt",
+        "type": "string",
+        "x-order": len(EXPECTED_ORDER) - 1,
+    }
     assert properties["input_audio"]["format"] == "uri"
 
 

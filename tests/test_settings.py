@@ -19,7 +19,7 @@ from musicgen.settings import REPOSITORY, SETTINGS, Settings, read_settings
 from musicgen.versions import GENERATING, PRELOADED
 
 BAD_VALUES = {
-    "MUSICGEN_MODEL_VERSIONS": ["melody, small", "encode-decode", ",,"],
+    "MUSICGEN_MODEL_VERSIONS": ["melody, xl", "encode-decode", ",,"],
     "MUSICGEN_DEVICE": ["gpu", "cuda:x", "mps"],
     "MUSICGEN_DECODER": ["fast", "Audiocraft"],
     "MUSICGEN_GPU_MEMORY_GB": ["lots", "-3", "0", "inf", "nan"],

@@ -19,6 +19,7 @@ import torch
 from helpers import START_TIMEOUT, Server, data_uri, predict_with_defaults, run_cli
 
 from musicgen.errors import InputError
+from musicgen.request import Request
 from musicgen.settings import Settings, read_settings
 from musicgen.train.export import read_record
 from musicgen.train.options import TrainRequest
@@ -95,6 +96,22 @@ def test_the_checkpoint_records_its_training(trained, dataset):
     assert record["dataset"]["file"] == dataset.name and record["dataset"]["segments"] == 4
     assert record["base"]["model_version"] == "melody" and record["steps"] == 12
     assert record["loss_last_epoch"] == pytest.approx(first.epoch_losses[-1])
+
+
+def test_a_fine_tune_of_small_serves_in_smalls_slot(settings, dataset, predictor, tmp_path):
+    """small is text-only and mono like the preloaded large: its training record, not the first
+    fitting slot, decides where a fine-tune of it serves."""
+    from musicgen.service import MusicGenService
+
+    request = TrainRequest(dataset_path=dataset, model_version="small", **{**LEARNING, "epochs": 1})
+    tuned = fine_tune(request, settings, output_dir=tmp_path / "small").checkpoint
+    service = MusicGenService.load(settings, fine_tuned=str(tuned))
+    assert service.models.checkpoints["small"] == tuned and "small" in service.models.preloaded
+    assert service.models.checkpoints["large"] == settings.weights_root / "musicgen-large" / LM_FILE
+    for version, same in (("small", False), ("large", True)):
+        inputs = {"model_version": version, "prompt": "calm", "duration": 1, "seed": 2}
+        served = service.predict(Request(**inputs)).path.read_bytes()
+        assert (served == predict_with_defaults(predictor, **inputs).read_bytes()) is same, version
 
 
 def test_the_checkpoint_serves_with_tokens_of_its_own(trained, predictor, demo_weights):

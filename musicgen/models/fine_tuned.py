@@ -27,9 +27,10 @@ def check_fine_tuned(
     MusicGen transformer LM whose conditioners are a served version's (chroma + T5 text, or T5
     text only) and whose channels are (mono, or stereo with interleaved codebooks), with the T5 we
     hold, over that version's codec (codebooks, codebook size, sample rate), and whose weights
-    have the dimensions its config states. Of the versions that fit, the first one setup() loads
-    is replaced, else the first whose weights are present (`servable`); `codec_of(version)` is the
-    mono EnCodec under that version's folder.
+    have the dimensions its config states. Of the versions that fit, the one its training record
+    names as its base (our `python -m musicgen train` / `cog train` output) is replaced, else the
+    first one setup() loads, else the first whose weights are present (`servable`);
+    `codec_of(version)` is the mono EnCodec under that version's folder.
     """
     try:
         package = read_lm_checkpoint(path)  # an export, or the community fine-tuner's trained_model.tar
@@ -87,7 +88,10 @@ def _fine_tuned_version(
     stereo = bool(cfg.get("interleave_stereo_codebooks", {}).get("use", False))
     fitting = [name for name, version in GENERATING.items() if (version.melody, version.stereo) == (melody, stereo)]
     kind = f"a {'stereo' if stereo else 'mono'} {'melody' if melody else 'text-only'} model"
-    chosen = [name for name in fitting if name in preloaded] or [name for name in fitting if name in servable]
+    # our training records its base (musicgen.train.export): a fine-tune of small serves as small
+    base = omegaconf.OmegaConf.select(cfg, "fine_tune.base.model_version", default=None)
+    recorded = [base] if base in fitting and (base in preloaded or base in servable) else []
+    chosen = recorded or [name for name in fitting if name in preloaded] or [n for n in fitting if n in servable]
     if not chosen:
         raise _Unfit(f"it is {kind}, which only {', '.join(fitting)} serve; none of them has its weights in place")
     version = chosen[0]

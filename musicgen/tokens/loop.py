@@ -31,11 +31,19 @@ class Engine(Protocol):
     def stepper(self, cache: KVCache, cross: CrossAttentionCache | None) -> Step: ...
 
 
-def condition_tensors(lm, conditions: list[ConditioningAttributes]) -> dict:
-    """The conditional and null (dropped) conditions as one batch, as LMModel.generate builds them."""
+NEGATIVE_CONDITION = "description"  # the text attribute a negative prompt fills in the null half
+
+
+def condition_tensors(lm, conditions: list[ConditioningAttributes], negative: str | None = None) -> dict:
+    """The conditional and null (dropped) conditions as one batch, as LMModel.generate builds them;
+    with a `negative` prompt the null half's text is that prompt (its other conditions, a melody's
+    chroma, stay dropped): classifier-free guidance then steers away from it."""
     if not conditions:
         return {}
-    null_conditions = ClassifierFreeGuidanceDropout(p=1.0)(conditions)
+    null_conditions = ClassifierFreeGuidanceDropout(p=1.0)(conditions)  # deep copies
+    if negative:
+        for null in null_conditions:
+            null.text[NEGATIVE_CONDITION] = negative
     return lm.condition_provider(lm.condition_provider.tokenize(conditions + null_conditions))
 
 
@@ -60,10 +68,11 @@ class Window:
         max_gen_len: int,
         sampling: Sampling,
         on_step: Callable[[], None],
+        negative: str | None = None,
     ) -> torch.Tensor:
         lm = self.lm
         device = next(iter(lm.parameters())).device
-        tensors = condition_tensors(lm, conditions)
+        tensors = condition_tensors(lm, conditions, negative)
         batch = len(conditions) or 1
         if prompt is None:
             prompt = torch.zeros((batch, lm.num_codebooks, 0), dtype=torch.long, device=device)

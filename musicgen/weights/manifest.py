@@ -19,12 +19,17 @@ Where each value was read (November 2026, from the hub's public pages):
 - facebook/multiband-diffusion @ aaf67058 ("Upload mbd_musicgen_32khz.th"): pointer in the commit
   diff (sha256 2df3fff4..., 1647495659).
 - facebook/musicgen-melody-large @ 6fdf8d3d, -stereo-large @ bda8ec33, -stereo-melody-large @
-  eea14861: revisions from a third party's pinned model table (melody-large's also from a user's
-  hub-cache snapshot path); not checked against the hub, which is unreachable from here. Their
-  compression_state_dict.bin is audiocraft's export_pretrained_compression_model pointer
-  {'pretrained': 'facebook/encodec_32khz', ...} (audiocraft issue 459; replicate/cog-musicgen
-  fetches models--facebook--encodec_32khz beside them), so each needs that EnCodec too. No size
-  or sha256 of any of these files was found: None (the downloader records what it computed).
+  eea14861, and musicgen-small @ 4c8334b0, -medium @ d3bd7b00, -stereo-small @ 3a110c00,
+  -stereo-medium @ 2747e613, -stereo-melody @ 022c3bd2: revisions from a third party's pinned
+  model table (a public repository's MUSICGEN_MODELS; melody-large's also from a user's hub-cache
+  snapshot path); not checked against the hub, which is unreachable from here. The stereo
+  repositories' compression_state_dict.bin is audiocraft's export_pretrained_compression_model
+  pointer {'pretrained': 'facebook/encodec_32khz', ...} (audiocraft issue 459 for the 3.3 B ones;
+  replicate/cog-musicgen fetches models--facebook--encodec_32khz beside them; assumed the same for
+  the stereo small, medium and melody released with them), so each needs that EnCodec too.
+  musicgen-small and -medium ship the EnCodec file itself (medium's LFS pointer is the shared
+  one, CODEC_SHA256; small's was not found). No size or sha256 of any of these LMs was found:
+  None (the downloader records what it computed).
 - facebook/encodec_32khz: no revision was found published anywhere readable from here, so it is
   the one unpinned entry (revision "main", UNPINNED_REPOS); config.json + model.safetensors are
   what transformers' EncodecModel.from_pretrained reads offline.
@@ -222,8 +227,10 @@ def _version_files(version: ModelVersion) -> tuple[Artifact, ...]:
     """What `version` loads: its LM, its EnCodec (the file, or the pointer and the Hugging Face
     EnCodec it names), T5-base, and HT-Demucs for a melody model."""
     lm = _musicgen_file(version, layout.LM_FILE, version.lm_size, version.lm_sha256)
-    if version.ships_codec:
+    if version.ships_codec and version.codec_published:
         codec = (_musicgen_file(version, layout.CODEC_FILE, CODEC_SIZE, CODEC_SHA256),)
+    elif version.ships_codec:
+        codec = (_musicgen_file(version, layout.CODEC_FILE),)
     else:
         codec = (_musicgen_file(version, layout.CODEC_FILE), *ENCODEC_HF_FILES)
     return (lm, *codec, *T5_FILES, *((HTDEMUCS,) if version.melody else ()))
