@@ -80,7 +80,7 @@ def test_writes_exactly_the_layout_weights_py_describes(demo_root: Path) -> None
     assert {path for path in demo_root.rglob("*") if path.is_file()} == expected
     assert len(snapshot.name) == 40 and int(snapshot.name, 16) >= 0
     total = sum(path.stat().st_size for path in expected)
-    assert total < 25_000_000, f"demo weights grew to {total} bytes"
+    assert total < 45_000_000, f"demo weights grew to {total} bytes"  # ten tiny LMs, 41 MB in all
 
 
 @pytest.mark.slow

@@ -128,17 +128,17 @@ def test_bad_inputs_are_refused_naming_input_audio_in_every_mode(predictor, file
     [
         ({"duration": 61}, "duration=61 is out of range; it must be between 1 and 60."),
         (
-            {"model_version": "small"},
-            "model_version='small' is not allowed; choose one of: melody, large, encode-decode, melody-large, "
-            "stereo-large, stereo-melody-large.",
+            {"model_version": "xl"},
+            "model_version='xl' is not allowed; choose one of: melody, large, encode-decode, melody-large, "
+            "stereo-large, stereo-melody-large, small, medium, stereo-small, stereo-medium, stereo-melody.",
         ),
         ({"seed": -5}, "seed=-5 is not allowed; use an integer from 0 to 4294967295, or -1 / leave it out"),
         ({"prompt": None}, "prompt is empty and no input_audio was given; model_version='melody' needs a prompt"),
         (
             {"model_version": "large", "input_audio": "song"},
             "model_version='large' has no melody conditioning, so input_audio with continuation=False is not "
-            "supported; use a model_version with melody conditioning ('melody', 'melody-large', 'stereo-melody-large'), "
-            "or set continuation=True to continue the audio.",
+            "supported; use a model_version with melody conditioning ('melody', 'melody-large', 'stereo-melody-large', "
+            "'stereo-melody'), or set continuation=True to continue the audio.",
         ),
         ({"top_k": 2049}, "top_k=2049 is out of range; it must be between 0 and 2048."),  # the loaded codebook
     ],

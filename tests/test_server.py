@@ -89,7 +89,7 @@ def test_served_openapi_is_the_generated_schema(server):
         ({"duration": 2.5}, "duration"),  # a float for an integer
         ({"top_p": "high"}, "top_p"),
         ({"continuation": "maybe"}, "continuation"),
-        ({"model_version": "small"}, "model_version"),  # not in choices
+        ({"model_version": "xl"}, "model_version"),  # not in choices
         ({"output_format": "flac"}, "output_format"),
         ({"normalization_strategy": "none"}, "normalization_strategy"),
         ({"seed": None}, "seed"),  # explicit null: clients leave optional inputs out
@@ -112,6 +112,18 @@ def test_text_to_music(server, model_version):
     mime, samples, rate = decode_output(prediction)
     assert mime == "audio/wav"
     assert_audio(samples, rate, 2)
+
+
+def test_the_family_and_a_negative_prompt_over_http(server):
+    """small (loaded on its first request) answers; a negative prompt changes the file, and the
+    same request gives the same bytes again."""
+    inputs = {"model_version": "small", "prompt": "calm piano", "duration": 1, "seed": 3}
+    plain = server.predict(**inputs)
+    negative = server.predict(**inputs, negative_prompt="drums")
+    _, samples, rate = decode_output(negative)
+    assert_audio(samples, rate, 1)
+    assert negative["output"] != plain["output"]
+    assert server.predict(**inputs, negative_prompt="drums")["output"] == negative["output"]
 
 
 def test_melody_from_a_data_uri(server, files):

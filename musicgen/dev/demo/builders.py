@@ -82,7 +82,7 @@ from musicgen.weights.layout import (
 def write_demo_weights(root: Path) -> None:
     """Write every demo checkpoint under the weights root `root` (existing files are replaced).
 
-    Leaves the caller's random state untouched. Takes a few seconds on a CPU; about 21 MB in all.
+    Leaves the caller's random state untouched. Takes a few seconds on a CPU; about 41 MB in all.
     """
     root = Path(root)
     with torch.random.fork_rng(devices=[]):
