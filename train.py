@@ -5,9 +5,16 @@ The result is a checkpoint in audiocraft's LM export format that predict.py serv
 (COG_WEIGHTS, `python -m musicgen predict --weights`). The pipeline is musicgen/train/.
 """
 
+import time
 from typing import Optional
 
 from cog import BaseModel, Input, Path
+
+from musicgen import runtime
+
+# Cog's training server resolves file inputs before train() runs, and a training has no setup():
+# here, when its worker imports this file, dataset_path is made to arrive as the caller's text.
+runtime.for_trainings()
 
 
 class TrainingOutput(BaseModel):
@@ -101,4 +108,8 @@ def train(
         drop_vocals=drop_vocals,
         seed=seed,
     )
-    return TrainingOutput(weights=Path(fine_tune(request, settings).checkpoint))
+    started = time.time()
+    try:
+        return TrainingOutput(weights=Path(fine_tune(request, settings).checkpoint))
+    finally:
+        runtime.after_training(started)  # the runtime's folders of trainings now over

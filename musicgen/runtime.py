@@ -1,7 +1,9 @@
 """Cog's runtime (coglet 0.23.1) inside its worker: what this service changes in it, and why.
 
-Both changes apply only in the worker of Cog's HTTP server (`coglet.server.active`), installed by
-musicgen.runner at setup; the command line and Python callers never go through them.
+Both changes apply only in the worker of Cog's HTTP server (`coglet.server.active`): for
+predictions musicgen.runner installs them at setup; a training has no setup, so train.py installs
+the first when coglet imports it (`for_trainings()`) and train() calls the second when it ends.
+The command line and Python callers never go through them.
 
 1. File inputs stay URLs. For a `Path` input sent as an http(s) or data: URL, coglet calls
    `cog.types.Path.validate`, which downloads the file before predict() runs: no overall deadline,
@@ -42,6 +44,20 @@ def keep_url_inputs() -> None:
 
     types.Path.validate = classmethod(keep_text)
     log.info("input files arrive as URLs; musicgen fetches them under its own limits")
+
+
+def for_trainings() -> None:
+    """In a training server's worker: dataset_path reaches train() as the caller's text (a URL that
+    musicgen.train.source fetches under the operator's limits, or text it refuses), never as a
+    server path Cog resolved or a download Cog made without limits. Elsewhere nothing changes."""
+    if under_cog_server():
+        keep_url_inputs()
+
+
+def after_training(started: float) -> None:
+    """In a training server's worker: remove the runtime's folders of trainings now over."""
+    if under_cog_server():
+        remove_prediction_folders(started)
 
 
 def remove_prediction_folders(created_before: float, root: Path = PREDICTION_FOLDERS) -> int:

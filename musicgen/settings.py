@@ -107,6 +107,8 @@ SETTINGS = (
             "The whole download of one `input_audio` URL."),
     Setting("MUSICGEN_INPUT_MAX_MB", "input_max_mb", _positive_number, "`400`", "a positive number of MB (10^6 bytes)",
             "The largest `input_audio` a URL may deliver."),
+    Setting("MUSICGEN_DATASET_MAX_MB", "dataset_max_mb", _positive_number, "`2000`", "a positive number of MB (10^6 bytes)",
+            "The largest training `dataset_path` a URL may deliver (within `MUSICGEN_INPUT_TIMEOUT`)."),
     Setting(SLOTS_ENV, "runtime_slots", _positive_integer, "`1` (`serve`: `2`)", "a positive integer",
             "Cog's runtime slots; predictions still run one at a time (docs/operations.md)."),
     Setting(ONEDNN_CACHE_ENV, "onednn_cache_entries", _positive_integer, "`64`", "a positive integer",
@@ -132,6 +134,7 @@ class Settings:
     # 20 minutes (the longest input decoded) of 24-bit 48 kHz stereo WAV is 346 MB; every compressed
     # format of that length is far smaller.
     input_max_mb: float = 400.0
+    dataset_max_mb: float = 2000.0  # a training's archive: hours of compressed audio
     runtime_slots: int = 1  # Cog's own default
     # oneDNN's primitive cache on CPU (a convolution compiled for each input shape, with its
     # buffers): EnCodec, the resampler and MultiBand Diffusion meet a new length with almost every

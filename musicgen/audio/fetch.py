@@ -55,15 +55,22 @@ class FetchLimits:
     timeout: float
     max_bytes: int
 
+    cap_setting: str = "MUSICGEN_INPUT_MAX_MB"  # the setting `max_bytes` comes from, for messages
+
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchLimits:
         """The operator's limits: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_INPUT_MAX_MB (10^6 bytes)."""
         return cls(timeout=settings.input_timeout, max_bytes=int(settings.input_max_mb * MEGABYTE))
 
+    @classmethod
+    def for_datasets(cls, settings: Settings) -> FetchLimits:
+        """A training's dataset: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_DATASET_MAX_MB (10^6 bytes)."""
+        return cls(settings.input_timeout, int(settings.dataset_max_mb * MEGABYTE), "MUSICGEN_DATASET_MAX_MB")
+
     def describe(self) -> str:
         return (
             f"{self.timeout:g} s and {self.max_bytes / MEGABYTE:g} MB per input "
-            "(MUSICGEN_INPUT_TIMEOUT, MUSICGEN_INPUT_MAX_MB)"
+            f"(MUSICGEN_INPUT_TIMEOUT, {self.cap_setting})"
         )
 
 
@@ -94,7 +101,7 @@ def _write_data_uri(url: str, dest: Path, limits: FetchLimits, name: str) -> Non
             f"(e.g. data:audio/wav;base64,UklGR...)."
         )
     is_base64 = header.lower().split(";")[-1].strip() == "base64"
-    limit = f"at most {limits.max_bytes / MEGABYTE:g} MB (MUSICGEN_INPUT_MAX_MB)"
+    limit = f"at most {limits.max_bytes / MEGABYTE:g} MB ({limits.cap_setting})"
     if (len(payload) * 3 // 4 if is_base64 else len(payload)) > limits.max_bytes:
         raise InputError(
             f"{name} (a data: URI) holds more than {limits.max_bytes / MEGABYTE:g} MB; {limit} is allowed."
@@ -234,7 +241,7 @@ class _Transfer:
     def _too_large(self, size: str) -> str:
         return (
             f"{self.name} from {self.host} {size}; this server accepts at most "
-            f"{self.limits.max_bytes / MEGABYTE:g} MB per input (MUSICGEN_INPUT_MAX_MB). Send a compressed format "
+            f"{self.limits.max_bytes / MEGABYTE:g} MB per input ({self.limits.cap_setting}). Send a compressed format "
             f"(FLAC, MP3, ...) or a shorter file."
         )
 

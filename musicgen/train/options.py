@@ -8,6 +8,7 @@ from pathlib import Path
 from musicgen.errors import InputError
 from musicgen.limits import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED
 from musicgen.rules import check_range, set_whole_numbers, shortened
+from musicgen.train.source import check_source, is_remote
 from musicgen.versions import ENCODE_DECODE, GENERATING
 
 MIN_EPOCHS, MAX_EPOCHS = 1, 100
@@ -20,7 +21,9 @@ MAX_WARMUP_STEPS = 10_000
 class TrainRequest:
     """Every input of one training, as declared in train.py."""
 
-    dataset_path: Path | None  # an archive (zip, tar, tar.gz) of audio files and captions, or one audio file
+    # an archive (zip, tar, tar.gz) of audio files and captions, or one audio file: a local file
+    # (a Path), or over HTTP an http(s) URL or a data: URI (text; musicgen.train.source)
+    dataset_path: Path | str | None
     one_same_description: str | None = None  # the caption of files without their own .txt
     model_version: str = "melody"  # the served model whose LM is fine-tuned
     epochs: int = 3
@@ -68,6 +71,9 @@ def validate(request: TrainRequest) -> None:
         )
     if request.dataset_path is None:
         raise InputError("dataset_path is required: an archive (zip, tar, tar.gz) of audio files, or one audio file.")
+    check_source(request.dataset_path)  # text must be a URL: a path on the server is never looked at
+    if is_remote(request.dataset_path):
+        return  # fetched by the training, under the operator's limits
     path = Path(request.dataset_path)
     if not path.is_file():
         raise InputError(f"dataset_path={shortened(str(path))!r}: no such file (an archive of audio files, or one).")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import audiocraft
 
+from musicgen.audio.fetch import FetchLimits
 from musicgen.errors import InputError
 from musicgen.generate import draw_seed, seed_everything
 from musicgen.models.load import best_device
@@ -22,6 +23,7 @@ from musicgen.train.loop import train_lm
 from musicgen.train.model import load_for_training
 from musicgen.train.options import TrainRequest, validate
 from musicgen.train.segments import MIN_SEGMENT_SECONDS, make_segments
+from musicgen.train.source import local_dataset, recorded_name
 from musicgen.weights.layout import LM_FILE
 
 log = logging.getLogger(__name__)
@@ -54,14 +56,18 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
     validate(request)
     while _handed_over:
         shutil.rmtree(_handed_over.pop(), ignore_errors=True)
-    seed = draw_seed() if request.wants_random_seed else request.seed
-    log.info("fine-tuning %s with seed %d", request.model_version, seed)
-    seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
-    model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
     skipped = Skipped()
     scratch = Path(tempfile.mkdtemp(prefix="musicgen-dataset-"))
     try:
-        files = dataset_files(Path(request.dataset_path), scratch, request.one_same_description, skipped)
+        # a URL first (before the model loads: a failed download costs no loading)
+        (scratch / "download").mkdir()
+        dataset = local_dataset(request.dataset_path, scratch / "download", FetchLimits.for_datasets(settings))
+        dataset_sha256 = _sha256(dataset)
+        seed = draw_seed() if request.wants_random_seed else request.seed
+        log.info("fine-tuning %s with seed %d", request.model_version, seed)
+        seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
+        model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
+        files = dataset_files(dataset, scratch, request.one_same_description, skipped)
         segments, stats = make_segments(files, model, request.drop_vocals, skipped)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -82,8 +88,8 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
     record = {
         "base": {"model_version": request.model_version, "checkpoint": model.base.name},
         "dataset": {
-            "file": Path(request.dataset_path).name,
-            "sha256": _sha256(Path(request.dataset_path)),
+            "file": recorded_name(request.dataset_path),
+            "sha256": dataset_sha256,
             "files": stats.files,
             "segments": stats.segments,
             "seconds": round(stats.seconds, 3),

@@ -1,0 +1,123 @@
+"""Hostile and careless callers of the training endpoint, through the real server (`serve --train`).
+
+Over HTTP, dataset_path is an http(s) URL or a data: URI, fetched under the operator's limits
+(MUSICGEN_INPUT_TIMEOUT, MUSICGEN_DATASET_MAX_MB), cancellable, with nothing left behind; any
+other text (a path on the server) is refused without being looked at; the runtime's per-training
+folders go when the training ends.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from helpers import HTTP_TIMEOUT, START_TIMEOUT, FileServer, HostileSenders, Server, write_scale
+
+from musicgen.runtime import PREDICTION_FOLDERS
+
+pytestmark = pytest.mark.slow  # a training server, started once for the module
+
+TIMEOUT = 5  # s: MUSICGEN_INPUT_TIMEOUT of this module's server
+DATASET_MAX_MB = 1  # MUSICGEN_DATASET_MAX_MB of this module's server
+
+
+@pytest.fixture(scope="module")
+def trainer(demo_weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trainer")
+    (folder / "tmp").mkdir()
+    env = {
+        "TMPDIR": str(folder / "tmp"),
+        "MUSICGEN_INPUT_TIMEOUT": str(TIMEOUT),
+        "MUSICGEN_DATASET_MAX_MB": str(DATASET_MAX_MB),
+    }
+    server = Server(demo_weights, folder / "train.log", env, args=("--train",))
+    server.tmp = folder / "tmp"
+    try:
+        server.wait_for({"READY"}, START_TIMEOUT)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def senders(tmp_path):
+    senders = HostileSenders(write_scale(tmp_path / "song.wav", 2).read_bytes())
+    yield senders
+    senders.close()
+
+
+def train(trainer, dataset_path: str, training_id: str | None = None) -> dict:
+    body = {"input": {"dataset_path": dataset_path, "epochs": 1, "drop_vocals": False}}
+    if training_id:
+        body["id"] = training_id
+    response = trainer.post("/trainings", body, timeout=HTTP_TIMEOUT + 60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stray_files(trainer) -> list[Path]:
+    return sorted(path for path in trainer.tmp.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/nonexistent/songs.zip", "{readable}"])
+def test_a_server_path_is_refused_without_a_hint_of_what_exists(trainer, tmp_path, path):
+    path = path.format(readable=write_scale(tmp_path / "song.wav", 3))  # audio the server could train on
+    answer = train(trainer, path)
+    assert answer["status"] == "failed", answer
+    assert answer["error"].endswith(
+        f"InputError: dataset_path={path!r} is not a URL; give an http(s) URL or a data: URI (a local file only "
+        "from the command line, -i dataset_path=songs.zip, or as a pathlib.Path from Python)."
+    ), answer["error"]
+    assert "fine-tuning" not in answer.get("logs", "")  # refused before the model loads
+
+
+def test_a_slow_dataset_is_cut_off_at_the_deadline(trainer, senders):
+    start = time.monotonic()
+    answer = train(trainer, f"{senders.url}/slow")
+    assert answer["status"] == "failed", answer
+    host = senders.url.removeprefix("http://")
+    assert f"dataset_path: the download from {host} did not finish within {TIMEOUT} s" in answer["error"]
+    assert TIMEOUT <= time.monotonic() - start < TIMEOUT + 30  # /slow alone would take 5 hours
+    assert stray_files(trainer) == []
+
+
+def test_an_endless_dataset_stops_at_its_cap_and_is_removed(trainer, senders):
+    answer = train(trainer, f"{senders.url}/endless")
+    assert answer["status"] == "failed", answer
+    assert (
+        f"is larger than {DATASET_MAX_MB} MB; this server accepts at most {DATASET_MAX_MB} MB per input "
+        in (answer["error"])
+    )
+    assert "(MUSICGEN_DATASET_MAX_MB)" in answer["error"]
+    assert senders.sent["/endless"] < 20 * DATASET_MAX_MB * 10**6  # stopped near the cap, not at the deadline
+    assert stray_files(trainer) == []
+
+
+def test_a_cancel_stops_a_dataset_download_and_frees_the_slot(trainer, senders, tmp_path):
+    hooks = FileServer(tmp_path)
+    try:
+        body = {
+            "id": "cancel-dataset",
+            "webhook": f"{hooks.url}/hook",
+            "input": {"dataset_path": f"{senders.url}/hang", "epochs": 1},
+        }
+        response = trainer.post("/trainings", body, headers={"Prefer": "respond-async"}, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 202, response.text
+        assert senders.started.wait(HTTP_TIMEOUT), "the download never started"
+        cancel = requests.post(f"{trainer.url}/trainings/cancel-dataset/cancel", timeout=HTTP_TIMEOUT)
+        assert cancel.status_code == 200, cancel.text
+        final = hooks.wait_for_webhook("cancel-dataset", {"succeeded", "failed", "canceled"}, HTTP_TIMEOUT)
+        assert final["status"] == "canceled", final  # not the deadline's "failed"
+        assert senders.wait_closed("/hang", 15), "the connection was left open"
+        trainer.wait_for({"READY"}, HTTP_TIMEOUT)
+    finally:
+        hooks.close()
+    assert stray_files(trainer) == []
+
+
+def test_the_runtimes_folder_of_a_training_goes_when_it_ends(trainer):
+    answer = train(trainer, "/etc/hostname", training_id="folder-check")
+    assert answer["status"] == "failed"  # refused, and over: its folder is gone too
+    assert not (PREDICTION_FOLDERS / "folder-check").exists()
