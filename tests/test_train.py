@@ -309,7 +309,11 @@ def test_one_audio_file_is_a_dataset_and_is_cut_into_30_s_segments(demo_weights,
         ({"lr": 1.0}, "lr=1.0 is out of range; it must be between 1e-07 and 0.01."),
         ({"cfg_p": 1.5}, "cfg_p=1.5 is out of range"),
         ({"one_same_description": "y" * 2001}, "one_same_description is 2001 characters long; it may be at most 2000"),
-        ({"dataset_path": "/no/such/archive.zip"}, "dataset_path='/no/such/archive.zip': no such file"),
+        ({"dataset_path": Path("/no/such/archive.zip")}, "dataset_path='/no/such/archive.zip': no such file"),
+        (
+            {"dataset_path": "/etc/passwd"},
+            "dataset_path='/etc/passwd' is not a URL; give an http(s) URL or a data: URI",
+        ),
     ],
 )
 def test_training_mistakes_are_named_before_anything_loads(dataset, inputs, message):

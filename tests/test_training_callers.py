@@ -9,11 +9,12 @@ folders go when the training ends.
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import requests
-from helpers import HTTP_TIMEOUT, START_TIMEOUT, FileServer, HostileSenders, Server, write_scale
+from helpers import HTTP_TIMEOUT, START_TIMEOUT, FileServer, HostileSenders, Server, data_uri, write_scale
 
 from musicgen.runtime import PREDICTION_FOLDERS
 
@@ -121,3 +122,18 @@ def test_the_runtimes_folder_of_a_training_goes_when_it_ends(trainer):
     answer = train(trainer, "/etc/hostname", training_id="folder-check")
     assert answer["status"] == "failed"  # refused, and over: its folder is gone too
     assert not (PREDICTION_FOLDERS / "folder-check").exists()
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(trainer, tmp_path):
+    """100 MB of silence in a zip of about 0.1 MB: refused from the archive's headers, before the
+    model loads; nothing reaches the disk."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("silence.wav", bytes(100 * 10**6))
+    assert bomb.stat().st_size < 10**6
+    answer = train(trainer, data_uri(bomb, "application/zip"))
+    assert answer["status"] == "failed", answer
+    assert "dataset_path is an archive of 0.1 MB whose files would take 0.10 GB (" in answer["error"]
+    assert "at most 20 GB and 50 times is read (audio barely compresses)" in answer["error"]
+    assert "fine-tuning" not in answer.get("logs", "")
+    assert stray_files(trainer) == []

@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from musicgen.errors import InputError
 from musicgen.limits import MAX_PROMPT_CHARACTERS
 
 log = logging.getLogger(__name__)
 
 CAPTION_SUFFIX = ".txt"
 MAX_MEMBER_BYTES = 4 * 10**9  # one audio file in an archive; 20 minutes of 8-channel 96 kHz WAV is 3.7 GB
+MAX_ARCHIVE_BYTES = 20 * 10**9  # all the files of an archive, as its headers state them
+# Audio barely compresses (WAV to zip: under 2 times; FLAC, MP3: none): an archive whose files
+# would take more than this many times its own size is a zip bomb, refused before anything is read.
+MAX_COMPRESSION_RATIO = 50
 COPY_CHUNK = 1 << 20
 IGNORED_PARTS = ("__MACOSX",)  # folders archivers add; with hidden files (".DS_Store", "._song.wav")
 
@@ -66,6 +71,28 @@ def dataset_files(path: Path, scratch: Path, default_caption: str | None, skippe
             )
     else:
         yield DatasetFile(path.name, path, default_caption)
+
+
+def check_archive(path: Path) -> None:
+    """InputError for an archive whose files, as its headers state them, would take more than
+    MAX_ARCHIVE_BYTES, or more than MAX_COMPRESSION_RATIO times the archive's own size: before
+    anything is extracted (or any model loads). One audio file passes as it is."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist() if _zip_regular(info))
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path, "r:*") as archive:  # (a compressed tar's headers are read through once)
+            total = sum(info.size for info in archive.getmembers() if info.isfile())
+    else:
+        return
+    archive_bytes = Path(path).stat().st_size
+    ratio = total / max(archive_bytes, 1)
+    if total > MAX_ARCHIVE_BYTES or ratio > MAX_COMPRESSION_RATIO:
+        raise InputError(
+            f"dataset_path is an archive of {archive_bytes / 1e6:.1f} MB whose files would take {total / 1e9:.2f} GB "
+            f"({ratio:.0f} times its size); at most {MAX_ARCHIVE_BYTES / 1e9:g} GB and {MAX_COMPRESSION_RATIO} times "
+            f"is read (audio barely compresses). Send the audio itself (FLAC, MP3, WAV) in a plain archive."
+        )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from musicgen.errors import InputError
 from musicgen.generate import draw_seed, seed_everything
 from musicgen.models.load import best_device
 from musicgen.settings import Settings
-from musicgen.train.dataset import Skipped, dataset_files
+from musicgen.train.dataset import Skipped, check_archive, dataset_files
 from musicgen.train.export import write_fine_tuned
 from musicgen.train.loop import train_lm
 from musicgen.train.model import load_for_training
@@ -63,6 +63,7 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
         (scratch / "download").mkdir()
         dataset = local_dataset(request.dataset_path, scratch / "download", FetchLimits.for_datasets(settings))
         dataset_sha256 = _sha256(dataset)
+        check_archive(dataset)  # a zip bomb is refused before anything is extracted
         seed = draw_seed() if request.wants_random_seed else request.seed
         log.info("fine-tuning %s with seed %d", request.model_version, seed)
         seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
