@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -84,7 +85,10 @@ class MusicGenService:
             metadata = {"model_version": request.model_version, "seed": str(seed)}
             if request.negative_prompt:
                 metadata["negative_prompt"] = request.negative_prompt
-            stem = f"musicgen-{request.model_version}-{seed}"
+            # readable, and unique per content: two callers' files never share a name (an upload
+            # URL), while the same inputs and seed, the same bytes, keep theirs
+            digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+            stem = f"musicgen-{request.model_version}-{seed}-{digest}"
             path = encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
