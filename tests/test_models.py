@@ -528,3 +528,14 @@ def test_the_operator_chooses_which_versions_setup_loads(settings):
     assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).path.is_file()
     assert service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0)).path.is_file()
     assert list(service.models.generators) == ["large", "melody"]
+
+
+def test_sizes_are_written_in_units_that_show_them() -> None:
+    from musicgen.models.memory import format_bytes
+
+    assert [format_bytes(size) for size in (5_540_000_000, 236_001_935, 12_345, 512)] == [
+        "5.54 GB",
+        "236.0 MB",
+        "12.3 kB",
+        "512 bytes",
+    ]

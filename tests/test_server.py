@@ -114,11 +114,13 @@ def test_text_to_music(server, model_version):
     assert_audio(samples, rate, 2)
 
 
-def test_the_family_and_a_negative_prompt_over_http(server):
+def test_the_family_and_a_negative_prompt_over_http(server, demo_weights):
     """small (loaded on its first request) answers; a negative prompt changes the file, and the
-    same request gives the same bytes again."""
+    same request gives the same bytes again. The load is in the caller's logs without server paths."""
     inputs = {"model_version": "small", "prompt": "calm piano", "duration": 1, "seed": 3}
     plain = server.predict(**inputs)
+    assert "loaded small on cpu in " in plain["logs"], plain["logs"]
+    assert str(demo_weights) not in plain["logs"] and "/tmp" not in plain["logs"], plain["logs"]
     negative = server.predict(**inputs, negative_prompt="drums")
     _, samples, rate = decode_output(negative)
     assert_audio(samples, rate, 1)

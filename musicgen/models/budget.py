@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from musicgen.errors import CapacityError
-from musicgen.models.memory import GB
+from musicgen.models.memory import GB, format_bytes
 
 # Left free by the default budget for the largest generation: the 3.3 B model's 30 s attention
 # cache (1.2 GB in float16, 2.4 GB in float32 on a CPU), a CUDA graph's static buffers, EnCodec's
@@ -33,7 +33,7 @@ class MemoryBudget:
     source: str
 
     def describe(self) -> str:
-        return f"{self.limit / GB:.2f} GB ({self.source})"
+        return f"{format_bytes(self.limit)} ({self.source})"
 
 
 def device_memory(device: str) -> int:
@@ -69,8 +69,8 @@ def evictions(need: int, resident: int, budget: MemoryBudget, evictable: Mapping
     if need > free:
         kept = resident - sum(evictable.values())
         raise CapacityError(
-            f"model_version={version!r} needs {need / GB:.2f} GB and cannot be loaded: the memory budget is "
+            f"model_version={version!r} needs {format_bytes(need)} and cannot be loaded: the memory budget is "
             f"{budget.describe()}, and the models that stay resident (set up with MUSICGEN_MODEL_VERSIONS) and "
-            f"the shared modules hold {kept / GB:.2f} GB of it. The operator can raise MUSICGEN_GPU_MEMORY_GB or preload fewer models."
+            f"the shared modules hold {format_bytes(kept)} of it. The operator can raise MUSICGEN_GPU_MEMORY_GB or preload fewer models."
         )
     return chosen

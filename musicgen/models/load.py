@@ -47,9 +47,9 @@ from musicgen.models.cold_start import SharedModules, fast_loading, skipping_ran
 from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
 from musicgen.models.memory import (
-    GB,
     bound_onednn_cache,
     bound_pattern_cache,
+    format_bytes,
     format_memory,
     memory_report,
     mono_codec,
@@ -175,7 +175,7 @@ class LoadedModels:
             self._sizes[version] = self.memory_report()[f"lm:{version}"] + (graph.nbytes if graph is not None else 0)
             self._recent[version] = None
         seconds = time.perf_counter() - start
-        sizes = ", ".join(f"{version} {self._sizes[version] / GB:.2f} GB" for version in versions)
+        sizes = ", ".join(f"{version} {format_bytes(self._sizes[version])}" for version in versions)
         log.info("loaded %s on %s in %.1f s (%s)", ", ".join(versions), self.device, seconds, sizes)
 
     def evict(self, version: str) -> None:
@@ -189,7 +189,7 @@ class LoadedModels:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
         release_freed_memory()
-        log.info("evicted %s (%.2f GB) in %.2f s", version, size / GB, time.perf_counter() - start)
+        log.info("evicted %s (%s) in %.2f s", version, format_bytes(size), time.perf_counter() - start)
 
     def resident_bytes(self) -> int:
         """What the budget counts: on CUDA everything allocated, on a CPU the models' tensors."""
@@ -217,7 +217,7 @@ class LoadedModels:
                 start = time.perf_counter()
                 with skipping_random_init():
                     same = self._codecs[path] = loaders.load_compression_model(str(path.parent), device=self.device)
-                log.info("loaded the EnCodec %s in %.1f s", path, time.perf_counter() - start)
+                log.info("loaded the EnCodec %s in %.1f s", _shown(path), time.perf_counter() - start)
             codecs[version] = same
         return codecs
 
@@ -299,8 +299,14 @@ def load_lm(path: Path, device: str) -> torch.nn.Module:
             if not str(error).startswith("Error(s) in loading state_dict"):
                 raise
             raise WeightsError(f"{path} does not fit the model its own config describes: {error}") from None
-    log.info("loaded the LM %s in %.1f s", path, time.perf_counter() - start)
+    log.info("loaded the LM %s in %.1f s", _shown(path), time.perf_counter() - start)
     return lm
+
+
+def _shown(path: Path) -> str:
+    """A checkpoint as a prediction's logs name it: its folder and file, never the server's path
+    (a model loaded on first use logs inside the prediction, and Cog returns those logs to the caller)."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def assemble(name: str, codec: torch.nn.Module, lm: torch.nn.Module) -> MusicGen:

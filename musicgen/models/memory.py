@@ -82,11 +82,17 @@ def memory_report(generators: Mapping, mbd=None, device: str = "cpu", codecs=())
     return report
 
 
+def format_bytes(size: float) -> str:
+    """`5.54 GB`, `236.0 MB`, `12.3 kB` or `512 bytes`: a unit that shows the number (10^3 steps)."""
+    for unit, scale in (("GB", GB), ("MB", MB), ("kB", 1e3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.2f} GB" if unit == "GB" else f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} bytes"
+
+
 def format_memory(report: dict[str, int]) -> str:
     """`lm:melody 5.54 GB, codec 236.0 MB, ...` for the log."""
-    return ", ".join(
-        f"{name} {size / GB:.2f} GB" if size >= GB else f"{name} {size / MB:.1f} MB" for name, size in report.items()
-    )
+    return ", ".join(f"{name} {format_bytes(size)}" for name, size in report.items())
 
 
 def bound_pattern_cache(lm: torch.nn.Module, entries: int = PATTERN_CACHE_ENTRIES) -> None:
