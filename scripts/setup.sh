@@ -10,11 +10,21 @@ AUDIOCRAFT_VERSION=1.3.0
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
-  echo "setup: installing ffmpeg (Debian package)"
+# Debian packages: ffmpeg (audio), nginx with its JavaScript module (deploy/nginx/, the proxy the
+# tests start in front of the server; its service is not started).
+NGINX_JS=/usr/lib/nginx/modules/ngx_http_js_module.so
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v nginx >/dev/null \
+  || [ ! -f "$NGINX_JS" ]; then
+  echo "setup: installing ffmpeg and nginx (Debian packages)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then  # packages must not start their services here
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg nginx-light libnginx-mod-http-js >/dev/null
+  [ -z "$policy" ] || $SUDO rm -f "$policy"
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
