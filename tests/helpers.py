@@ -112,7 +112,8 @@ class HostileSenders(LoopbackServer):
 
     /file: `file` (bytes) whole, with its length; /missing: 404; /slow: declares 192 KB and trickles
     10 bytes a second; /endless: random bytes without end; /hang: headers (1000 bytes declared),
-    then silence until the client goes away; /huge: declares 10 GB. `sent` counts each path's body
+    then silence until the client goes away; /mute: no answer at all (not even headers) until the
+    client goes away; /huge: declares 10 GB. `sent` counts each path's body
     bytes, `started` is set when a body begins, `closed[path]` notes when the client went away
     (wait_closed() waits for it).
     """
@@ -142,16 +143,17 @@ class HostileSenders(LoopbackServer):
                 if self.path == "/missing":
                     self.send_error(404)
                     return
+                if self.path == "/mute":  # the request read, nothing answered
+                    outer.started.set()
+                    self._wait_for_the_client()
+                    return
                 length = {"/file": len(file), "/slow": outer.SLOW_BYTES, "/hang": 1000, "/huge": 10**10}
                 self._headers(length.get(self.path))
                 outer.started.set()
                 if self.path in ("/file", "/huge"):
                     self.wfile.write(file if self.path == "/file" else b"RIFF")
                 elif self.path == "/hang":  # nothing more: wait until the client goes away
-                    while not select.select([self.connection], [], [], 0.05)[0]:
-                        pass
-                    if self.connection.recv(1) == b"":
-                        outer.went_away(self.path)
+                    self._wait_for_the_client()
                 elif self.path in ("/slow", "/endless"):
                     block = b"\0" * outer.TRICKLE if self.path == "/slow" else np.random.bytes(1 << 16)
                     while True:
@@ -160,6 +162,12 @@ class HostileSenders(LoopbackServer):
                         outer.sent[self.path] += len(block)
                         if self.path == "/slow":
                             time.sleep(1)
+
+            def _wait_for_the_client(self):
+                while not select.select([self.connection], [], [], 0.05)[0]:
+                    pass
+                if self.connection.recv(1) == b"":
+                    outer.went_away(self.path)
 
             def _headers(self, length: int | None):
                 self.send_response(200)

@@ -98,14 +98,24 @@ def test_the_deadline_holds_against_a_silent_sender(tmp_path, sender):
     assert _went_away(sender, "/hang"), "the connection was left open"
 
 
-def test_a_cancel_in_the_waiting_thread_stops_the_transfer_at_once(tmp_path, sender):
+@pytest.mark.parametrize("path", ["/hang", "/mute"])  # waiting for the body; for the headers
+def test_the_deadline_ends_the_connection_whatever_the_sender_holds_back(tmp_path, sender, path):
+    start = time.monotonic()
+    with pytest.raises(InputError, match="did not finish within 3 s"):
+        fetch(f"{sender.url}{path}", tmp_path, LIMITS)
+    assert _went_away(sender, path), "the connection was left open"
+    assert time.monotonic() - start < CLOSE_BOUND  # not held until the helper's own 30 s stall timeout
+
+
+@pytest.mark.parametrize("path", ["/hang", "/mute"])  # waiting for the body; for the headers
+def test_a_cancel_in_the_waiting_thread_stops_the_transfer_at_once(tmp_path, sender, path):
     """Cog's runtime cancels by raising an exception in the predicting thread: the wait ends,
     the connection closes and the partial file goes."""
     outcome = {}
 
     def download():
         try:
-            fetch(f"{sender.url}/hang", tmp_path, FetchLimits(timeout=60, max_bytes=10**6))
+            fetch(f"{sender.url}{path}", tmp_path, FetchLimits(timeout=60, max_bytes=10**6))
         except BaseException as error:  # the injected cancel
             outcome["error"], outcome["at"] = error, time.monotonic()
 
@@ -118,5 +128,5 @@ def test_a_cancel_in_the_waiting_thread_stops_the_transfer_at_once(tmp_path, sen
     clear(thread.ident)
     assert isinstance(outcome["error"], PredictionCancelled)
     assert outcome["at"] - cancelled < CLOSE_BOUND  # at once: not after the 60 s deadline
-    assert _went_away(sender, "/hang"), "the connection was left open"
+    assert _went_away(sender, path), "the connection was left open"
     assert list(tmp_path.iterdir()) == []

@@ -121,6 +121,38 @@ def _write_data_uri(url: str, dest: Path, limits: FetchLimits, name: str) -> Non
     dest.write_bytes(content)
 
 
+class _TrackingAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, handing the socket of every connection it opens to `on_socket` once
+    connected: the waiting thread can then end a transfer, even one still waiting for its headers
+    (a connection lets go of its socket once the response owns it: hence the socket itself)."""
+
+    def __init__(self, on_socket):
+        self._on_socket = on_socket
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        on_socket = self._on_socket
+        pools = self.poolmanager.pool_classes_by_scheme
+
+        def tracking(pool_class):
+            class TrackingPool(pool_class):
+                def _get_conn(self, timeout=None):
+                    connection = super()._get_conn(timeout)
+                    connect = connection.connect
+
+                    def connect_and_report():
+                        connect()
+                        on_socket(connection.sock)
+
+                    connection.connect = connect_and_report
+                    return connection
+
+            return TrackingPool
+
+        self.poolmanager.pool_classes_by_scheme = {scheme: tracking(pool) for scheme, pool in pools.items()}
+
+
 class _Transfer:
     """One http(s) download: a helper thread reads into `dest`, the caller waits in WAIT_STEPs."""
 
@@ -139,8 +171,8 @@ class _Transfer:
         self.aborted = threading.Event()
         self.error: InputError | None = None
         self.complete = False  # set by the helper thread when the whole body is in `dest`
-        self.response: requests.Response | None = None
-        self.lock = threading.Lock()  # guards `response` between the two threads
+        self.sockets: list[socket.socket] = []  # every socket the helper's session opened (redirects too)
+        self.lock = threading.Lock()  # guards `sockets` between the two threads
 
     def run(self) -> None:
         helper = threading.Thread(target=self._download, name="musicgen-input-fetch", daemon=True)
@@ -164,24 +196,19 @@ class _Transfer:
             raise
 
     def _abort(self) -> None:
-        """Stop the helper thread and end the connection now, from this thread: shutting the socket
-        down both ways sends the sender its FIN at once and wakes the helper's blocked read; the
-        helper then closes the socket. (Left to the helper alone, the connection stayed open for as
-        long as a loaded machine took to schedule it.)"""
+        """Stop the helper thread and end its connections now, from this thread: shutting a socket
+        down both ways sends the sender its FIN at once and wakes the helper's blocked read (of
+        the headers or of the body); the helper then closes it. (Left to the helper alone, a
+        connection stayed open for as long as a loaded machine took to schedule it, and one still
+        waiting for its headers until STALL_TIMEOUT.)"""
         self.aborted.set()
         with self.lock:
-            response = self.response
-        if response is None:
-            return  # still in the request: the helper closes it on seeing `aborted`
-        connection = response.raw.connection
-        sock = getattr(connection, "sock", None)
-        try:
-            if sock is not None:
+            sockets = list(self.sockets)
+        for sock in sockets:  # (one still connecting reports itself later: _track)
+            try:
                 sock.shutdown(socket.SHUT_RDWR)
-            else:
-                response.raw.shutdown()  # wakes a read blocked in the socket (urllib3 >= 2.3)
-        except (OSError, ValueError, RuntimeError):
-            pass  # already closed
+            except OSError:
+                pass  # already closed
 
     def _download(self) -> None:
         try:
@@ -202,16 +229,22 @@ class _Transfer:
         finally:
             self.done.set()
 
+    def _track(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+        if self.aborted.is_set():  # aborted while it was connecting
+            self._abort()
+
     def _transfer(self) -> None:
         session = requests.Session()
         session.max_redirects = MAX_REDIRECTS
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, _TrackingAdapter(self._track))
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         with session:
             response = session.get(
                 self.url, stream=True, timeout=(CONNECT_TIMEOUT, STALL_TIMEOUT), headers=headers, allow_redirects=True
             )
-            with self.lock:
-                self.response = response
             if self.aborted.is_set():
                 response.close()
                 return
