@@ -192,6 +192,9 @@ def test_the_real_server_trains_and_then_serves_the_result(tmp_path, demo_weight
         answer = response.json()
         assert answer["status"] == "succeeded", answer.get("error") or training.log_tail()
         uri = answer["output"]["weights"]
+        # the caller reads the training's logs: names it sent and model versions, no server paths
+        assert "fine-tuned melody in " in answer["logs"]
+        assert "/tmp" not in answer["logs"] and str(demo_weights) not in answer["logs"], answer["logs"]
     finally:
         training.stop()
     checkpoint = tmp_path / "from-the-server" / LM_FILE

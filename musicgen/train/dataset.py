@@ -55,9 +55,12 @@ class Skipped(list):
         self.append((name, reason))
 
 
-def dataset_files(path: Path, scratch: Path, default_caption: str | None, skipped: Skipped) -> Iterator[DatasetFile]:
+def dataset_files(
+    path: Path, scratch: Path, default_caption: str | None, skipped: Skipped, name: str | None = None
+) -> Iterator[DatasetFile]:
     """The dataset's candidate audio files, one at a time. A member's scratch copy in `scratch`
-    exists while it is being used and is removed when the next one is read."""
+    exists while it is being used and is removed when the next one is read. `name`: what a
+    dataset of one audio file is called (default: its file's name)."""
     path = Path(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
@@ -70,7 +73,7 @@ def dataset_files(path: Path, scratch: Path, default_caption: str | None, skippe
                 members, lambda member: archive.extractfile(member.entry), scratch, default_caption, skipped
             )
     else:
-        yield DatasetFile(path.name, path, default_caption)
+        yield DatasetFile(name or path.name, path, default_caption)
 
 
 def check_archive(path: Path) -> None:

@@ -68,7 +68,8 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
         log.info("fine-tuning %s with seed %d", request.model_version, seed)
         seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
         model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
-        files = dataset_files(dataset, scratch, request.one_same_description, skipped)
+        name = recorded_name(request.dataset_path)  # what the logs and the record call a single file
+        files = dataset_files(dataset, scratch, request.one_same_description, skipped, name)
         segments, stats = make_segments(files, model, request.drop_vocals, skipped)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -118,9 +119,9 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
     checkpoint = write_fine_tuned(model.lm, model.config, request.cfg_p, record, Path(output_dir) / LM_FILE)
     seconds = time.perf_counter() - start
     log.info(
-        "fine-tuned %s in %.1f s (training %.1f s): %d steps, loss %.4f -> %.4f (first -> last epoch mean); %s",
+        "fine-tuned %s in %.1f s (training %.1f s): %d steps, loss %.4f -> %.4f (first -> last epoch mean)",
         request.model_version, seconds, trained.seconds, len(trained.losses), trained.epoch_losses[0],
-        trained.epoch_losses[-1], checkpoint,
+        trained.epoch_losses[-1],
     )  # fmt: skip
     losses, epochs, steps = tuple(trained.losses), tuple(trained.epoch_losses), tuple(trained.step_seconds)
     return TrainResult(checkpoint, seed, losses, epochs, steps, seconds, record)
