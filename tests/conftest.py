@@ -55,20 +55,12 @@ SERVER_INPUT_MAX_MB = 16
 def server(demo_weights, tmp_path_factory):
     """`python -m musicgen serve` on the demo weights, READY, shared by the session; its TMPDIR is
     `server.tmp` (empty at start), so what the worker leaves behind can be inspected."""
-    from helpers import START_TIMEOUT, Server, checkout_files
+    from helpers import checkout_files, started_server
 
-    folder = tmp_path_factory.mktemp("server")
-    (folder / "tmp").mkdir()
-    env = {
-        "TMPDIR": str(folder / "tmp"),
-        "MUSICGEN_INPUT_TIMEOUT": str(SERVER_INPUT_TIMEOUT),
-        "MUSICGEN_INPUT_MAX_MB": str(SERVER_INPUT_MAX_MB),
-    }
+    env = {"MUSICGEN_INPUT_TIMEOUT": str(SERVER_INPUT_TIMEOUT), "MUSICGEN_INPUT_MAX_MB": str(SERVER_INPUT_MAX_MB)}
     before = checkout_files()
-    server = Server(demo_weights, folder / "server.log", env)
-    server.tmp = folder / "tmp"
+    server = started_server(demo_weights, tmp_path_factory.mktemp("server"), env)
     try:
-        server.wait_for({"READY"}, START_TIMEOUT)
         server.checkout_changes = checkout_files() ^ before  # what starting it wrote into the checkout
         yield server
     finally:

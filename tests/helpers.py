@@ -254,6 +254,22 @@ class Server(ServerProcess):
         return response.json()
 
 
+def started_server(
+    weights: Path, folder: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Server:
+    """`python -m musicgen serve [args]` on `weights`, READY, its log in `folder` and its TMPDIR
+    `folder/tmp` (empty at start; `server.tmp`), so what the worker leaves behind can be inspected."""
+    (folder / "tmp").mkdir()
+    server = Server(weights, folder / "server.log", {"TMPDIR": str(folder / "tmp"), **(env or {})}, args=args)
+    server.tmp = folder / "tmp"
+    try:
+        server.wait_for({"READY"}, START_TIMEOUT)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def data_uri(path: Path, mime: str = "audio/wav") -> str:
     """A file as a data: URI, the way an HTTP caller sends it inline."""
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"

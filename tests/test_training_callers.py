@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import HTTP_TIMEOUT, START_TIMEOUT, FileServer, HostileSenders, Server, data_uri, write_scale
+from helpers import HTTP_TIMEOUT, FileServer, HostileSenders, data_uri, started_server, write_scale
 
 from musicgen.runtime import PREDICTION_FOLDERS
 
@@ -26,17 +26,9 @@ DATASET_MAX_MB = 1  # MUSICGEN_DATASET_MAX_MB of this module's server
 
 @pytest.fixture(scope="module")
 def trainer(demo_weights, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trainer")
-    (folder / "tmp").mkdir()
-    env = {
-        "TMPDIR": str(folder / "tmp"),
-        "MUSICGEN_INPUT_TIMEOUT": str(TIMEOUT),
-        "MUSICGEN_DATASET_MAX_MB": str(DATASET_MAX_MB),
-    }
-    server = Server(demo_weights, folder / "train.log", env, args=("--train",))
-    server.tmp = folder / "tmp"
+    env = {"MUSICGEN_INPUT_TIMEOUT": str(TIMEOUT), "MUSICGEN_DATASET_MAX_MB": str(DATASET_MAX_MB)}
+    server = started_server(demo_weights, tmp_path_factory.mktemp("trainer"), env, args=("--train",))
     try:
-        server.wait_for({"READY"}, START_TIMEOUT)
         yield server
     finally:
         server.stop()
