@@ -270,6 +270,27 @@ def started_server(
     return server
 
 
+def cancel_while_downloading(
+    server: Server, endpoint: str, job_id: str, inputs: dict, senders: HostileSenders, hooks_dir: Path
+) -> tuple[dict, float]:
+    """POST `inputs` to `endpoint` ("predictions" or "trainings") asynchronously as `job_id`, cancel
+    it once `senders` has begun the download, and return its final webhook and the seconds from the
+    cancel to that webhook."""
+    hooks = FileServer(hooks_dir)
+    try:
+        body = {"id": job_id, "webhook": f"{hooks.url}/hook", "input": inputs}
+        response = server.post(f"/{endpoint}", body, headers={"Prefer": "respond-async"}, timeout=HTTP_TIMEOUT)
+        assert response.status_code == 202, response.text
+        assert senders.started.wait(HTTP_TIMEOUT), "the download never started"
+        cancelled_at = time.monotonic()
+        cancel = requests.post(f"{server.url}/{endpoint}/{job_id}/cancel", timeout=HTTP_TIMEOUT)
+        assert cancel.status_code == 200, cancel.text
+        final = hooks.wait_for_webhook(job_id, {"succeeded", "failed", "canceled"}, HTTP_TIMEOUT)
+        return final, time.monotonic() - cancelled_at
+    finally:
+        hooks.close()
+
+
 def data_uri(path: Path, mime: str = "audio/wav") -> str:
     """A file as a data: URI, the way an HTTP caller sends it inline."""
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"

@@ -23,6 +23,7 @@ from helpers import (
     PREDICT_TIMEOUT,
     FileServer,
     HostileSenders,
+    cancel_while_downloading,
     data_uri,
     decode_output,
     ffmpeg,
@@ -85,25 +86,11 @@ def test_a_slow_sender_is_cut_off_at_the_download_deadline(server, senders):
 
 
 def test_cancel_stops_a_download_at_once_and_frees_the_server(server, senders, tmp_path):
-    hooks = FileServer(tmp_path)
-    try:
-        body = {
-            "id": "cancel-download",
-            "webhook": f"{hooks.url}/hook",
-            "input": {"model_version": "encode-decode", "input_audio": f"{senders.url}/hang"},
-        }
-        response = server.post("/predictions", body, headers={"Prefer": "respond-async"}, timeout=HTTP_TIMEOUT)
-        assert response.status_code == 202, response.text
-        assert senders.started.wait(HTTP_TIMEOUT), "the download never started"
-        cancelled_at = time.monotonic()
-        cancel = requests.post(f"{server.url}/predictions/cancel-download/cancel", timeout=HTTP_TIMEOUT)
-        assert cancel.status_code == 200, cancel.text
-        final = hooks.wait_for_webhook("cancel-download", {"succeeded", "failed", "canceled"}, HTTP_TIMEOUT)
-        assert final["status"] == "canceled", final  # not "failed": the deadline did not end it
-        assert time.monotonic() - cancelled_at < 30, "the cancel waited for the download"  # /hang: forever
-        ready_for_the_next(server)
-    finally:
-        hooks.close()
+    inputs = {"model_version": "encode-decode", "input_audio": f"{senders.url}/hang"}
+    final, seconds = cancel_while_downloading(server, "predictions", "cancel-download", inputs, senders, tmp_path)
+    assert final["status"] == "canceled", final  # not "failed": the deadline did not end it
+    assert seconds < 30, "the cancel waited for the download"  # /hang: forever
+    ready_for_the_next(server)
 
 
 def test_an_endless_body_stops_at_the_size_cap_and_is_removed(server, senders):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import HTTP_TIMEOUT, FileServer, HostileSenders, data_uri, started_server, write_scale
+from helpers import HTTP_TIMEOUT, HostileSenders, cancel_while_downloading, data_uri, started_server, write_scale
 
 from musicgen.runtime import PREDICTION_FOLDERS
 
@@ -89,24 +89,11 @@ def test_an_endless_dataset_stops_at_its_cap_and_is_removed(trainer, senders):
 
 
 def test_a_cancel_stops_a_dataset_download_and_frees_the_slot(trainer, senders, tmp_path):
-    hooks = FileServer(tmp_path)
-    try:
-        body = {
-            "id": "cancel-dataset",
-            "webhook": f"{hooks.url}/hook",
-            "input": {"dataset_path": f"{senders.url}/hang", "epochs": 1},
-        }
-        response = trainer.post("/trainings", body, headers={"Prefer": "respond-async"}, timeout=HTTP_TIMEOUT)
-        assert response.status_code == 202, response.text
-        assert senders.started.wait(HTTP_TIMEOUT), "the download never started"
-        cancel = requests.post(f"{trainer.url}/trainings/cancel-dataset/cancel", timeout=HTTP_TIMEOUT)
-        assert cancel.status_code == 200, cancel.text
-        final = hooks.wait_for_webhook("cancel-dataset", {"succeeded", "failed", "canceled"}, HTTP_TIMEOUT)
-        assert final["status"] == "canceled", final  # not the deadline's "failed"
-        assert senders.wait_closed("/hang", 15), "the connection was left open"
-        trainer.wait_for({"READY"}, HTTP_TIMEOUT)
-    finally:
-        hooks.close()
+    inputs = {"dataset_path": f"{senders.url}/hang", "epochs": 1}
+    final, _ = cancel_while_downloading(trainer, "trainings", "cancel-dataset", inputs, senders, tmp_path)
+    assert final["status"] == "canceled", final  # not the deadline's "failed"
+    assert senders.wait_closed("/hang", 15), "the connection was left open"
+    trainer.wait_for({"READY"}, HTTP_TIMEOUT)
     assert stray_files(trainer) == []
 
 
