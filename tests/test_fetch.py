@@ -11,7 +11,7 @@ import time
 import pytest
 from helpers import HostileSenders
 
-from musicgen.audio.fetch import STALL_TIMEOUT, FetchLimits, fetch
+from musicgen.audio.fetch import STALL_TIMEOUT, FetchLimits, _Transfer, fetch
 from musicgen.cancellation import cancel, clear
 from musicgen.errors import InputError, PredictionCancelled
 from musicgen.settings import Settings, read_settings
@@ -128,5 +128,23 @@ def test_a_cancel_in_the_waiting_thread_stops_the_transfer_at_once(tmp_path, sen
     clear(thread.ident)
     assert isinstance(outcome["error"], PredictionCancelled)
     assert outcome["at"] - cancelled < CLOSE_BOUND  # at once: not after the 60 s deadline
+    assert _went_away(sender, path), "the connection was left open"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["/hang", "/mute", "/slow"])  # no body; no headers; a trickle
+def test_the_helper_thread_alone_ends_the_transfer_at_the_deadline(tmp_path, sender, path):
+    """The waiting thread may be gone (the runtime can raise a cancel twice, the second in the
+    first one's clean-up): the transfer's watchdog keeps the deadline on its own, so the
+    connection ends and the partial file goes by then, not after the 30 s stall timeout (or
+    never, for a trickle)."""
+    limits = FetchLimits(timeout=LIMITS.timeout, max_bytes=10**6)  # /slow's declared length is within it
+    transfer = _Transfer(f"{sender.url}{path}", tmp_path / "input", limits, "input_audio")
+    start = time.monotonic()
+    helper = transfer.start()  # and nobody waits for it
+    helper.join(LIMITS.timeout + 5)
+    assert not helper.is_alive()
+    assert time.monotonic() - start < LIMITS.timeout + 2
+    assert not transfer.complete
     assert _went_away(sender, path), "the connection was left open"
     assert list(tmp_path.iterdir()) == []

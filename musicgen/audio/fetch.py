@@ -5,7 +5,8 @@ caller cannot make the server read its own files, hold the one prediction slot w
 or fill the disk with an endless body. The transfer runs in a helper thread while the calling
 thread waits in short steps: the deadline holds whatever the sender does, and a cancel (Cog's
 runtime raises CancelationException in the predicting thread) stops the wait at once, closes the
-connection and removes the partial file. Every failure is an InputError naming input_audio, the
+connection and removes the partial file. A watchdog timer ends the transfer at the deadline even
+when nobody waits for it any more. Every failure is an InputError naming input_audio, the
 host and what to do; no library text reaches the caller.
 """
 
@@ -173,27 +174,53 @@ class _Transfer:
         self.complete = False  # set by the helper thread when the whole body is in `dest`
         self.sockets: list[socket.socket] = []  # every socket the helper's session opened (redirects too)
         self.lock = threading.Lock()  # guards `sockets` between the two threads
+        self.deadline = 0.0  # time.monotonic() by which the transfer ends: set by start()
+        self.watchdog: threading.Timer | None = None
+
+    def start(self) -> threading.Thread:
+        """Start the helper thread, and a watchdog that ends the transfer at the deadline even if
+        nobody waits for it any more (the runtime may raise a cancel twice, the second in the
+        first one's clean-up): no connection or partial file outlives the deadline."""
+        self.deadline = time.monotonic() + self.limits.timeout
+        helper = threading.Thread(target=self._download, name="musicgen-input-fetch", daemon=True)
+        self.watchdog = threading.Timer(self.limits.timeout, self._abort)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+        helper.start()
+        return helper
 
     def run(self) -> None:
-        helper = threading.Thread(target=self._download, name="musicgen-input-fetch", daemon=True)
-        deadline = time.monotonic() + self.limits.timeout
-        helper.start()
+        helper = self.start()
         try:
             while not self.done.wait(WAIT_STEP):  # returns to Python every step: a cancel lands here
-                if time.monotonic() > deadline:
-                    raise InputError(
-                        f"{self.name}: the download from {self.host} did not finish within {self.limits.timeout:g} s "
-                        f"(this server's limit, MUSICGEN_INPUT_TIMEOUT); use a faster host, or a smaller file."
-                    )
-            if self.error is not None:
-                raise self.error
-            if not self.complete:
-                raise InputError(f"{self.name}: the download from {self.host} was stopped.")
+                if time.monotonic() > self.deadline:
+                    raise self._late()
+            if self.complete:
+                return
+            if time.monotonic() > self.deadline:  # the watchdog stopped it first
+                raise self._late()
+            raise self.error or InputError(f"{self.name}: the download from {self.host} was stopped.")
         except BaseException:
-            self._abort()
-            helper.join(timeout=1.0)
-            self.dest.unlink(missing_ok=True)
+            self._stop(helper)
             raise
+
+    def _late(self) -> InputError:
+        return InputError(
+            f"{self.name}: the download from {self.host} did not finish within {self.limits.timeout:g} s "
+            f"(this server's limit, MUSICGEN_INPUT_TIMEOUT); use a faster host, or a smaller file."
+        )
+
+    def _stop(self, helper: threading.Thread) -> None:
+        """End the transfer and remove its partial file; a second cancel landing meanwhile makes it
+        start again (should one still get past this, the watchdog and the helper finish the job)."""
+        while True:
+            try:
+                self._abort()
+                helper.join(timeout=1.0)
+                self.dest.unlink(missing_ok=True)
+                return
+            except BaseException:  # a second cancel: the clean-up first, the first cancel is raised after
+                continue
 
     def _abort(self) -> None:
         """Stop the helper thread and end its connections now, from this thread: shutting a socket
@@ -227,6 +254,9 @@ class _Transfer:
         else:
             self.complete = not self.aborted.is_set()
         finally:
+            self.watchdog.cancel()
+            if not self.complete:  # the helper owns its partial file
+                self.dest.unlink(missing_ok=True)
             self.done.set()
 
     def _track(self, sock: socket.socket) -> None:
