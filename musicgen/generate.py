@@ -20,7 +20,7 @@ from audiocraft.models import MusicGen
 from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.audio import levels
-from musicgen.audio.read import DecodedAudio
+from musicgen.audio.read import WHOLE_FILE, DecodedAudio, Span
 from musicgen.limits import MAX_CONTEXT, MAX_SEED
 from musicgen.models.load import LoadedModels
 from musicgen.request import Request, continuation_bounds
@@ -100,8 +100,8 @@ def melody_to_music(models: LoadedModels, request: Request, input_audio: Decoded
     the output, and it bounds the stem separation of a long file.
     """
     model = models.generator(request.model_version)
-    melody, sample_rate = input_audio
-    melody = melody[..., : int((request.duration + MAX_CONTEXT) * sample_rate)]
+    sample_rate = input_audio.sample_rate
+    melody = input_audio.between(*_melody_seconds(request))
     melody = levels.convert(melody, sample_rate, model.sample_rate, model.audio_channels)
     set_generation_params(model, request, request.duration)
     # generate_with_chroma's own conversion (a no-op at the model's rate and channels)
@@ -123,9 +123,8 @@ def continuation(models: LoadedModels, request: Request, input_audio: DecodedAud
     `generate_audio`; audiocraft is pinned), so the result is bit for bit audiocraft's.
     """
     model = models.generator(request.model_version)
-    wav, sample_rate = input_audio
-    start, end = continuation_bounds(request, input_audio.seconds)
-    window = wav[..., int(start * sample_rate) : int(end * sample_rate)]
+    sample_rate = input_audio.sample_rate
+    window = input_audio.between(*continuation_bounds(request, input_audio.seconds))
     window = levels.convert(window, sample_rate, model.sample_rate, model.audio_channels)
     frame_rate = round(model.frame_rate)  # 50 Hz (a float for the stereo and Hugging Face codecs)
     hop = model.sample_rate // frame_rate  # samples per token frame
@@ -138,6 +137,25 @@ def continuation(models: LoadedModels, request: Request, input_audio: DecodedAud
     # audiocraft counts frames as int(duration * frame_rate): half a frame more keeps it exact.
     set_generation_params(model, request, (new_frames + 0.5) / frame_rate)
     return _audio(models, request, attributes, prompt, head)
+
+
+def _melody_seconds(request: Request) -> tuple[float, float]:
+    return 0, request.duration + MAX_CONTEXT
+
+
+def input_span(request: Request) -> Span:
+    """The part of input_audio the request's mode reads: the melody's first duration + MAX_CONTEXT
+    seconds, the continuation window (at most MAX_CONTEXT seconds: a longer one is refused), or
+    the whole file for encode-decode. Only that part is kept when decoding."""
+    if request.mode == "melody":
+        return Span(*_melody_seconds(request))
+    if request.mode == "continuation":
+        start = request.continuation_start
+        end = start + MAX_CONTEXT
+        if request.continuation_end not in (None, -1):
+            end = min(end, request.continuation_end)
+        return Span(start, end)
+    return WHOLE_FILE
 
 
 def process_in_chunks(

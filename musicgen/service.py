@@ -15,7 +15,7 @@ from musicgen.audio import encode, levels, read
 from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.audio.read import DecodedAudio
 from musicgen.errors import InputError
-from musicgen.generate import draw_seed, generate
+from musicgen.generate import draw_seed, generate, input_span
 from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
 from musicgen.request import Request, validate, validate_input_audio
@@ -106,7 +106,7 @@ class MusicGenService:
         if is_url(source):
             source = fetch(source, folder, self.fetch_limits)
         try:
-            input_audio = read.load_audio(source)
+            input_audio = read.load_audio(source, span=input_span(request))  # only the part the mode reads
         finally:
             if source is not request.input_audio:
                 source.unlink(missing_ok=True)

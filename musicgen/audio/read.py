@@ -18,6 +18,11 @@ MAX_INPUT_SECONDS = 20 * 60  # 20 minutes; checked from the container metadata b
 MAX_INPUT_CHANNELS = 8  # 7.1 surround; more is refused (memory grows with channels)
 MIN_INPUT_SAMPLE_RATE = 4000  # Hz
 MAX_INPUT_SAMPLE_RATE = 192000  # Hz
+# The decoded samples a request keeps (float32, all the file's channels, at its own rate): the
+# worker's memory grows with them, so they are bounded before decoding (from the headers) and
+# while decoding (headers may understate). 480 MB: 20 minutes of stereo at 48 kHz whole
+# (encode-decode), and any continuation window or melody of up to 8 channels at 192 kHz.
+MAX_DECODED_BYTES = 480 * 10**6
 MAX_DAMAGED_FRACTION = 0.05  # undecodable packets skipped (more than one, and more than this, is refused)
 INPUT_FORMATS = "WAV, MP3, FLAC, OGG (Vorbis or Opus), M4A/AAC, AIFF, WebM/Matroska audio"
 # ffmpeg demuxers allowed to open an input. A whitelist, because some demuxers (hls, concat,
@@ -26,23 +31,49 @@ INPUT_DEMUXERS = "wav,w64,mp3,flac,ogg,mov,aac,aiff,matroska,caf,au,wv"
 OPEN_OPTIONS = {"format_whitelist": INPUT_DEMUXERS, "protocol_whitelist": "file"}
 
 
+@dataclass(frozen=True)
+class Span:
+    """The part of a file a request uses, in seconds from its start (end None: to the end of the
+    file). Sample i is kept when int(start * rate) <= i < int(end * rate), as the modes slice."""
+
+    start: float = 0.0
+    end: float | None = None
+
+    def samples(self, rate: int) -> tuple[int, int | None]:
+        return int(self.start * rate), None if self.end is None else int(self.end * rate)
+
+    def describe(self) -> str:
+        if self.start == 0 and self.end is None:
+            return "the whole file"
+        return f"{self.start:g} s to {'the end' if self.end is None else f'{self.end:g} s'}"
+
+
+WHOLE_FILE = Span()
+
+
 @dataclass(frozen=True, eq=False)
 class DecodedAudio:
-    """A decoded file: float32 samples [C, T], their rate in Hz and the channels' positions.
+    """A decoded file, or the part of it a request uses: float32 samples [C, T], their rate in Hz
+    and the channels' positions.
 
     Unpacks as `wav, sample_rate`. channel_names: ffmpeg's name for each channel (5.1: FL FR FC
     LFE BL BR); a stream that names no positions (a plain multichannel WAV) gets the layout ffmpeg
     assumes for its channel count, channels.default_layout(C), and so does a DecodedAudio made
-    without names.
+    without names. `offset`: the file's sample at wav[:, 0]; `file_samples`: the file's length
+    (None: wav is the whole file).
     """
 
     wav: torch.Tensor
     sample_rate: int
     channel_names: tuple[str, ...] = ()
+    offset: int = 0
+    file_samples: int | None = None
 
     def __post_init__(self) -> None:
         if not self.channel_names:
             object.__setattr__(self, "channel_names", default_layout(self.channels))
+        if self.file_samples is None:
+            object.__setattr__(self, "file_samples", self.offset + self.wav.shape[-1])
         assert len(self.channel_names) == self.channels, (self.channel_names, self.wav.shape)
 
     def __iter__(self) -> Iterator[torch.Tensor | int]:
@@ -55,11 +86,28 @@ class DecodedAudio:
 
     @property
     def seconds(self) -> float:
-        return self.wav.shape[-1] / self.sample_rate
+        """The whole file's length (not only the part kept)."""
+        return self.file_samples / self.sample_rate
+
+    def between(self, start: float, end: float) -> torch.Tensor:
+        """The file's samples [int(start * rate), int(end * rate)), from the part kept (which must
+        hold them: ValueError otherwise)."""
+        first, last = int(start * self.sample_rate), min(int(end * self.sample_rate), self.file_samples)
+        kept_end = self.offset + self.wav.shape[-1]
+        if first < self.offset or (last > kept_end and first < last):
+            raise ValueError(f"samples {first}-{last} asked for, {self.offset}-{kept_end} kept")
+        return self.wav[..., first - self.offset : max(first, last) - self.offset]
 
 
-def load_audio(path: Path, name: str = "input_audio") -> DecodedAudio:
-    """Decode an audio file to float32 [C, T] (integer PCM scaled to [-1, 1)) at its native rate.
+def load_audio(
+    path: Path, name: str = "input_audio", span: Span = WHOLE_FILE, max_bytes: int = MAX_DECODED_BYTES
+) -> DecodedAudio:
+    """Decode an audio file to float32 [C, T] (integer PCM scaled to [-1, 1)) at its native rate,
+    keeping only the samples of `span` (the whole file is still read: its length is checked).
+
+    The part kept may hold at most `max_bytes` as float32 (all the file's channels): checked from
+    the headers before decoding, and again while decoding; beyond it, an InputError says how large
+    it would be and what is allowed.
 
     Any container/codec in INPUT_FORMATS works, with or without a file extension (the content is
     probed). Returns (wav, sample_rate in Hz) with the file's own channel count, and the channels'
@@ -83,7 +131,7 @@ def load_audio(path: Path, name: str = "input_audio") -> DecodedAudio:
         ) from None
     with container:
         try:
-            return _decode(container, name)
+            return _decode(container, name, span, max_bytes)
         except av.FFmpegError as exc:
             raise InputError(
                 f"{name} is damaged: decoding failed ({_describe(exc)}); re-export or re-upload it ({INPUT_FORMATS})."
@@ -101,7 +149,7 @@ def _describe(exc: av.FFmpegError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
+def _decode(container: av.container.InputContainer, name: str, span: Span, max_bytes: int) -> DecodedAudio:
     if not container.streams.audio:
         raise InputError(f"{name} contains no audio stream; upload an audio file ({INPUT_FORMATS}).")
     stream = container.streams.audio[0]
@@ -111,10 +159,14 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
     codec = stream.codec_context
     if codec.sample_rate and codec.layout.nb_channels:
         _check_format(name, codec.sample_rate, codec.layout.nb_channels)
+        if declared is not None:  # the bound, from the headers: before anything is decoded
+            kept = max(0.0, min(declared, span.end if span.end is not None else declared) - span.start)
+            _check_size(name, span, kept, codec.layout.nb_channels, codec.sample_rate, max_bytes)
 
     chunks: list[np.ndarray] = []
     names: tuple[str, ...] = ()
-    rate = channels = length = packets = damaged = 0
+    rate = channels = length = packets = damaged = kept = first = 0
+    last: int | None = None
     for packet in container.demux(stream):
         packets += packet.size > 0  # the last, empty packet only flushes the decoder
         try:
@@ -124,10 +176,11 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
             continue
         for frame in frames:
             frame_channels = frame.layout.nb_channels
-            if not chunks:
+            if not rate:  # the first frame
                 rate, channels = frame.sample_rate, frame_channels
                 _check_format(name, rate, channels)
                 names = with_default_positions(channel.name for channel in frame.layout.channels)
+                first, last = span.samples(rate)
             elif (frame.sample_rate, frame_channels) != (rate, channels):
                 raise InputError(
                     f"{name} changes from {rate} Hz x {channels} channels to {frame.sample_rate} Hz x "
@@ -136,7 +189,12 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
             chunk = _frame_to_float(frame)
             if not np.isfinite(chunk).all():
                 raise InputError(f"{name} contains NaN or infinite samples; audio samples must be finite numbers.")
-            chunks.append(chunk)
+            wanted = chunk[:, max(0, first - length) : None if last is None else max(0, last - length)]
+            if wanted.shape[1]:
+                chunks.append(wanted)
+                kept += wanted.shape[1]
+                if kept * channels * 4 > max_bytes:  # the headers understated the length
+                    _check_size(name, span, None, channels, rate, max_bytes)
             length += chunk.shape[1]
             if length > (MAX_INPUT_SECONDS + 1) * rate:  # the headers understated the length
                 raise InputError(_too_long(name, None))
@@ -149,7 +207,9 @@ def _decode(container: av.container.InputContainer, name: str) -> DecodedAudio:
         raise InputError(f"{name} contains no audio samples; upload an audio file ({INPUT_FORMATS}).")
     if length < MIN_INPUT_SECONDS * rate:
         raise InputError(f"{name} is {length / rate:.3f} s long; it must be at least {MIN_INPUT_SECONDS} s of audio.")
-    return DecodedAudio(torch.from_numpy(np.concatenate(chunks, axis=1)), rate, names)
+    wav = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+    del chunks
+    return DecodedAudio(torch.from_numpy(wav), rate, names, offset=min(first, length), file_samples=length)
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
@@ -165,6 +225,21 @@ def _too_long(name: str, seconds: float | None) -> str:
     length = f"is {seconds:.1f} s long" if seconds is not None else f"is longer than {MAX_INPUT_SECONDS} s"
     limit = f"{MAX_INPUT_SECONDS} s" + (f" ({MAX_INPUT_SECONDS / 60:g} minutes)" if MAX_INPUT_SECONDS >= 60 else "")
     return f"{name} {length}; at most {limit} of audio is allowed. Trim it first."
+
+
+def _check_size(name: str, span: Span, seconds: float | None, channels: int, rate: int, max_bytes: int) -> None:
+    """InputError when `seconds` of `span` (None: more than allowed, found while decoding) at
+    `channels` x `rate` would decode to more than `max_bytes` of float32."""
+    size = None if seconds is None else seconds * channels * rate * 4
+    if size is not None and size <= max_bytes:
+        return
+    amount = f"more than {max_bytes / 1e9:g} GB" if size is None else f"{size / 1e9:.2f} GB ({seconds:.1f} s)"
+    raise InputError(
+        f"{name}: the part this request uses ({span.describe()}) would decode to {amount}, as 32-bit samples of "
+        f"all its {channels} channel(s) at {rate} Hz; at most {max_bytes / 1e9:g} GB is decoded per request "
+        f"({max_bytes / (4 * 2 * 48000 * 60):.1f} minutes of stereo at 48 kHz). Send fewer channels, a lower "
+        f"sample rate, or a shorter file."
+    )
 
 
 def _check_format(name: str, rate: int, channels: int) -> None:
