@@ -27,7 +27,7 @@ from musicgen.request import Request, continuation_bounds
 from musicgen.versions import ENCODE_DECODE
 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
-CODEC_CHUNK = 30  # seconds of audio per EnCodec pass in encode-decode (bounds the memory)
+CODEC_CHUNK = 10  # seconds of one channel per EnCodec pass in encode-decode (bounds the memory)
 CODEC_OVERLAP = 1  # seconds shared by neighbouring chunks, cross-faded
 
 
@@ -188,26 +188,29 @@ def encode_decode(models: LoadedModels, request: Request, input_audio: DecodedAu
     """input_audio at the codec's rate through EnCodec and back, each channel on its own.
 
     The codec is mono: every channel of the input (mono, stereo, 5.1, ...) is encoded and decoded
-    separately and the output keeps the input's channels in their order. Long files go through
-    in CODEC_CHUNK-second pieces cross-faded over CODEC_OVERLAP seconds, so memory stays bounded.
+    separately (resampled, encoded and decoded one channel at a time) and the output keeps the
+    input's channels in their order. Long files go through in CODEC_CHUNK-second pieces
+    cross-faded over CODEC_OVERLAP seconds, so memory stays bounded.
     Returns [C, T]: the input's channels and length at the codec's rate.
     """
     codec = models.codec
     wav, sample_rate = input_audio
-    wav = levels.convert(wav, sample_rate, codec.sample_rate, wav.shape[0])
-    channels = wav[:, None, :].to(models.device)  # [C, 1, T]: channels as a batch of mono signals
+    rate = codec.sample_rate
 
     def roundtrip(chunk: torch.Tensor) -> torch.Tensor:
         codes, scale = codec.encode(chunk)
         assert scale is None, "MusicGen's EnCodec does not renormalize"
-        if request.multi_band_diffusion:  # one channel at a time: MBD matches its EQ over the whole batch
-            decoded = torch.cat([models.mbd.tokens_to_wav(channel[None]) for channel in codes])
-        else:
-            decoded = codec.decode(codes)
+        decoded = models.mbd.tokens_to_wav(codes) if request.multi_band_diffusion else codec.decode(codes)
         return decoded[..., : chunk.shape[-1]]
 
-    rate = codec.sample_rate
-    return process_in_chunks(channels, roundtrip, CODEC_CHUNK * rate, CODEC_OVERLAP * rate)[:, 0, :]
+    out = None
+    for index in range(wav.shape[0]):  # one channel at a time: the codec's activations grow with the batch
+        channel = levels.convert(wav[index : index + 1], sample_rate, rate, 1).to(models.device)
+        coded = process_in_chunks(channel[None], roundtrip, CODEC_CHUNK * rate, CODEC_OVERLAP * rate)[0, 0]
+        if out is None:
+            out = torch.empty(wav.shape[0], coded.shape[-1], device=coded.device)
+        out[index] = coded
+    return out
 
 
 Mode = Callable[[LoadedModels, Request, DecodedAudio | None], torch.Tensor]

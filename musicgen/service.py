@@ -87,7 +87,7 @@ class MusicGenService:
                 metadata["negative_prompt"] = request.negative_prompt
             # readable, and unique per content: two callers' files never share a name (an upload
             # URL), while the same inputs and seed, the same bytes, keep theirs
-            digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+            digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().data).hexdigest()[:12]  # no copy
             stem = f"musicgen-{request.model_version}-{seed}-{digest}"
             path = encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
         except BaseException:

@@ -228,10 +228,10 @@ def test_long_files_go_through_the_codec_in_bounded_chunks(predictor, audio_dir,
     def recording(signal, step, chunk, overlap):
         return process(signal, lambda piece: lengths.append(piece.shape[-1]) or step(piece), chunk, overlap)
 
-    monkeypatch.setattr(generate, "CODEC_CHUNK", 3)  # seconds (30 in service), overlapping by 1 s
+    monkeypatch.setattr(generate, "CODEC_CHUNK", 3)  # seconds (10 in service), overlapping by 1 s
     monkeypatch.setattr(generate, "process_in_chunks", recording)
     chunked = predict(predictor, model_version="encode-decode", input_audio=source, normalization_strategy="clip")
-    assert lengths == [3 * RATE, 3 * RATE, round(5.3 * RATE) - 4 * RATE]  # at 0, 2 and 4 s
+    assert lengths == [3 * RATE, 3 * RATE, round(5.3 * RATE) - 4 * RATE] * 2  # at 0, 2 and 4 s; each channel
     assert chunked.samples.shape == whole.samples.shape == (round(5.3 * RATE), 2)
     assert_continuous(chunked.samples)
     start = slice(0, int(1.5 * RATE))  # before the first seam the chunk and the whole file agree

@@ -64,10 +64,17 @@ def write_output(
     return path
 
 
+PCM_CHUNK = 1 << 20  # samples per channel converted at a time (the float64 steps stay small)
+
+
 def _pcm16(wav: torch.Tensor) -> np.ndarray:
-    """[C, T] float -> [T, C] int16, full scale 32768, clipped."""
-    scaled = (wav.detach().cpu().double() * 2**15).round().clamp(-(2**15), 2**15 - 1)
-    return np.ascontiguousarray(scaled.short().numpy().T)
+    """[C, T] float -> [T, C] int16, full scale 32768, clipped (in pieces: elementwise, so exact)."""
+    wav = wav.detach().cpu()
+    pcm = np.empty((wav.shape[-1], wav.shape[0]), np.int16)
+    for start in range(0, wav.shape[-1], PCM_CHUNK):
+        piece = wav[:, start : start + PCM_CHUNK].double()
+        pcm[start : start + PCM_CHUNK] = (piece * 2**15).round().clamp(-(2**15), 2**15 - 1).short().numpy().T
+    return pcm
 
 
 def _write_wav(pcm: np.ndarray, sample_rate: int, path: Path, comment: str) -> None:

@@ -20,9 +20,9 @@ MIN_INPUT_SAMPLE_RATE = 4000  # Hz
 MAX_INPUT_SAMPLE_RATE = 192000  # Hz
 # The decoded samples a request keeps (float32, all the file's channels, at its own rate): the
 # worker's memory grows with them, so they are bounded before decoding (from the headers) and
-# while decoding (headers may understate). 480 MB: 20 minutes of stereo at 48 kHz whole
+# while decoding (headers may understate). 560 MB: 20 minutes of stereo at 48 kHz whole
 # (encode-decode), and any continuation window or melody of up to 8 channels at 192 kHz.
-MAX_DECODED_BYTES = 480 * 10**6
+MAX_DECODED_BYTES = 560 * 10**6
 MAX_DAMAGED_FRACTION = 0.05  # undecodable packets skipped (more than one, and more than this, is refused)
 INPUT_FORMATS = "WAV, MP3, FLAC, OGG (Vorbis or Opus), M4A/AAC, AIFF, WebM/Matroska audio"
 # ffmpeg demuxers allowed to open an input. A whitelist, because some demuxers (hls, concat,
@@ -163,9 +163,9 @@ def _decode(container: av.container.InputContainer, name: str, span: Span, max_b
             kept = max(0.0, min(declared, span.end if span.end is not None else declared) - span.start)
             _check_size(name, span, kept, codec.layout.nb_channels, codec.sample_rate, max_bytes)
 
-    chunks: list[np.ndarray] = []
+    collected: _Collected | None = None
     names: tuple[str, ...] = ()
-    rate = channels = length = packets = damaged = kept = first = 0
+    rate = channels = length = packets = damaged = first = 0
     last: int | None = None
     for packet in container.demux(stream):
         packets += packet.size > 0  # the last, empty packet only flushes the decoder
@@ -181,6 +181,9 @@ def _decode(container: av.container.InputContainer, name: str, span: Span, max_b
                 _check_format(name, rate, channels)
                 names = with_default_positions(channel.name for channel in frame.layout.channels)
                 first, last = span.samples(rate)
+                stated = None if declared is None else int(declared * rate)
+                expected = 0 if stated is None else max(0, (stated if last is None else min(stated, last)) - first)
+                collected = _Collected(channels, min(expected, max_bytes // (4 * channels)))
             elif (frame.sample_rate, frame_channels) != (rate, channels):
                 raise InputError(
                     f"{name} changes from {rate} Hz x {channels} channels to {frame.sample_rate} Hz x "
@@ -191,9 +194,8 @@ def _decode(container: av.container.InputContainer, name: str, span: Span, max_b
                 raise InputError(f"{name} contains NaN or infinite samples; audio samples must be finite numbers.")
             wanted = chunk[:, max(0, first - length) : None if last is None else max(0, last - length)]
             if wanted.shape[1]:
-                chunks.append(wanted)
-                kept += wanted.shape[1]
-                if kept * channels * 4 > max_bytes:  # the headers understated the length
+                collected.add(wanted)
+                if collected.samples * channels * 4 > max_bytes:  # the headers understated the length
                     _check_size(name, span, None, channels, rate, max_bytes)
             length += chunk.shape[1]
             if length > (MAX_INPUT_SECONDS + 1) * rate:  # the headers understated the length
@@ -207,9 +209,33 @@ def _decode(container: av.container.InputContainer, name: str, span: Span, max_b
         raise InputError(f"{name} contains no audio samples; upload an audio file ({INPUT_FORMATS}).")
     if length < MIN_INPUT_SECONDS * rate:
         raise InputError(f"{name} is {length / rate:.3f} s long; it must be at least {MIN_INPUT_SECONDS} s of audio.")
-    wav = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
-    del chunks
+    wav = collected.array()
+    del collected
     return DecodedAudio(torch.from_numpy(wav), rate, names, offset=min(first, length), file_samples=length)
+
+
+class _Collected:
+    """The samples kept, written into one array of the length the headers state (so a file whose
+    headers are right is never held twice), extended past it when they understated it."""
+
+    def __init__(self, channels: int, expected: int):
+        self.buffer = np.empty((channels, expected), np.float32)  # pages become resident as they are written
+        self.samples = 0
+        self.beyond: list[np.ndarray] = []
+
+    def add(self, chunk: np.ndarray) -> None:
+        room = min(self.buffer.shape[1] - self.samples, chunk.shape[1]) if not self.beyond else 0
+        self.buffer[:, self.samples : self.samples + room] = chunk[:, :room]
+        if room < chunk.shape[1]:
+            self.beyond.append(chunk[:, room:])
+        self.samples += chunk.shape[1]
+
+    def array(self) -> np.ndarray:
+        if self.beyond:
+            return np.concatenate([self.buffer, *self.beyond], axis=1)
+        if self.samples == self.buffer.shape[1]:
+            return self.buffer
+        return np.ascontiguousarray(self.buffer[:, : self.samples])  # the headers overstated the length
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
