@@ -205,7 +205,7 @@ def encode_decode(models: LoadedModels, request: Request, input_audio: DecodedAu
 
     out = None
     for index in range(wav.shape[0]):  # one channel at a time: the codec's activations grow with the batch
-        channel = levels.convert(wav[index : index + 1], sample_rate, rate, 1).to(models.device)
+        channel = levels.resample_in_pieces(wav[index : index + 1], sample_rate, rate).to(models.device)
         coded = process_in_chunks(channel[None], roundtrip, CODEC_CHUNK * rate, CODEC_OVERLAP * rate)[0, 0]
         if out is None:
             out = torch.empty(wav.shape[0], coded.shape[-1], device=coded.device)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import av
+import julius
 import numpy as np
 import torch
 import torchaudio
@@ -39,6 +40,32 @@ def convert(wav: torch.Tensor, from_rate: int, to_rate: int, channels: int) -> t
     else:
         wav = torch.cat([_swresample(channel, from_rate, to_rate) for channel in wav])
     return wav.contiguous()
+
+
+def resample_in_pieces(wav: torch.Tensor, from_rate: int, to_rate: int, piece: int = 1 << 20) -> torch.Tensor:
+    """convert()'s resampling of [C, T] in pieces of about `piece` input samples, each given the
+    neighbouring samples its filter reaches: the same filter and the same edges as the whole
+    signal at once (up to float rounding), in memory that does not grow with the length (the
+    sinc convolution of a whole 20-minute channel takes gigabytes)."""
+    from_rate, to_rate = int(from_rate), int(to_rate)
+    if from_rate == to_rate:
+        return wav
+    if not _julius_is_cheap(from_rate, to_rate):
+        return convert(wav, from_rate, to_rate, wav.shape[0])
+    resampler = julius.ResampleFrac(from_rate, to_rate).to(wav)
+    old, new, width = resampler.old_sr, resampler.new_sr, resampler._width
+    length = wav.shape[-1]
+    blocks = -(-(length + old) // old)  # the conv's output blocks over the padded signal (as julius pads)
+    step = max(1, piece // old)  # blocks per piece
+    out = []
+    for first in range(0, blocks, step):
+        last = min(blocks, first + step)
+        # padded[p] = wav[clamp(p - width)]: replicate padding, as julius does at the true ends
+        index = torch.arange(first * old - width, (last - 1) * old - width + 2 * width + old, device=wav.device)
+        window = wav[:, index.clamp(0, length - 1)]
+        ys = torch.nn.functional.conv1d(window[:, None], resampler.kernel, stride=old)
+        out.append(ys.transpose(1, 2).reshape(wav.shape[0], -1))
+    return torch.cat(out, dim=-1)[:, : length * new // old].contiguous()
 
 
 def _julius_is_cheap(from_rate: int, to_rate: int) -> bool:

@@ -20,9 +20,9 @@ MIN_INPUT_SAMPLE_RATE = 4000  # Hz
 MAX_INPUT_SAMPLE_RATE = 192000  # Hz
 # The decoded samples a request keeps (float32, all the file's channels, at its own rate): the
 # worker's memory grows with them, so they are bounded before decoding (from the headers) and
-# while decoding (headers may understate). 560 MB: 20 minutes of stereo at 48 kHz whole
-# (encode-decode), and any continuation window or melody of up to 8 channels at 192 kHz.
-MAX_DECODED_BYTES = 560 * 10**6
+# while decoding (headers may understate). 400 MB: 17 minutes of stereo at 48 kHz (encode-decode
+# reads the whole file), any continuation window, a melody of up to 8 channels at 96 kHz.
+MAX_DECODED_BYTES = 400 * 10**6
 MAX_DAMAGED_FRACTION = 0.05  # undecodable packets skipped (more than one, and more than this, is refused)
 INPUT_FORMATS = "WAV, MP3, FLAC, OGG (Vorbis or Opus), M4A/AAC, AIFF, WebM/Matroska audio"
 # ffmpeg demuxers allowed to open an input. A whitelist, because some demuxers (hls, concat,

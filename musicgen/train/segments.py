@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from audiocraft.data.audio_utils import convert_audio_channels
 
 from musicgen.audio import levels
 from musicgen.audio.read import load_audio
@@ -57,19 +58,26 @@ def make_segments(
         except InputError as error:
             skipped.add(file.name, str(error))
             continue
-        wav = levels.convert(audio.wav, audio.sample_rate, model.sample_rate, model.channels)
-        if drop_vocals:
-            wav = model.without_vocals(wav)
+        # in pieces: the sinc filter and HT-Demucs over a whole long file take gigabytes
+        wav = convert_audio_channels(audio.wav, model.channels)
+        wav = levels.resample_in_pieces(wav, audio.sample_rate, model.sample_rate)
+        file_seconds = audio.seconds
+        del audio
         pieces = _cut(wav, model.sample_rate)
         if not pieces:
-            skipped.add(file.name, f"{audio.seconds:.2f} s long; a segment must be at least {MIN_SEGMENT_SECONDS} s")
+            skipped.add(
+                file.name,
+                f"{file_seconds:.2f} s long; a segment must be at least {MIN_SEGMENT_SECONDS} s",
+            )
             continue
         for piece in pieces:
+            if drop_vocals:  # each segment on its own
+                piece = model.without_vocals(piece)
             segments.append(Segment(model.tokens(piece), file.caption, model.chroma(piece), piece.shape[-1], file.name))
         stats.files += 1
         stats.segments += len(pieces)
         stats.seconds += wav.shape[-1] / model.sample_rate
-        log.info("%s: %d segment(s), %.1f s, caption: %s", file.name, len(pieces), audio.seconds, _quoted(file.caption))
+        log.info("%s: %d segment(s), %.1f s, caption: %s", file.name, len(pieces), file_seconds, _quoted(file.caption))
     return segments, stats
 
 
