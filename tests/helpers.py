@@ -66,6 +66,20 @@ def sines(seconds: float, rate: int, channels: int = 1, amplitude: float = 0.3) 
     return np.stack([amplitude * np.sin(2 * np.pi * FREQUENCIES[k] * t) for k in range(channels)], axis=1)
 
 
+def header_declaring(tmp_path: Path, seconds_declared: float, rate: int, channels: int, seconds_held: float) -> Path:
+    """A FLAC file whose STREAMINFO states `seconds_declared` but which holds `seconds_held` (a cut
+    upload, or a lie): what the bound reads from the headers before decoding."""
+    path = tmp_path / "declared.flac"
+    soundfile.write(path, np.tile(sines(seconds_held, rate), (1, channels)), rate, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    fields = int.from_bytes(data[18:26], "big")  # rate (20 bits), channels (3), bits (5), total samples (36)
+    fields = (fields & ~((1 << 36) - 1)) | int(seconds_declared * rate)
+    data[18:26] = fields.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
 def write_scale(
     path: Path,
     seconds: float,

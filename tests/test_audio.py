@@ -10,7 +10,7 @@ import soundfile
 import torch
 import torchaudio
 from audiocraft.data.audio_utils import normalize_audio
-from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, sines
+from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, header_declaring, sines
 
 from musicgen.audio import read
 from musicgen.audio.channels import bs1770_weights, default_layout, undefined_for_loudness
@@ -241,6 +241,58 @@ def test_load_audio_refuses_long_files_whose_header_states_no_length(tmp_path, m
         assert container.duration is None and container.streams.audio[0].duration is None
     with pytest.raises(InputError, match=r"^input_audio is longer than 2 s; at most 2 s of audio is allowed"):
         load_audio(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Only the part a request uses, within the decoded-size bound
+
+
+@pytest.mark.parametrize("fmt", ["wav-pcm16", "flac", "mp3", "m4a-aac"])
+@pytest.mark.parametrize(("start", "end"), [(0.1, 0.3), (0.0, 0.25), (0.3, None), (0.2, 9.0)])
+def test_a_span_keeps_exactly_the_samples_the_whole_decode_has_there(tmp_path, fmt, start, end):
+    path = encode(tmp_path, "input", 44100, 2, fmt)
+    whole = load_audio(path)
+    part = load_audio(path, span=read.Span(start, end))
+    assert part.seconds == whole.seconds  # the file's length, for the continuation rules
+    assert part.channel_names == whole.channel_names and part.sample_rate == whole.sample_rate
+    last = whole.seconds if end is None else min(end, whole.seconds)
+    assert torch.equal(part.between(start, last), whole.wav[:, int(start * 44100) : int(last * 44100)])
+    assert part.wav.shape[-1] < whole.wav.shape[-1]
+    with pytest.raises(ValueError, match="kept"):  # not kept: a mode asking for it is a bug, never a silent cut
+        part.between(0, 0.05) if start > 0 else part.between(0.26, 0.45)
+
+
+def test_the_bound_refuses_from_the_headers_before_decoding(tmp_path, monkeypatch):
+    path = header_declaring(tmp_path, 600, 192000, 8, 0.5)  # states 10 minutes of 7.1 at 192 kHz
+    decoded = []
+    monkeypatch.setattr(read, "_frame_to_float", lambda frame: decoded.append(frame))
+    with pytest.raises(InputError) as refused:
+        load_audio(path)
+    assert str(refused.value) == (
+        "input_audio: the part this request uses (the whole file) would decode to 3.69 GB (600.0 s), as 32-bit "
+        "samples of all its 8 channel(s) at 192000 Hz; at most 0.4 GB is decoded per request (17.4 minutes of "
+        "stereo at 48 kHz). Send fewer channels, a lower sample rate, or a shorter file."
+    )
+    assert not decoded
+
+
+def test_the_bound_counts_only_the_span_a_request_uses(tmp_path):
+    path = header_declaring(tmp_path, 600, 192000, 8, 0.5)
+    part = load_audio(path, span=read.Span(0, 38))  # a melody of 8 s: 38 s x 8 x 192 kHz = 0.23 GB
+    assert part.wav.shape == (8, 96000) and part.seconds == 0.5  # what the cut file holds
+
+
+def test_the_bound_holds_while_decoding_when_the_headers_understate(tmp_path):
+    source = tmp_path / "source.wav"
+    soundfile.write(source, sines(3, 8000, 2), 8000, subtype="PCM_16")
+    path = tmp_path / "streamed.mka"
+    with path.open("wb") as out:  # written to a pipe, Matroska carries no duration
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(source), "-f", "matroska", "-"],
+                       stdout=out, check=True)  # fmt: skip
+    with pytest.raises(InputError, match=r"^dataset file: the part this request uses \(the whole file\) would "
+                       r"decode to more than 0\.0001 GB, as 32-bit samples of all its 2 channel"):  # fmt: skip
+        load_audio(path, name="dataset file", max_bytes=100_000)  # 1.56 s of it
+    assert load_audio(path, span=read.Span(0, 1), max_bytes=100_000).wav.shape == (2, 8000)
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from helpers import (
     data_uri,
     decode_output,
     ffmpeg,
+    header_declaring,
     run_cli,
     write_scale,
 )
@@ -68,6 +69,25 @@ def output_files(server) -> list[Path]:
     strays = [path for path in files if not (path.parent.name.startswith("musicgen-") and path.suffix == ".wav")]
     assert strays == [], strays
     return files
+
+
+# --------------------------------------------------------------------------------------------
+# 0. Decoding: only the part a request uses, within the bound
+
+
+def test_an_input_too_large_to_decode_is_refused_before_any_model_work(server, tmp_path):
+    """10 minutes of 7.1 at 192 kHz in a 0.1 MB upload (its header says so): encode-decode would
+    keep it whole, 3.69 GB, and is refused from the header; a melody keeps its first seconds only."""
+    upload = data_uri(header_declaring(tmp_path, 600, 192000, 8, 0.25))
+    error = failed_with(server, model_version="encode-decode", input_audio=upload)
+    assert error.endswith(
+        "input_audio: the part this request uses (the whole file) would decode to 3.69 GB (600.0 s), as 32-bit "
+        "samples of all its 8 channel(s) at 192000 Hz; at most 0.4 GB is decoded per request (17.4 minutes of "
+        "stereo at 48 kHz). Send fewer channels, a lower sample rate, or a shorter file."
+    ), error
+    answer = server.predict(model_version="melody", prompt="a scale", input_audio=upload, duration=1, seed=2)
+    assert answer["status"] == "succeeded", answer  # seconds 0 to 31 of it: 0.19 GB at most
+    output_files(server)  # nothing but answers left behind
 
 
 # --------------------------------------------------------------------------------------------

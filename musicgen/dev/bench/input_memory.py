@@ -71,9 +71,17 @@ STEREO_WHOLE = Source(
 SEVEN_ONE_WHOLE = Source("seven-one-48k.flac", int(MAX_DECODED_BYTES / (4 * 8 * 48000)), 48000, 8)
 TRAINING = Source("training-stereo-48k.flac", STEREO_WHOLE.seconds, 48000, 2)
 
+# the longest melody of that file within the bound (a melody keeps duration + 30 s)
+MELODY_DURATION = int(MAX_DECODED_BYTES / (4 * SEVEN_ONE.channels * SEVEN_ONE.rate)) - 30
 # (label, source, request inputs, accepted?)
 PREDICTIONS = [
-    ("melody 60 s of a 20 min 7.1 192 kHz file", SEVEN_ONE, {"model_version": "melody", "duration": 60}, True),
+    (
+        f"melody {MELODY_DURATION} s of a 20 min 7.1 192 kHz file",
+        SEVEN_ONE,
+        {"model_version": "melody", "duration": MELODY_DURATION},
+        True,
+    ),
+    ("melody 60 s of the same file (refused)", SEVEN_ONE, {"model_version": "melody", "duration": 60}, False),
     (
         "continuation: a 30 s window of the same file",
         SEVEN_ONE,
