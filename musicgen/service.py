@@ -81,6 +81,7 @@ class MusicGenService:
             generate_seconds = time.perf_counter() - start
             # encode-decode keeps the input's channels (and loudness weighs them by position)
             layout = input_audio.channel_names if request.mode == ENCODE_DECODE else None
+            input_audio = None  # its samples (up to read.MAX_DECODED_BYTES) go before the output's steps
             wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
             metadata = {"model_version": request.model_version, "seed": str(seed)}
             if request.negative_prompt:

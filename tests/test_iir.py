@@ -81,3 +81,15 @@ def test_normalize_installs_it_and_thirty_seconds_of_stereo_take_well_under_a_se
     assert filtering._lfilter_core_loop is iir.lfilter_core
     assert torchaudio.functional.loudness(out, 32000).item() == pytest.approx(-14, abs=0.05)
     assert elapsed < 15, f"loudness normalization of 30 s took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("length", [5, iir.PIECE - 1, 2 * iir.PIECE + 3])
+def test_lfilter_in_pieces_gives_torchaudios_one_pass_bit_for_bit(length):
+    """The BS.1770 biquads over pieces (the FIR part with the samples before each, the IIR part with
+    its state) equal torchaudio's one pass exactly, whatever the length against the piece size."""
+    generator = torch.Generator().manual_seed(length)
+    signal = torch.rand(2, 3, length, generator=generator) - 0.5
+    a_coeffs = torch.tensor([[1.0, -1.6, 0.7], [1.0, -1.9, 0.91], [2.0, -0.5, 0.1]])
+    b_coeffs = torch.tensor([[0.2, 0.3, 0.1], [1.0, -2.0, 1.0], [0.5, 0.25, -0.1]])
+    whole = iir._torchaudio_lfilter(signal, a_coeffs, b_coeffs)
+    assert torch.equal(iir.lfilter_in_pieces(signal, a_coeffs, b_coeffs), whole)
