@@ -270,7 +270,7 @@ def test_the_bound_refuses_from_the_headers_before_decoding(tmp_path, monkeypatc
         load_audio(path)
     assert str(refused.value) == (
         "input_audio: the part this request uses (the whole file) would decode to 3.69 GB (600.0 s), as 32-bit "
-        "samples of all its 8 channel(s) at 192000 Hz; at most 0.4 GB is decoded per request (17.4 minutes of "
+        "samples of all its 8 channel(s) at 192000 Hz; at most 0.32 GB is decoded per request (13.9 minutes of "
         "stereo at 48 kHz). Send fewer channels, a lower sample rate, or a shorter file."
     )
     assert not decoded

@@ -82,7 +82,7 @@ def test_an_input_too_large_to_decode_is_refused_before_any_model_work(server, t
     error = failed_with(server, model_version="encode-decode", input_audio=upload)
     assert error.endswith(
         "input_audio: the part this request uses (the whole file) would decode to 3.69 GB (600.0 s), as 32-bit "
-        "samples of all its 8 channel(s) at 192000 Hz; at most 0.4 GB is decoded per request (17.4 minutes of "
+        "samples of all its 8 channel(s) at 192000 Hz; at most 0.32 GB is decoded per request (13.9 minutes of "
         "stereo at 48 kHz). Send fewer channels, a lower sample rate, or a shorter file."
     ), error
     answer = server.predict(model_version="melody", prompt="a scale", input_audio=upload, duration=1, seed=2)

@@ -20,9 +20,10 @@ MIN_INPUT_SAMPLE_RATE = 4000  # Hz
 MAX_INPUT_SAMPLE_RATE = 192000  # Hz
 # The decoded samples a request keeps (float32, all the file's channels, at its own rate): the
 # worker's memory grows with them, so they are bounded before decoding (from the headers) and
-# while decoding (headers may understate). 400 MB: 17 minutes of stereo at 48 kHz (encode-decode
-# reads the whole file), any continuation window, a melody of up to 8 channels at 96 kHz.
-MAX_DECODED_BYTES = 400 * 10**6
+# while decoding (headers may understate). 320 MB: 13.9 minutes of stereo at 48 kHz (encode-decode
+# reads the whole file), any continuation window, a melody of up to 8 channels at 96 kHz. With it
+# the worker's peak stays under 1.5 GB over idle (docs/memory.md, "Large inputs").
+MAX_DECODED_BYTES = 320 * 10**6
 MAX_DAMAGED_FRACTION = 0.05  # undecodable packets skipped (more than one, and more than this, is refused)
 INPUT_FORMATS = "WAV, MP3, FLAC, OGG (Vorbis or Opus), M4A/AAC, AIFF, WebM/Matroska audio"
 # ffmpeg demuxers allowed to open an input. A whitelist, because some demuxers (hls, concat,
