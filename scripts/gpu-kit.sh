@@ -40,11 +40,18 @@ weasel cloudpathlib smart-open"
 unused="sphn httpcore2 httpx2"
 skip=" $(echo $image $standin $unused) "
 
-binary=() pure=()
+# Versions the image is known to hold (KINDS.md's pip list); for the others our pins stand in.
+declare -A image_versions=([transformers]=5.17.0 [huggingface-hub]=1.33.0 [tokenizers]=0.23.2
+  [safetensors]=0.8.0 [torchmetrics]=1.9.0)
+
+binary=() pure=() in_image=("sentencepiece==0.2.2")
 while IFS= read -r line; do
   [[ -z "$line" || "$line" == \#* || "$line" != *==* ]] && continue
   name="${line%%==*}"
   key="$(echo "$name" | tr 'A-Z_.' 'a-z--')"
+  if [[ " $(echo $image) " == *" $key "* && "$key" != torch && "$key" != torchaudio ]]; then
+    in_image+=("$name==${image_versions[$key]:-${line#*==}}")
+  fi
   [[ "$skip" == *" $key "* ]] && continue
   case "$key" in
     av|cffi|pydantic-core|soxr|lameenc|soundfile|xformers) binary+=("$line") ;;
@@ -52,7 +59,8 @@ while IFS= read -r line; do
   esac
 done < requirements-cuda.txt
 audiocraft="$(sed -n 's/^AUDIOCRAFT_VERSION=//p' scripts/setup.sh)"
-pure+=("audiocraft==$audiocraft")
+pure+=("audiocraft==$audiocraft" "$(grep '^cog==' requirements.txt)")  # predict.py imports cog
+binary+=("$(grep '^coglet==' requirements.txt)")
 
 rm -rf "$kit"
 mkdir -p "$kit/wheels" "$kit/stand-ins/spacy"
@@ -74,6 +82,8 @@ def load(*args, **kwargs):
     raise RuntimeError("spaCy is not in the GPU kit (a stand-in): this code path is not part of the check")
 EOF
 printf '%s\n' "${binary[@]}" "${pure[@]}" > "$kit/requirements.txt"
+# What the image holds that our code imports (torch aside): what --cpu-proof installs to stand in for it.
+printf '%s\n' "${in_image[@]}" > "$kit/image-packages.txt"
 {
   echo "GPU kit for CPython $python_version manylinux x86_64, made $(date -u +%Y-%m-%dT%H:%MZ) by scripts/gpu-kit.sh"
   echo "install: pip install --no-index --find-links $kit/wheels --no-deps --target <folder> -r $kit/requirements.txt"

@@ -1,0 +1,41 @@
+"""musicgen.dev.bench.gpu_check's time boxes and summary (the GPU check itself runs on a lent
+machine; `bash scripts/gpu-check.sh --cpu-proof` runs it here end to end)."""
+
+import sys
+
+from musicgen.dev.bench.gpu_check import Step, run, steps
+
+
+def test_a_step_past_its_time_box_is_stopped_and_says_so(tmp_path):
+    step = Step("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], 5)
+    run(step, tmp_path, seconds_left=100)
+    assert step.result["status"] == "stopped at its 5 s time box (what it skipped: the rest of this step)"
+    assert step.result["seconds"] < 30
+
+
+def test_the_whole_runs_box_caps_each_step(tmp_path):
+    step = Step("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], 50)
+    run(step, tmp_path, seconds_left=6)
+    assert step.result["status"].startswith("stopped at its 6 s time box")
+    late = Step("late", [sys.executable, "-c", "print(1)"], 50)
+    run(late, tmp_path, seconds_left=3)
+    assert late.result == {"status": "skipped", "why": "the whole run's time box is spent"}
+
+
+def test_a_failing_step_and_a_measuring_step_are_reported_with_their_figures(tmp_path):
+    failing = Step("broken", [sys.executable, "-c", "raise SystemExit(3)"], 30)
+    run(failing, tmp_path, seconds_left=100)
+    assert failing.result["status"] == "failed (exit 3; see broken.log)"
+    writes = "import json, sys; json.dump({'summary': {'steps_per_s': 42}}, open(sys.argv[1], 'w'))"
+    measuring = Step("bench: x", [sys.executable, "-c", writes, "{json}"], 30)
+    run(measuring, tmp_path, seconds_left=100)
+    assert measuring.result["status"] == "measured"
+    assert measuring.result["figures"] == {"steps_per_s": 42}
+
+
+def test_every_gpu_figure_of_the_plan_has_a_step_and_the_run_fits_eight_minutes():
+    plan = steps("gpu")
+    names = " | ".join(step.name for step in plan)
+    for wanted in ("environment", "small", "melody 8 s", "agreement", "large 30 s", "batched", "memory budget"):
+        assert wanted in names, wanted
+    assert sum(step.seconds for step in plan) <= 8 * 60
