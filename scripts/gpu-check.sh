@@ -41,11 +41,14 @@ else
   echo "gpu-check: image stand-in ready in $((SECONDS - start)) s"
 fi
 
-# The kit, offline: nothing but its own wheels.
-PIP_NO_INDEX=1 "$python" -m pip install --disable-pip-version-check -q --no-index --no-deps \
+# Offline from here on, as on the GPU machine: nothing but the kit's own wheels and archive.
+export PIP_NO_INDEX=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+"$python" -m pip install --disable-pip-version-check -q --no-index --no-deps \
   --find-links "$kit/wheels" --target "$work/site" -r "$kit/requirements.txt"
 export PYTHONPATH="$work/site:$repo/$kit/stand-ins:$repo"
 export MUSICGEN_WEIGHTS="$work/weights"
+mkdir -p "$MUSICGEN_WEIGHTS/bench/sdist"  # where the bench looks for audiocraft's configs before downloading
+cp "$kit"/sdist/audiocraft-*.tar.gz "$MUSICGEN_WEIGHTS/bench/sdist/"
 echo "gpu-check: kit installed offline in $((SECONDS - start)) s"
 "$python" -m musicgen.dev.bench.gpu_check --profile "$profile" --out "$out"
 echo "gpu-check: done in $((SECONDS - start)) s"

@@ -63,7 +63,7 @@ pure+=("audiocraft==$audiocraft" "$(grep '^cog==' requirements.txt)")  # predict
 binary+=("$(grep '^coglet==' requirements.txt)")
 
 rm -rf "$kit"
-mkdir -p "$kit/wheels" "$kit/stand-ins/spacy"
+mkdir -p "$kit/wheels" "$kit/sdist" "$kit/stand-ins/spacy"
 platforms=()
 for platform in manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_24_x86_64 manylinux_2_27_x86_64 \
   manylinux_2_28_x86_64 manylinux_2_34_x86_64 manylinux1_x86_64 manylinux_2_5_x86_64; do
@@ -72,6 +72,10 @@ done
 "${pip[@]}" download --quiet --no-deps --only-binary=:all: --python-version "$python_version" \
   --implementation cp "${platforms[@]}" --dest "$kit/wheels" "${binary[@]}"
 "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$kit/wheels" "${pure[@]}"  # py3-none-any (some are sdists)
+# audiocraft's source archive: its config/ tree gives the bench's random checkpoints their real
+# dimensions (musicgen.dev.bench.checkpoints), and the GPU machine cannot download it.
+"${pip[@]}" download --quiet --no-deps --no-binary :all: --no-build-isolation --dest "$kit/sdist" \
+  "audiocraft==$audiocraft"
 
 cat > "$kit/stand-ins/spacy/__init__.py" <<'EOF'
 """A stand-in for spaCy in the GPU kit only (never in the product): audiocraft.modules.conditioners
@@ -88,6 +92,7 @@ printf '%s\n' "${in_image[@]}" > "$kit/image-packages.txt"
   echo "GPU kit for CPython $python_version manylinux x86_64, made $(date -u +%Y-%m-%dT%H:%MZ) by scripts/gpu-kit.sh"
   echo "install: pip install --no-index --find-links $kit/wheels --no-deps --target <folder> -r $kit/requirements.txt"
   echo "stand-in (kit only): $kit/stand-ins/spacy (put $kit/stand-ins on PYTHONPATH)"
+  echo "audiocraft's source archive (the bench's configs): $(ls "$kit/sdist")"
   (cd "$kit/wheels" && ls -l --block-size=K *.whl | awk '{print $5, $9}')
 } > "$kit/KIT.txt"
 
