@@ -2,6 +2,7 @@
 machine; `bash scripts/gpu-check.sh --cpu-proof` runs it here end to end)."""
 
 import sys
+from pathlib import Path
 
 from musicgen.dev.bench.gpu_check import Step, run, steps
 
@@ -34,7 +35,7 @@ def test_a_failing_step_and_a_measuring_step_are_reported_with_their_figures(tmp
 
 
 def test_every_gpu_figure_of_the_plan_has_a_step_and_the_run_fits_eight_minutes():
-    plan = steps("gpu")
+    plan = steps("gpu", Path("outputs/gpu-check"))
     names = " | ".join(step.name for step in plan)
     for wanted in ("environment", "small", "melody 8 s", "agreement", "large 30 s", "batched", "memory budget"):
         assert wanted in names, wanted

@@ -201,7 +201,7 @@ class LoadedModels:
     def _make_room(self, version: str) -> None:
         if self.budget is None:
             return
-        need = _lm_bytes(self.checkpoints[version], self.device)
+        need = lm_bytes(self.checkpoints[version], self.device)
         evictable = {name: self._sizes.get(name, 0) for name in self._recent if name not in self.preloaded}
         for name in evictions(need, self.resident_bytes(), self.budget, evictable, version):
             self.evict(name)
@@ -275,7 +275,7 @@ def _lm_card(path: Path) -> int:
     return int(omegaconf.OmegaConf.create(read_lm_checkpoint(path)["xp.cfg"]).transformer_lm.card)
 
 
-def _lm_bytes(path: Path, device: str) -> int:
+def lm_bytes(path: Path, device: str) -> int:
     """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
     float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
     (audiocraft's load_lm_model), plus its decoder's CUDA-graph cache (graphs.static_cache_bytes)."""

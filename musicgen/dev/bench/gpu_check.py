@@ -54,11 +54,15 @@ def agreement(size: str, device: str, duration: int) -> list[str]:
 
 
 BATCHING = "batched decoding (N = 1, 4, 16) waits for MUSICGEN_MAX_BATCH (issue 25)"
-BUDGET = "the memory budget's estimate against the measured peaks is not compared yet"
 
 
-def steps(profile: str) -> list[Step]:
-    environment = Step("environment", [sys.executable, "-c", ENVIRONMENT], 30)
+def budget(device: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "musicgen.dev.bench.gpu_check", "--budget", device, "--out", str(out),
+            "--json", "{json}"]  # fmt: skip
+
+
+def steps(profile: str, out: Path) -> list[Step]:
+    environment = Step("environment", [sys.executable, "-c", ENVIRONMENT], 20)
     if profile == "cpu-proof":
         return [
             environment,
@@ -69,16 +73,16 @@ def steps(profile: str) -> list[Step]:
                 "small 1 s: stock vs ours", bench("small", "cpu", 1, "--no-warm", "--sides", "audiocraft,musicgen"), 420
             ),
             Step("batched decoding", [], 0, skipped=BATCHING),
-            Step("memory budget", [], 0, skipped=BUDGET),
+            Step("memory budget: estimate vs measured", budget("cpu", out), 60),
         ]
     return [
         environment,
         Step("small 8 s: stock vs ours (setup's loop in the records)", bench("small", "cuda", 8, "--no-warm"), 50),
-        Step("melody 8 s: stock vs ours", bench("melody", "cuda", 8), 130),
-        Step("agreement, melody 8 s (float16 logits, float32 greedy tokens)", agreement("melody", "cuda", 8), 70),
-        Step("large 30 s: stock vs ours", bench("large", "cuda", 30, "--no-warm"), 180),
+        Step("melody 8 s: stock vs ours", bench("melody", "cuda", 8), 120),
+        Step("agreement, melody 8 s (float16 logits, float32 greedy tokens)", agreement("melody", "cuda", 8), 60),
+        Step("large 30 s: stock vs ours", bench("large", "cuda", 30, "--no-warm"), 170),
         Step("batched decoding", [], 0, skipped=BATCHING),
-        Step("memory budget", [], 0, skipped=BUDGET),
+        Step("memory budget: estimate vs measured", budget("cuda", out), 30),
     ]
 
 
@@ -115,14 +119,44 @@ def run(step: Step, out: Path, seconds_left: float) -> None:
             step.result["figures"] = {"serving loop": ", ".join(loops), **step.result["figures"]}
 
 
+def budget_report(device: str, out: Path) -> dict:
+    """Per model measured by the steps in `out`: the memory budget's estimate for its LM
+    (models.load.lm_bytes, what eviction plans with) next to our side's measured peak (GPU memory
+    allocated on CUDA, the process's RSS on a CPU, which holds everything else too)."""
+    from musicgen.dev.bench.checkpoints import bench_root
+    from musicgen.models.load import lm_bytes
+    from musicgen.weights.layout import MODEL_DIRS
+
+    figures = {}
+    for path in sorted(out.glob("*.json")):
+        report = json.loads(path.read_text())
+        for record in report.get("records", []) if isinstance(report, dict) else []:
+            if record.get("impl") != "musicgen" or record["size"] in figures:
+                continue
+            checkpoint = bench_root(record["size"]) / MODEL_DIRS[record["model_version"]] / "state_dict.bin"
+            estimate = lm_bytes(checkpoint, device) / 2**20
+            measured = record.get("gpu_peak_allocated_mb", record.get("peak_mem_mb"))
+            figures[record["size"]] = {
+                "lm_estimate_mb": round(estimate),
+                "measured_peak_mb": None if measured is None else round(measured),
+                "measured_over_estimate": None if measured is None else round(measured / estimate, 2),
+            }
+    return {"summary": figures}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=list(TOTAL_SECONDS), default="gpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/gpu-check"))
+    parser.add_argument("--budget", choices=["cpu", "cuda"], help="only the budget step: read --out, write --json")
+    parser.add_argument("--json", type=Path, help="with --budget: where its figures go")
     args = parser.parse_args(argv)
+    if args.budget:
+        args.json.write_text(json.dumps(budget_report(args.budget, args.out), indent=2) + "\n")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + TOTAL_SECONDS[args.profile]
-    plan = steps(args.profile)
+    plan = steps(args.profile, args.out)
     for step in plan:
         run(step, args.out, deadline - time.monotonic())
         print(f"{step.name}: {step.result['status']}", flush=True)
