@@ -2,16 +2,28 @@
 machine; `bash scripts/gpu-check.sh --cpu-proof` runs it here end to end)."""
 
 import sys
+import time
 from pathlib import Path
 
 from musicgen.dev.bench.gpu_check import Step, run, steps
 
 
-def test_a_step_past_its_time_box_is_stopped_and_says_so(tmp_path):
-    step = Step("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], 5)
+def test_a_step_past_its_time_box_is_stopped_with_its_children(tmp_path):
+    """The bench runs its measurements in child processes: at the box they stop too, and do not
+    run on into the next step."""
+    marker = tmp_path / "child-pid"
+    spawn = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(marker)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    step = Step("sleeper", [sys.executable, "-c", spawn], 5)
     run(step, tmp_path, seconds_left=100)
     assert step.result["status"] == "stopped at its 5 s time box (what it skipped: the rest of this step)"
     assert step.result["seconds"] < 30
+    child = int(marker.read_text())
+    time.sleep(0.5)  # the kernel reaps it once its parent is gone
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
 
 
 def test_the_whole_runs_box_caps_each_step(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,12 +102,15 @@ def run(step: Step, out: Path, seconds_left: float) -> None:
     command = [part.replace("{json}", str(json_path)) for part in step.command]
     start = time.monotonic()
     with log_path.open("w") as log:
+        # a session of its own: at the box, the step's children (the bench's measured processes,
+        # a checkpoint build) are stopped with it and do not run on into the next step
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=box, check=False)
-            status = (
-                "measured" if process.returncode == 0 else f"failed (exit {process.returncode}; see {log_path.name})"
-            )
+            code = process.wait(timeout=box)
+            status = "measured" if code == 0 else f"failed (exit {code}; see {log_path.name})"
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             status = f"stopped at its {box} s time box (what it skipped: the rest of this step)"
     step.result = {"status": status, "seconds": round(time.monotonic() - start, 1), "log": log_path.name}
     if step.name == "environment" and status == "measured":
