@@ -24,8 +24,13 @@ tag="cp${python_version/./}"
 kit=.gpu-kit
 [[ "$python_version" == 3.12 ]] || kit=".gpu-kit-$tag"
 max_bytes=$((60 * 1024 * 1024))
-pip=(.venv/bin/python -m pip)
-[[ -x .venv/bin/python ]] || pip=(python3 -m pip)
+# pip in a throwaway virtualenv of its own (a fresh clone has no .venv; building the pure-Python
+# sdists needs setuptools and wheel)
+tools="$(mktemp -d "${TMPDIR:-/tmp}/musicgen-gpu-kit-XXXXXX")"
+trap 'rm -rf "$tools"' EXIT
+"${PYTHON:-python3}" -m venv "$tools"
+pip=("$tools/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install --quiet --upgrade pip setuptools wheel
 
 # What the image has (KINDS.md, "Python packages already there"): kept at the image's versions.
 image="torch torchaudio transformers huggingface-hub tokenizers safetensors numpy scipy scikit-learn numba
@@ -74,7 +79,7 @@ done
 "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$kit/wheels" "${pure[@]}"  # py3-none-any (some are sdists)
 # audiocraft's source archive: its config/ tree gives the bench's random checkpoints their real
 # dimensions (musicgen.dev.bench.checkpoints), and the GPU machine cannot download it.
-"${pip[@]}" download --quiet --no-deps --no-binary :all: --no-build-isolation --dest "$kit/sdist" \
+"${pip[@]}" download --quiet --no-deps --no-binary :all: --dest "$kit/sdist" \
   "audiocraft==$audiocraft"
 
 cat > "$kit/stand-ins/spacy/__init__.py" <<'EOF'
