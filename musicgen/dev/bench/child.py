@@ -32,6 +32,8 @@ from musicgen.weights.layout import CODEC_FILE, LM_FILE, htdemucs_path, model_di
 
 def build(size: str, root: Path, sdist: str) -> None:
     """Write `size`'s checkpoints under `root`, the marker file last (it marks the build complete)."""
+    import torch
+
     from musicgen.dev.demo import builders
     from musicgen.train import export
 
@@ -48,9 +50,12 @@ def build(size: str, root: Path, sdist: str) -> None:
         folder = model_dir(version, root)
         codec = builders.build_codec(codec_cfg)
         export.save(export.export_package(codec.state_dict(), codec_cfg, half=False), folder / CODEC_FILE)
-        lm = builders.build_lm(lm_cfg)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # random weights drawn on the GPU where there is one
+        lm = builders.build_lm(lm_cfg, device=device)
         params = sum(p.numel() for p in lm.parameters())
-        export.save(export.export_package(lm.state_dict(), lm_cfg, half=True), folder / LM_FILE)
+        state = {name: tensor.cpu() for name, tensor in lm.state_dict().items()}
+        export.save(export.export_package(state, lm_cfg, half=True), folder / LM_FILE)
+        del state
         del lm
         summary = {
             "size": size,

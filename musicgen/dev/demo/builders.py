@@ -139,10 +139,12 @@ class _ChromaStandIn(torch.nn.Module):
         )
 
 
-def build_lm(config: dict, seed: int = SEED + 2) -> LMModel:
+def build_lm(config: dict, seed: int = SEED + 2, device: str = "cpu") -> LMModel:
     """The LM audiocraft's builders.get_lm_model makes from `config`, with stand-ins for the
     conditioners: the real ones load T5 and demucs, but their weights are not part of the LM state,
-    which holds only each conditioner's output projection (and the chroma window)."""
+    which holds only each conditioner's output projection (and the chroma window). `device`: where
+    its random weights are drawn (the bench's GPU check draws the 3.3 B large on the GPU: seconds,
+    not minutes); the same seed gives other values on another device."""
     torch.manual_seed(seed)
     cfg = _cpu(config)
     kwargs = dict_from_config(cfg.transformer_lm)
@@ -162,13 +164,13 @@ def build_lm(config: dict, seed: int = SEED + 2) -> LMModel:
     guidance = dict_from_config(cfg.classifier_free_guidance)
     lm = LMModel(
         pattern_provider=builders.get_codebooks_pattern_provider(kwargs["n_q"], cfg.codebooks_pattern),
-        condition_provider=ConditioningProvider(conditioners, device="cpu"),
+        condition_provider=ConditioningProvider(conditioners, device=device),
         fuser=fuser,
         cfg_dropout=guidance["training_dropout"],
         cfg_coef=guidance["inference_coef"],
         attribute_dropout=dict_from_config(cfg.attribute_dropout),
         dtype=torch.float32,
-        device="cpu",
+        device=device,
         **kwargs,
     )
     return lm.eval()
