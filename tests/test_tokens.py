@@ -145,6 +145,9 @@ def test_the_checked_static_step_gives_audiocrafts_tokens_on_the_cpu(predictor, 
         assert isinstance(decoder, FastLoop) and decoder.graph is not None
         assert decoder.mode == "static steps (no graph)"
         assert f"{version}: decoding with our loop, static steps (no graph)" in caplog.text
+        assert decoder.why == "both checks passed"  # what the GPU check reports of setup()
+        assert list(decoder.checks) == ["our eager step vs the LM's forward pass", "the static step vs the eager step"]
+        assert all(re.fullmatch(r"max \|difference\| \S+ \(allowed \S+\)", text) for text in decoder.checks.values())
         for params in ({"duration": 8, "use_sampling": False}, {"duration": 3}):
             model.set_generation_params(extend_stride=18, **params)
             assert torch.equal(our_tokens(model, decoder, "text", 5), stock_tokens(model, "text", 5))
@@ -188,6 +191,8 @@ def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
     assert isinstance(decoder, FastLoop) and decoder.graph is None and decoder.mode == "eager"
     assert "large: decoding with our eager loop; the CUDA-graph step failed its check: the static step " in caplog.text
     assert "differs from the eager step by" in caplog.text and "(allowed -1)" in caplog.text
+    assert decoder.why.startswith("the CUDA-graph step failed its check: the static step differs from the eager step")
+    assert list(decoder.checks) == ["our eager step vs the LM's forward pass"]  # the one that passed
     model.set_generation_params(duration=2, extend_stride=18)
     assert torch.equal(our_tokens(model, decoder, "text", 8), stock_tokens(model, "text", 8))
 

@@ -64,19 +64,20 @@ def load_decoder(
     the eager and the graph check, instead of the dtype's TOLERANCES entry (tests force failures)."""
     if choice == "audiocraft":
         log.info("%s: decoding with audiocraft's loop (MUSICGEN_DECODER=audiocraft)", label)
-        return AudiocraftLoop(model)
+        return _served(AudiocraftLoop(model), "MUSICGEN_DECODER=audiocraft")
     try:
         fast = FastLoop(model)
     except Unsupported as why:
         log.warning("%s: decoding with audiocraft's loop; ours does not handle this LM: %s", label, why)
-        return AudiocraftLoop(model)
+        return _served(AudiocraftLoop(model), f"ours does not handle this LM: {why}")
     except Exception as why:  # noqa: BLE001 (an LM our code cannot even read: serve it with the stock loop)
         log.warning("%s: decoding with audiocraft's loop; ours could not be set up: %s", label, _reason(why))
-        return AudiocraftLoop(model)
+        return _served(AudiocraftLoop(model), f"ours could not be set up: {_reason(why)}")
     on_cuda = torch.device(model.device).type == "cuda"
     if not (on_cuda if check is None else check):
         log.info("%s: decoding with our loop (eager, on %s)", label, model.device)
-        return fast
+        return _served(fast, f"not checked on {model.device} (the checks run on CUDA)")
+    checks: dict[str, str] = {}
     default = TOLERANCES.get(fast.transformer.kv_dtype(model.autocast), TOLERANCES[torch.float16])
     tolerance, graph_tolerance = tolerance or default, graph_tolerance or default
     start = time.perf_counter()
@@ -84,20 +85,21 @@ def load_decoder(
         inputs = check_inputs(model)
         reference = reference_logits(model, *inputs)
         eager = loop_logits(model, fast, None, *inputs)
-        _compare("our eager step", eager, "the LM's forward pass", reference, tolerance)
+        checks["our eager step vs the LM's forward pass"] = _compare(
+            "our eager step", eager, "the LM's forward pass", reference, tolerance
+        )
     except Exception as why:  # noqa: BLE001 (any failure of code no GPU ran before: serve with the stock loop)
         log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, _reason(why))
-        return AudiocraftLoop(model)
+        return _served(AudiocraftLoop(model), f"our loop failed its check: {_reason(why)}", checks)
     try:
         with torch.no_grad():  # no autograd state captured; buffers still writable in and out of inference_mode
             graph = GraphedStep(fast.transformer, model, capture=on_cuda)
         graphed = loop_logits(model, fast, graph, *inputs)
-        _compare(
-            "the CUDA-graph step" if on_cuda else "the static step", graphed, "the eager step", eager, graph_tolerance
-        )
+        step = "the CUDA-graph step" if on_cuda else "the static step"
+        checks[f"{step} vs the eager step"] = _compare(step, graphed, "the eager step", eager, graph_tolerance)
     except Exception as why:  # noqa: BLE001
         log.warning("%s: decoding with our eager loop; the CUDA-graph step failed its check: %s", label, _reason(why))
-        return fast
+        return _served(fast, f"the CUDA-graph step failed its check: {_reason(why)}", checks)
     fast.graph = graph
     log.info(
         "%s: decoding with our loop, %s (checked in %.1f s; static buffers %.0f MB)",
@@ -106,7 +108,13 @@ def load_decoder(
         time.perf_counter() - start,
         graph.nbytes / 2**20,
     )
-    return fast
+    return _served(fast, "both checks passed", checks)
+
+
+def _served(decoder: Decoder, why: str, checks: dict[str, str] | None = None) -> Decoder:
+    """`decoder`, with why it serves and the set-up checks' figures (read by the GPU check's bench)."""
+    decoder.why, decoder.checks = why, dict(checks or {})
+    return decoder
 
 
 def check_inputs(model) -> tuple[dict, torch.Tensor]:
@@ -147,13 +155,15 @@ def loop_logits(model, fast: FastLoop, graph: GraphedStep | None, tensors: dict,
         return torch.stack(logits, dim=2).float()
 
 
-def _compare(name: str, ours: torch.Tensor, reference_name: str, reference: torch.Tensor, tolerance: Tolerance):
+def _compare(name: str, ours: torch.Tensor, reference_name: str, reference: torch.Tensor, tolerance: Tolerance) -> str:
+    """CheckFailed past the tolerance; else the measured difference against it, in words."""
     if not torch.isfinite(ours).all():
         raise CheckFailed(f"{name} gave non-finite logits")
     difference, bound = (ours - reference).abs().max().item(), tolerance.bound(reference)
     if not difference <= bound:
         raise CheckFailed(f"{name} differs from {reference_name} by {difference:.3g} (allowed {bound:.3g})")
     log.debug("%s vs %s: max |difference| %.3g (allowed %.3g)", name, reference_name, difference, bound)
+    return f"max |difference| {difference:.3g} (allowed {bound:.3g})"
 
 
 def _reason(error: Exception) -> str:

@@ -178,6 +178,8 @@ def measure_ours(spec: dict, clock_start: float) -> dict:
     model = predictor.runner.service.models.generator(spec["version"])
     decoder = predictor.runner.service.models.decoder(spec["version"])
     record["decoder"] = f"{decoder.name} ({decoder.mode})" if hasattr(decoder, "mode") else decoder.name
+    record["decoder_why"] = getattr(decoder, "why", None)  # setup()'s reason, and its checks' figures
+    record["decoder_checks"] = getattr(decoder, "checks", {})
     probe = Probe(model, clock, decoder)
 
     inputs = {name: default for name, (_, default) in input_fields(predictor_class).items()}

@@ -119,9 +119,10 @@ def run(step: Step, out: Path, seconds_left: float) -> None:
         report = json.loads(json_path.read_text())
         step.result["json"] = json_path.name
         step.result["figures"] = report.get("summary", report)
-        loops = sorted({record["decoder"] for record in report.get("records", []) if record.get("impl") == "musicgen"})
-        if loops:  # which loop setup() chose for our side (a fallback's reason is in the step's log)
-            step.result["figures"] = {"serving loop": ", ".join(loops), **step.result["figures"]}
+        ours = [record for record in report.get("records", []) if record.get("impl") == "musicgen"]
+        if ours:  # which loop setup() chose for our side, why, and its set-up checks against their tolerance
+            setup = {"serving loop": ours[0]["decoder"], "why": ours[0].get("decoder_why")}
+            step.result["figures"] = {"setup": setup | ours[0].get("decoder_checks", {}), **step.result["figures"]}
 
 
 def budget_report(device: str, out: Path) -> dict:
