@@ -9,10 +9,10 @@ import pytest
 import soundfile
 import torch
 import torchaudio
-from audiocraft.data.audio_utils import normalize_audio
+from audiocraft.data.audio_utils import convert_audio, normalize_audio
 from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, header_declaring, sines
 
-from musicgen.audio import read
+from musicgen.audio import levels, read
 from musicgen.audio.channels import bs1770_weights, default_layout, undefined_for_loudness
 from musicgen.audio.encode import EncoderError, metadata_comment, parse_metadata_comment, read_metadata, write_output
 from musicgen.audio.levels import convert, normalize
@@ -361,6 +361,20 @@ def test_convert_resamples_to_32k_keeping_pitch(from_rate, channels):
     assert out.shape == (channels, int(SECONDS * 32000))
     assert out.is_contiguous()
     assert_sines(out, 32000, channels)
+
+
+@pytest.mark.parametrize(("from_rate", "channels"), [(48000, 2), (44100, 1), (22050, 2)])
+def test_resampling_in_pieces_follows_audiocrafts_conversion(from_rate, channels):
+    """levels.resample_in_pieces (encode-decode and training: memory that does not grow with the
+    length) gives audiocraft's convert_audio up to float rounding, across piece boundaries and at
+    both ends; not bit for bit (mono at 44.1 kHz differs in the last bits), so the modes compared
+    with audiocraft keep convert()."""
+    generator = torch.Generator().manual_seed(from_rate)
+    wav = torch.rand(channels, 250_007, generator=generator) - 0.5
+    pieces = levels.resample_in_pieces(wav, from_rate, 32000, piece=50_000)
+    whole = convert_audio(wav, from_rate, 32000, channels)
+    assert pieces.shape == whole.shape
+    assert (pieces - whole).abs().max() < 1e-5
 
 
 def test_convert_channel_rules():
