@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import requests
 import soundfile
 
 from musicgen.dev.loopback import LoopbackServer as LoopbackServer  # re-exported for the tests
-from musicgen.dev.loopback import QuietFileHandler
+from musicgen.dev.loopback import QuietFileHandler, QuietHandler
 from musicgen.dev.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
 from musicgen.dev.server_process import ServerError, ServerProcess
 from musicgen.settings import REPOSITORY
@@ -142,10 +141,7 @@ class HostileSenders(LoopbackServer):
         self.changed = threading.Condition()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 outer.sent[self.path] = 0
                 try:

@@ -17,13 +17,14 @@ import socket
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from helpers import LoopbackServer
 
 from musicgen.cli import main
+from musicgen.dev.loopback import QuietHandler
 from musicgen.errors import WeightsError
 from musicgen.settings import read_settings
 from musicgen.versions import MODEL_VERSIONS
@@ -59,11 +60,8 @@ class StandInHub(LoopbackServer):
         self.corrupt: set[str] = set()  # URL paths served with one byte flipped
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # keep pytest output clean
-                pass
 
             def do_GET(self) -> None:
                 hub.requests.append((self.path, self.headers.get("Range")))

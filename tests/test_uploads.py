@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import threading
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from helpers import START_TIMEOUT, LoopbackServer, Server
+
+from musicgen.dev.loopback import QuietHandler
 
 pytestmark = pytest.mark.slow  # a server of its own
 
@@ -25,10 +26,7 @@ class Uploads(LoopbackServer):
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_PUT(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer.lock:

@@ -11,11 +11,15 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 
 
-class QuietFileHandler(SimpleHTTPRequestHandler):
-    """Serves files from its `directory`, logging nothing (pytest's output stays clean)."""
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (pytest's output stays clean): the base of the tests' stand-in hosts."""
 
     def log_message(self, *args) -> None:
         pass
+
+
+class QuietFileHandler(QuietHandler, SimpleHTTPRequestHandler):
+    """Serves files from its `directory`, logging nothing."""
 
 
 class LoopbackServer:
