@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 import torchaudio
 import torchaudio.functional.filtering as filtering
@@ -51,6 +52,18 @@ def test_lfilter_core_matches_torchaudios_generic_loop(sections):
     assert torch.allclose(actual32, expected32, rtol=1e-4, atol=1e-5)
     exact = run_core(filtering._lfilter_core_generic_loop, signal.float().double(), a_coeffs.float().double())
     assert (actual32.double() - exact).abs().max() <= (expected32.double() - exact).abs().max()  # no less exact
+
+
+def test_lfilter_core_in_pieces_is_one_scipy_pass_bit_for_bit():
+    """Past PIECE samples the recursion runs piece by piece with its state carried over: the same
+    float64 numbers as one scipy.signal.lfilter pass over the whole signal."""
+    generator = torch.Generator().manual_seed(7)
+    a_coeffs = stable_denominators(2, 2, generator)
+    signal = torch.randn(1, 2, 2 * iir.PIECE + 3, generator=generator, dtype=torch.float64)
+    whole = np.stack(
+        [scipy.signal.lfilter([1.0], (a / a[0]).numpy(), signal[0, c].numpy()) for c, a in enumerate(a_coeffs)]
+    )
+    assert torch.equal(run_core(iir.lfilter_core, signal, a_coeffs)[0], torch.from_numpy(whole))
 
 
 def test_lfilter_core_leaves_its_input_alone():

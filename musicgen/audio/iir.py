@@ -18,13 +18,13 @@ import scipy.signal
 import torch
 import torchaudio.functional.filtering as filtering
 
-PIECE = 1 << 20  # samples per piece of lfilter_in_pieces
+PIECE = 1 << 20  # samples per scipy call
 
 
 def lfilter_core(
     input_signal_windows: torch.Tensor, a_coeffs_flipped: torch.Tensor, padded_output: torch.Tensor
 ) -> None:
-    """The contract of torchaudio's `_lfilter_core_loop`, on whole signals at once.
+    """The contract of torchaudio's `_lfilter_core_loop`, on whole signals (in pieces of PIECE samples).
 
     input_signal_windows: [B, C, T], the FIR part already applied. a_coeffs_flipped: [C, N], each
     row a normalised denominator reversed (a0 = 1 last). padded_output: [B, C, T + N - 1] zeros;
@@ -35,12 +35,22 @@ def lfilter_core(
         filtering._lfilter_core_generic_loop(input_signal_windows, a_coeffs_flipped, padded_output)
         return
     order = a_coeffs_flipped.shape[1]
-    signal = input_signal_windows.detach().double().numpy()
     denominators = a_coeffs_flipped.detach().double().flip(1).numpy()  # [C, N]: a0, a1, ...
-    filtered = np.empty_like(signal)
-    for channel, denominator in enumerate(denominators):
-        filtered[:, channel] = scipy.signal.lfilter([1.0], denominator, signal[:, channel], axis=-1)
-    padded_output[:, :, order - 1 :] = torch.from_numpy(filtered).to(padded_output.dtype)
+    states = np.zeros((*input_signal_windows.shape[:2], order - 1))
+    for start in range(0, input_signal_windows.shape[-1], PIECE):
+        out = padded_output[..., order - 1 + start : order - 1 + start + PIECE]
+        _recursive_part(input_signal_windows[..., start : start + PIECE].detach(), denominators, states, out)
+
+
+def _recursive_part(signal: torch.Tensor, denominators: np.ndarray, states: np.ndarray, out: torch.Tensor) -> None:
+    """y[n] = x[n] - sum_{k>=1} a_k y[n-k] of one piece [B, C, L] into `out`, row by row through
+    scipy.signal.lfilter in float64, starting from `states` [B, C, N-1] and leaving them at the
+    piece's end: consecutive pieces give what one pass gives."""
+    for batch in range(signal.shape[0]):
+        for channel, denominator in enumerate(denominators):
+            row = signal[batch, channel].double().numpy()
+            filtered, states[batch, channel] = scipy.signal.lfilter([1.0], denominator, row, zi=states[batch, channel])
+            out[batch, channel] = torch.from_numpy(filtered)
 
 
 def lfilter_in_pieces(waveform: torch.Tensor, a_coeffs: torch.Tensor, b_coeffs: torch.Tensor) -> torch.Tensor:
@@ -61,12 +71,7 @@ def lfilter_in_pieces(waveform: torch.Tensor, a_coeffs: torch.Tensor, b_coeffs: 
         fir = torch.nn.functional.conv1d(
             torch.nn.functional.pad(piece, (order - 1 - before, 0)), b_flipped, groups=channels
         )
-        for batch in range(waveform.shape[0]):
-            for channel in range(channels):
-                iir, states[batch, channel] = scipy.signal.lfilter(
-                    [1.0], denominators[channel], fir[batch, channel].double().numpy(), zi=states[batch, channel]
-                )
-                out[batch, channel, start : start + PIECE] = torch.from_numpy(iir)
+        _recursive_part(fir, denominators, states, out[..., start : start + PIECE])
     return out
 
 
