@@ -53,6 +53,62 @@ def steps_in_window(lm, max_gen_len: int, prompt_len: int) -> int:
     return len(pattern.layout) - pattern.get_first_step_with_timesteps(prompt_len)
 
 
+class WindowState:
+    """A window after its prefill: the pattern sequence being filled, the cache and the logits
+    of the next step. `take()` writes a sampled token and says what the next step reads."""
+
+    def __init__(self, lm, sequence, mask, pattern, max_gen_len, first, batch, guided_rows, prefix, cache, cross, logits):
+        self.lm = lm
+        self.max_gen_len = max_gen_len
+        self.sequence, self.mask, self.pattern = sequence, mask, pattern
+        self.batch = batch  # the window's own rows (guidance doubles them in the cache)
+        self.guided = guided_rows  # whether the cache holds conditional and null rows
+        self.prefix = prefix  # positions of the fused condition before the pattern steps
+        self.cache, self.cross, self.logits = cache, cross, logits
+        self.offset = first  # the pattern step whose token the logits give
+        self.last = sequence.shape[-1] - 1
+        # Columns where every code is still to generate (all but the pattern's edges and the
+        # prompt's): the sampled column is written as it is and is the next step's input.
+        self.open_columns = (sequence == UNKNOWN_TOKEN).all(dim=1).all(dim=0).tolist()
+
+    @property
+    def positions(self) -> int:
+        """Cache positions the whole window writes (the prefill's and every step's)."""
+        return self.prefix + self.last
+
+    @property
+    def steps_left(self) -> int:
+        return self.last + 1 - self.offset
+
+    def take(self, token: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """Write `token` [B, K, 1] at the current step; return the next step's input (the column
+        just written, doubled for guidance) and its cache position, or None after the last step."""
+        offset = self.offset
+        if self.open_columns[offset]:
+            self.sequence[..., offset] = token[..., 0]
+            column = token[..., 0]
+        else:
+            column = self.sequence[..., offset]
+            column.copy_(torch.where(column == UNKNOWN_TOKEN, token[..., 0], column))
+        self.offset += 1
+        if offset == self.last:
+            return None
+        return (torch.cat([column, column]) if self.guided else column), self.prefix + offset
+
+    def codes(self) -> torch.Tensor:
+        """The finished window's tokens [B, K, max_gen_len] (the pattern reverted)."""
+        sequence, lm, batch = self.sequence, self.lm, self.batch
+        assert not (sequence == UNKNOWN_TOKEN).any()
+        assert (sequence == torch.where(self.mask[None].expand(batch, -1, -1), sequence, lm.special_token_id)).all()
+        out_codes, _, out_mask = self.pattern.revert_pattern_sequence(sequence, special_token=UNKNOWN_TOKEN)
+        max_gen_len = self.max_gen_len
+        assert (out_codes[..., :max_gen_len] != UNKNOWN_TOKEN).all()
+        assert (out_mask[..., :max_gen_len] == 1).all()
+        out_codes = out_codes[..., :max_gen_len]
+        assert (out_codes >= 0).all() and (out_codes <= lm.card).all()
+        return out_codes
+
+
 class Window:
     """Tokens [B, K, max_gen_len] continuing `prompt` under `conditions`, one window."""
 
@@ -61,15 +117,16 @@ class Window:
         self.lm = transformer.lm
         self.engine = engine
 
-    def generate(
+    def start(
         self,
         prompt: torch.Tensor | None,
         conditions: list[ConditioningAttributes],
         max_gen_len: int,
-        sampling: Sampling,
-        on_step: Callable[[], None],
         negative: str | None = None,
-    ) -> torch.Tensor:
+        cache: Callable[[int, int, torch.Tensor], KVCache] | None = None,
+    ) -> WindowState:
+        """The prefill: every known step at once, conditions fused (a prefix is prepended here),
+        into `cache(batch, length, like)` (default: the engine's)."""
         lm = self.lm
         device = next(iter(lm.parameters())).device
         tensors = condition_tensors(lm, conditions, negative)
@@ -83,40 +140,40 @@ class Window:
         codes[..., :start] = prompt
         sequence, _, mask = pattern.build_pattern_sequence(codes, lm.special_token_id)
         first = pattern.get_first_step_with_timesteps(start)
-        cfg_coef = sampling.cfg_coef if tensors else None
-
-        # The prefill: every known step at once, conditions fused (a prefix is prepended here).
         tokens = sequence[..., :first]
         if tensors:
             tokens = torch.cat([tokens, tokens], dim=0)
         embedded, cross_source = lm.fuser(self.transformer.embed(tokens), tensors)
         prefix = embedded.shape[1] - first
         length = embedded.shape[1] + sequence.shape[-1] - first - 1  # positions the window writes
-        cache = self.engine.cache(embedded.shape[0], length, embedded)
+        kv = (cache or self.engine.cache)(embedded.shape[0], length, embedded)
         cross = self.transformer.cross_cache(cross_source)
-        logits = self.transformer.logits(self.transformer.forward(embedded, 0, cache, cross))[:, :, -1]
-        step = self.engine.stepper(cache, cross)
-        # Columns where every code is still to generate (all but the pattern's edges and the
-        # prompt's): the sampled column is written as it is and is the next step's input.
-        open_columns = (sequence == UNKNOWN_TOKEN).all(dim=1).all(dim=0).tolist()
-        last = sequence.shape[-1] - 1
-        for offset in range(first, last + 1):
-            token = next_token(guided(logits, batch, cfg_coef), sampling)
-            if open_columns[offset]:
-                sequence[..., offset] = token[..., 0]
-                column = token[..., 0]
-            else:
-                column = sequence[..., offset]
-                column.copy_(torch.where(column == UNKNOWN_TOKEN, token[..., 0], column))
-            on_step()
-            if offset < last:  # the column just written is the next step's input
-                logits = step(torch.cat([column, column]) if tensors else column, prefix + offset, cache, cross)
+        logits = self.transformer.logits(self.transformer.forward(embedded, 0, kv, cross))[:, :, -1]
+        return WindowState(lm, sequence, mask, pattern, max_gen_len, first, batch, bool(tensors), prefix, kv, cross, logits)
 
-        assert not (sequence == UNKNOWN_TOKEN).any()
-        assert (sequence == torch.where(mask[None].expand(batch, -1, -1), sequence, lm.special_token_id)).all()
-        out_codes, _, out_mask = pattern.revert_pattern_sequence(sequence, special_token=UNKNOWN_TOKEN)
-        assert (out_codes[..., :max_gen_len] != UNKNOWN_TOKEN).all()
-        assert (out_mask[..., :max_gen_len] == 1).all()
-        out_codes = out_codes[..., :max_gen_len]
-        assert (out_codes >= 0).all() and (out_codes <= lm.card).all()
-        return out_codes
+    def generate(
+        self,
+        prompt: torch.Tensor | None,
+        conditions: list[ConditioningAttributes],
+        max_gen_len: int,
+        sampling: Sampling,
+        on_step: Callable[[], None],
+        negative: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        state = self.start(prompt, conditions, max_gen_len, negative)
+        return self.finish(state, sampling, on_step, generator)
+
+    def finish(
+        self, state: WindowState, sampling: Sampling, on_step: Callable[[], None], generator=None
+    ) -> torch.Tensor:
+        """Every step of a started window, one at a time (the engine's step): its tokens."""
+        cfg_coef = sampling.cfg_coef if state.guided else None
+        step = self.engine.stepper(state.cache, state.cross)
+        logits = state.logits
+        while True:
+            following = state.take(next_token(guided(logits, state.batch, cfg_coef), sampling, generator))
+            on_step()
+            if following is None:
+                return state.codes()
+            logits = step(*following, state.cache, state.cross)

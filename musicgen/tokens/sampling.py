@@ -39,26 +39,39 @@ def guided(logits: torch.Tensor, batch: int, cfg_coef: float | None) -> torch.Te
     return uncond + (cond - uncond) * cfg_coef
 
 
-def next_token(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
     """[B, K, card] -> [B, K, 1]: top-p, top-k or plain sampling at `temp`, or greedy.
 
-    Dividing by a temperature of exactly 1 changes no value, so it is skipped.
+    Dividing by a temperature of exactly 1 changes no value, so it is skipped. `generator`: the
+    request's own (batched decoding); None draws from torch's global one, as audiocraft does.
     """
     if sampling.use_sampling and sampling.temp > 0.0:
         probs = torch.softmax(logits if sampling.temp == 1.0 else logits / sampling.temp, dim=-1)
         if sampling.top_p > 0.0:
-            return utils.sample_top_p(probs, p=sampling.top_p)
+            return sample_top_p(probs, sampling.top_p, generator)
         if sampling.top_k > 0:
-            return sample_top_k(probs, k=sampling.top_k)
-        return utils.multinomial(probs, num_samples=1)
+            return sample_top_k(probs, sampling.top_k, generator)
+        return utils.multinomial(probs, num_samples=1, generator=generator)
     return torch.argmax(logits, dim=-1, keepdim=True)
 
 
-def sample_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """audiocraft's utils.sample_top_p, operation for operation, drawing from `generator`
+    (audiocraft's own, which it is for None, takes none)."""
+    if generator is None:
+        return utils.sample_top_p(probs, p=p)
+    probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
+    probs_sum = torch.cumsum(probs_sort, dim=-1)
+    probs_sort *= (~(probs_sum - probs_sort > p)).float()
+    probs_sort.div_(probs_sort.sum(dim=-1, keepdim=True))
+    return torch.gather(probs_idx, -1, utils.multinomial(probs_sort, num_samples=1, generator=generator))
+
+
+def sample_top_k(probs: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """audiocraft's utils.sample_top_k, operation for operation, except how the k-th largest
     probability is found: by selection (torch.kthvalue, the (n - k + 1)-th smallest) instead of a
     sorted top-k. It is the same element, hence the same value, ties included, at a third of the cost."""
     min_value_top_k = torch.kthvalue(probs, probs.shape[-1] - k + 1, dim=-1, keepdim=True).values
     probs *= (probs >= min_value_top_k).float()
     probs.div_(probs.sum(dim=-1, keepdim=True))
-    return utils.multinomial(probs, num_samples=1)
+    return utils.multinomial(probs, num_samples=1, generator=generator)
