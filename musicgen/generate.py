@@ -10,6 +10,7 @@ CPU, or audiocraft's own) and decode them with EnCodec, or with MultiBand Diffus
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from musicgen.audio.read import WHOLE_FILE, DecodedAudio, Span
 from musicgen.limits import MAX_CONTEXT, MAX_SEED
 from musicgen.models.load import LoadedModels
 from musicgen.request import Request, continuation_bounds
+from musicgen.tokens.batching import Draws
 from musicgen.versions import ENCODE_DECODE
 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
@@ -56,12 +58,15 @@ def set_generation_params(model: MusicGen, request: Request, duration: float) ->
     )
 
 
-def _audio(models: LoadedModels, request: Request, attributes, prompt: torch.Tensor | None, head=None) -> torch.Tensor:
+def _audio(
+    models: LoadedModels, request: Request, draws: Draws | None, attributes, prompt: torch.Tensor | None, head=None
+) -> torch.Tensor:
     """Tokens from the model's decoder (musicgen.tokens: ours, or audiocraft's loop), then audio
     [C, T]: EnCodec's decode, or MultiBand Diffusion's when asked. `head`: prompt frames that stay
-    in the output without being in the LM's context (a continuation's first 18 s of a full window)."""
+    in the output without being in the LM's context (a continuation's first 18 s of a full window).
+    `draws`: the prediction's own generator when its windows decode in a batch."""
     model = models.generator(request.model_version)
-    tokens = models.decoder(request.model_version).tokens(attributes, prompt, request.negative_prompt)
+    tokens = models.decoder(request.model_version).tokens(attributes, prompt, request.negative_prompt, draws=draws)
     if head is not None:
         tokens = torch.cat([head, tokens], dim=-1)
     if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
@@ -82,15 +87,19 @@ def diffusion_audio(models: LoadedModels, model: MusicGen, tokens: torch.Tensor)
     return models.mbd.tokens_to_wav(tokens)[0]
 
 
-def text_to_music(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
+def text_to_music(
+    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
+) -> torch.Tensor:
     """Text only: `duration` seconds (the steps of audiocraft's `MusicGen.generate`)."""
     model = models.generator(request.model_version)
     set_generation_params(model, request, request.duration)
     attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], None)
-    return _audio(models, request, attributes, prompt)
+    return _audio(models, request, draws, attributes, prompt)
 
 
-def melody_to_music(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
+def melody_to_music(
+    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
+) -> torch.Tensor:
     """Text + the melody of input_audio: the steps of audiocraft's own `generate_with_chroma`.
 
     The model's ChromaStemConditioner separates the stems with HT-Demucs, keeps vocals + other
@@ -107,10 +116,12 @@ def melody_to_music(models: LoadedModels, request: Request, input_audio: Decoded
     # generate_with_chroma's own conversion (a no-op at the model's rate and channels)
     melody = convert_audio(melody, model.sample_rate, model.sample_rate, model.audio_channels)
     attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], None, melody_wavs=[melody])
-    return _audio(models, request, attributes, prompt)
+    return _audio(models, request, draws, attributes, prompt)
 
 
-def continuation(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
+def continuation(
+    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
+) -> torch.Tensor:
     """The prompt window (re-decoded) followed by `duration` seconds of new audio.
 
     The window is cut to whole token frames, so the output is exactly that many frames plus
@@ -136,7 +147,7 @@ def continuation(models: LoadedModels, request: Request, input_audio: DecodedAud
     new_frames = prompt.shape[-1] + request.duration * frame_rate
     # audiocraft counts frames as int(duration * frame_rate): half a frame more keeps it exact.
     set_generation_params(model, request, (new_frames + 0.5) / frame_rate)
-    return _audio(models, request, attributes, prompt, head)
+    return _audio(models, request, draws, attributes, prompt, head)
 
 
 def _melody_seconds(request: Request) -> tuple[float, float]:
@@ -184,7 +195,9 @@ def process_in_chunks(
         start += chunk - overlap
 
 
-def encode_decode(models: LoadedModels, request: Request, input_audio: DecodedAudio | None) -> torch.Tensor:
+def encode_decode(
+    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
+) -> torch.Tensor:
     """input_audio at the codec's rate through EnCodec and back, each channel on its own.
 
     The codec is mono: every channel of the input (mono, stereo, 5.1, ...) is encoded and decoded
@@ -213,7 +226,7 @@ def encode_decode(models: LoadedModels, request: Request, input_audio: DecodedAu
     return out
 
 
-Mode = Callable[[LoadedModels, Request, DecodedAudio | None], torch.Tensor]
+Mode = Callable[[LoadedModels, Request, DecodedAudio | None, Draws | None], torch.Tensor]
 MODES: dict[str, Mode] = {
     "text": text_to_music,
     "melody": melody_to_music,
@@ -226,15 +239,22 @@ def generate(
     request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None
 ) -> tuple[torch.Tensor, int]:
     """Run the request's mode (validated; input_audio decoded, or None when the request has none);
-    return (audio [C, T] float32 on CPU, its rate in Hz)."""
-    # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
-    # (kept once loaded), then the model, evicting others to make room beside what is resident.
-    if request.multi_band_diffusion:
-        models.mbd  # noqa: B018
-    if request.mode != ENCODE_DECODE:
-        models.generator(request.model_version)
-    seed_everything(seed)
-    with torch.inference_mode():
-        wav = MODES[request.mode](models, request, input_audio)
-    model = models.codec if request.mode == ENCODE_DECODE else models.generator(request.model_version)
-    return wav.float().cpu(), model.sample_rate
+    return (audio [C, T] float32 on CPU, its rate in Hz). With batched decoding the work runs
+    under the models' turn (its tokens' steps are shared while it waits), drawing its tokens from
+    a generator of its own."""
+    with models.turn():
+        # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
+        # (kept once loaded), then the model, evicting others to make room beside what is resident.
+        if request.multi_band_diffusion:
+            models.mbd  # noqa: B018
+        if request.mode != ENCODE_DECODE:
+            models.generator(request.model_version)
+        seed_everything(seed)
+        draws = None
+        if models.batcher is not None:
+            generator = torch.Generator(device=models.device).manual_seed(seed)
+            draws = Draws(generator, functools.partial(seed_everything, seed))
+        with torch.inference_mode():
+            wav = MODES[request.mode](models, request, input_audio, draws)
+        model = models.codec if request.mode == ENCODE_DECODE else models.generator(request.model_version)
+        return wav.float().cpu(), model.sample_rate

@@ -1,11 +1,12 @@
-"""predict.py's async predict(): the service's predictions one at a time, in arrival order, cancellable.
+"""predict.py's async predict(): the service's predictions, up to MUSICGEN_MAX_BATCH at once, in arrival order, cancellable.
 
 Cog's runtime gives a prediction a slot and answers 409 when none is free. It frees a slot a few
 milliseconds after it has answered, so a client that sends its next request as soon as the answer
-arrives can find the one slot still taken. With two slots (COG_MAX_CONCURRENCY=2, which the runtime
-allows only for an async predict()) the next request always finds one; the models still run one
-prediction at a time: every prediction is a job on one worker thread, taken in arrival order, so a
-second request waits for the first instead of being refused.
+arrives can find the one slot still taken. With more slots than the batch (COG_MAX_CONCURRENCY,
+twice MUSICGEN_MAX_BATCH under `serve`; the runtime allows more than one only for an async
+predict()) the next request always finds one: every prediction is a job on a pool of N worker
+threads (N = MUSICGEN_MAX_BATCH: their windows decode together, musicgen.tokens.batching), taken
+in arrival order, so a request beyond N waits for a worker instead of being refused.
 
 A cancel arrives as asyncio's CancelledError in the waiting coroutine. A job still queued is
 dropped; a running one is stopped the way the runtime stops a synchronous predict(): an exception
@@ -29,12 +30,12 @@ from musicgen.settings import Settings
 
 
 class PredictionRunner:
-    """Runs MusicGenService.predict on one worker thread; `await runner.predict(request)`."""
+    """Runs MusicGenService.predict on the batch's worker threads; `await runner.predict(request)`."""
 
     def __init__(self, service: MusicGenService, after_each: Callable[[float], object] | None = None):
         self.service = service
         self._after_each = after_each  # called with each job's start time (time.time()) when it ends
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgen-predict")
+        self._executor = ThreadPoolExecutor(max_workers=service.models.max_batch, thread_name_prefix="musicgen-predict")
 
     @classmethod
     def load(cls, settings: Settings, fine_tuned: str | None = None) -> PredictionRunner:

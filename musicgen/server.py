@@ -18,15 +18,25 @@ import sys
 from pathlib import Path
 
 from musicgen.cog_yaml import COG_YAML, CogRefs, cog_refs
-from musicgen.settings import FINE_TUNED_ENV, REPOSITORY, SLOTS_ENV, child_environment
+from musicgen.errors import SettingsError
+from musicgen.settings import (
+    DEFAULT_MAX_BATCH,
+    FINE_TUNED_ENV,
+    REPOSITORY,
+    SLOTS_ENV,
+    Settings,
+    child_environment,
+    read_settings,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"  # loopback; the container binds 0.0.0.0
 DEFAULT_PORT = 5000
-# Two runtime slots: the runtime frees a slot just after answering, so a client's next request
-# takes the other one instead of a 409; predictions still run one at a time (musicgen/runner.py).
-DEFAULT_SLOTS = "2"
+# Runtime slots: twice the batch, at least 2. The runtime frees a slot just after answering, so a
+# client's next request takes another instead of a 409, and a burst of twice the batch waits
+# for a place in it (musicgen/runner.py).
+SLOTS_PER_BATCH_PLACE = 2
 # train() is a plain (sync) function: coglet refuses COG_MAX_CONCURRENCY > 1 for it at setup.
 TRAIN_SLOTS = "1"
 
@@ -42,8 +52,8 @@ def server_environment(
     """The environment the container gives the server, on top of `base` (default: ours).
 
     `refs`: cog.yaml's targets (a string is a predict ref alone): COG_PREDICT_TYPE_STUB and
-    COG_TRAIN_TYPE_STUB, as the image sets both. Predict mode gets COG_MAX_CONCURRENCY=2 unless
-    `base` sets it; train mode (`train`) exactly 1. `weights` (a path or URL) becomes COG_WEIGHTS.
+    COG_TRAIN_TYPE_STUB, as the image sets both. Predict mode gets COG_MAX_CONCURRENCY (default_slots)
+    unless `base` sets it; train mode (`train`) exactly 1. `weights` (a path or URL) becomes COG_WEIGHTS.
 
     coglet starts its worker as `python` found on PATH, not as sys.executable: this interpreter's
     folder goes first, or the worker cannot import coglet and the server stays STARTING forever.
@@ -59,10 +69,30 @@ def server_environment(
     if train:
         env[SLOTS_ENV] = TRAIN_SLOTS
     else:
-        env.setdefault(SLOTS_ENV, DEFAULT_SLOTS)  # an operator's own value wins
+        env.setdefault(SLOTS_ENV, str(default_slots(env)))  # an operator's own value wins
     if weights is not None:
         env[FINE_TUNED_ENV] = weights
     return env
+
+
+def default_slots(env: dict[str, str]) -> int:
+    """Twice the MUSICGEN_MAX_BATCH the worker will read from `env` (at least 2). A bad setting
+    counts as unset here: the worker's setup() refuses it, naming it."""
+    try:
+        settings = read_settings(env)
+    except SettingsError:
+        settings = Settings()
+    batch = settings.max_batch
+    if batch is None:
+        device = settings.device or ("cuda" if _cuda_present() else "cpu")
+        batch = DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+    return max(2, SLOTS_PER_BATCH_PLACE * batch)
+
+
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def server_command(host: str, upload_url: str | None = None, train: bool = False) -> list[str]:

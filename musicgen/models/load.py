@@ -24,6 +24,7 @@ the LMs loaded in parallel threads. The result is the very model `MusicGen.get_p
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import gc
 import logging
@@ -55,10 +56,12 @@ from musicgen.models.memory import (
     mono_codec,
     release_freed_memory,
 )
-from musicgen.settings import Settings
+from musicgen.settings import DEFAULT_MAX_BATCH, Settings
+from musicgen.tokens.batching import Batcher
 from musicgen.tokens.decoders import Decoder
 from musicgen.tokens.graphs import static_cache_bytes
 from musicgen.tokens.select import load_decoder
+from musicgen.tokens.slots import ROWS_PER_SLOT
 from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
@@ -68,6 +71,11 @@ log = logging.getLogger(__name__)
 def best_device(setting: str | None = None) -> str:
     """`setting` (MUSICGEN_DEVICE) if given; else CUDA when present (the LM then runs in float16), else CPU."""
     return setting or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def max_batch(settings: Settings, device: str) -> int:
+    """MUSICGEN_MAX_BATCH if set, else the device's default (DEFAULT_MAX_BATCH)."""
+    return settings.max_batch or DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
 @dataclass
@@ -92,8 +100,19 @@ class LoadedModels:
     _sizes: dict[str, int] = field(default_factory=dict)  # bytes each loaded LM holds
     _cards: dict[str, int] = field(default_factory=dict)  # each servable LM's codebook size
     _recent: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # least recent first
+    max_batch: int = 1  # the MUSICGEN_MAX_BATCH setting, resolved for the device
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _mbd: MultiBandDiffusion | None = None
+
+    def __post_init__(self):
+        # N > 1: concurrent predictions of one model decode together (musicgen.tokens.batching)
+        self.batcher = Batcher(self.max_batch) if self.max_batch > 1 else None
+
+    def turn(self) -> contextlib.AbstractContextManager:
+        """What a prediction holds while it works with the models outside the batched steps: the
+        batcher's turn (one prediction at a time; released while it waits for its tokens), or
+        nothing when predictions run one at a time anyway (N = 1)."""
+        return contextlib.nullcontext() if self.batcher is None else self.batcher.turn.held()
 
     def generator(self, version: str) -> MusicGen:
         """The model for `version`, loaded now if it is not resident (request.validate refuses
@@ -110,7 +129,9 @@ class LoadedModels:
         here on first use for models assembled by hand)."""
         with self._lock, uninterrupted():
             if version not in self.decoders:
-                self.decoders[version] = load_decoder(self.generator(version), version, self.decoder_choice)
+                self.decoders[version] = load_decoder(
+                    self.generator(version), version, self.decoder_choice, batcher=self.batcher
+                )
             return self.decoders[version]
 
     @property
@@ -169,10 +190,10 @@ class LoadedModels:
             name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
             self.generators[version] = assemble(name, codecs[version], lms[version])
             bound_pattern_cache(self.generators[version].lm)
-            self.decoders[version] = load_decoder(self.generators[version], version, self.decoder_choice)  # checked now
-            # its weights, and on CUDA its decoder's static buffers (the CUDA graph's cache)
-            graph = getattr(self.decoders[version], "graph", None)
-            self._sizes[version] = self.memory_report()[f"lm:{version}"] + (graph.nbytes if graph is not None else 0)
+            decoder = load_decoder(self.generators[version], version, self.decoder_choice, batcher=self.batcher)
+            self.decoders[version] = decoder  # checked now
+            # its weights, and its decoder's static buffers (the CUDA graph's cache, the batch's slots)
+            self._sizes[version] = self.memory_report()[f"lm:{version}"] + static_bytes(decoder, self.batcher)
             self._recent[version] = None
         seconds = time.perf_counter() - start
         sizes = ", ".join(f"{version} {format_bytes(self._sizes[version])}" for version in versions)
@@ -183,7 +204,9 @@ class LoadedModels:
         start = time.perf_counter()
         size = self._sizes.pop(version, 0)
         del self.generators[version]
-        self.decoders.pop(version, None)
+        decoder = self.decoders.pop(version, None)
+        if self.batcher is not None and decoder is not None:
+            self.batcher.forget(decoder)  # its slots go once its running windows are done
         self._recent.pop(version, None)
         gc.collect()
         if self.device.startswith("cuda"):
@@ -201,7 +224,7 @@ class LoadedModels:
     def _make_room(self, version: str) -> None:
         if self.budget is None:
             return
-        need = lm_bytes(self.checkpoints[version], self.device)
+        need = lm_bytes(self.checkpoints[version], self.device, self.max_batch)
         evictable = {name: self._sizes.get(name, 0) for name in self._recent if name not in self.preloaded}
         for name in evictions(need, self.resident_bytes(), self.budget, evictable, version):
             self.evict(name)
@@ -247,6 +270,7 @@ def load_models(
         preloaded=tuple(versions),
         decoder_choice=settings.decoder,
         budget=configured_budget(device, settings.memory_budget_gb),
+        max_batch=max_batch(settings, device),
     )
     for version in GENERATING:
         if version in versions or store.is_present([version], root):
@@ -275,18 +299,32 @@ def _lm_card(path: Path) -> int:
     return int(omegaconf.OmegaConf.create(read_lm_checkpoint(path)["xp.cfg"]).transformer_lm.card)
 
 
-def lm_bytes(path: Path, device: str) -> int:
+def lm_bytes(path: Path, device: str, max_batch: int = 1) -> int:
     """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
     float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
-    (audiocraft's load_lm_model), plus its decoder's CUDA-graph cache (graphs.static_cache_bytes)."""
+    (audiocraft's load_lm_model), plus its decoder's static cache (graphs.static_cache_bytes):
+    with `max_batch` N > 1 the batch's N slots (two rows each, float32 on a CPU), else on CUDA the
+    one-window graph's."""
     package = read_lm_checkpoint(path)
+    cuda = device.startswith("cuda")
     total = 0
     for name, tensor in package["best_state"].items():
-        half = device.startswith("cuda") and name.startswith("transformer.")
+        half = cuda and name.startswith("transformer.")
         total += tensor.numel() * (2 if half else 4)
-    if device.startswith("cuda"):
-        total += static_cache_bytes(omegaconf.OmegaConf.create(package["xp.cfg"]))
+    cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
+    if max_batch > 1:
+        total += static_cache_bytes(cfg, batch=ROWS_PER_SLOT * max_batch, element_bytes=2 if cuda else 4)
+    elif cuda:
+        total += static_cache_bytes(cfg)
     return total
+
+
+def static_bytes(decoder: Decoder, batcher: Batcher | None) -> int:
+    """What `decoder` holds beside the LM's weights: its batch's slots, or its CUDA graph's cache."""
+    if batcher is not None and getattr(decoder, "batcher", None) is batcher:
+        return batcher.nbytes(decoder)
+    graph = getattr(decoder, "graph", None)
+    return 0 if graph is None else graph.nbytes
 
 
 def load_lm(path: Path, device: str) -> torch.nn.Module:

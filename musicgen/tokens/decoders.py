@@ -20,6 +20,7 @@ import torch
 from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
 
 from musicgen.errors import InputError
+from musicgen.tokens.batching import Batcher, Draws
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.loop import Step, Window, steps_in_window
 from musicgen.tokens.progress import Progress
@@ -48,9 +49,11 @@ class AudiocraftLoop:
     def __init__(self, model):
         self.model = model
 
-    def tokens(self, attributes, prompt, negative: str | None = None, progress: Progress | None = None):
+    def tokens(self, attributes, prompt, negative: str | None = None, progress: Progress | None = None, draws=None):
         """audiocraft's `_generate_tokens`, its per-step callback reporting to `progress`. Its
-        LMModel.generate builds guidance's null half itself: a negative prompt is refused."""
+        LMModel.generate builds guidance's null half itself: a negative prompt is refused. It
+        draws from torch's global generator (`draws` is not used): with batched decoding it runs
+        whole under the batcher's turn, which its prediction seeded."""
         if negative:
             raise InputError(NEGATIVE_REFUSED)
         model = self.model
@@ -101,10 +104,13 @@ class FastLoop:
         self.transformer = CachedTransformer(model.lm)  # raises Unsupported for other architectures
         self.window = Window(self.transformer, self)
         self.graph = None
+        self.batcher: Batcher | None = None  # MUSICGEN_MAX_BATCH > 1: windows decode in its batch
         self.steps = 0  # LM steps run since loading (the bench reads it)
 
     @property
     def mode(self) -> str:
+        if self.batcher is not None:
+            return f"batched, {self.batcher.slots} slots"
         if self.graph is None:
             return "eager"
         return "steps replayed as a CUDA graph" if self.graph.graph is not None else "static steps (no graph)"
@@ -133,7 +139,15 @@ class FastLoop:
 
     # -------------------------------------------------------------- MusicGen._generate_tokens
 
-    def tokens(self, attributes, prompt, negative: str | None = None, progress: Progress | None = None):
+    def tokens(
+        self,
+        attributes,
+        prompt,
+        negative: str | None = None,
+        progress: Progress | None = None,
+        draws: Draws | None = None,
+    ):
+        """`draws`: the prediction's own generator, with batched decoding (else torch's global one)."""
         model = self.model
         if model.generation_params.get("two_step_cfg"):  # asked per call: audiocraft's loop does that one
             return AudiocraftLoop(model).tokens(attributes, prompt, negative, progress)
@@ -150,28 +164,41 @@ class FastLoop:
             self.steps += 1
             progress.advance()
 
+        def window(prompt, attributes, max_gen_len):
+            return self._window(prompt, attributes, max_gen_len, sampling, on_step, negative, draws, progress)
+
         try:
             with model.autocast:
                 if len(windows) == 1:
-                    return self.window.generate(prompt, attributes, windows[0].max_gen_len, sampling, on_step, negative)
-                return self._extend(attributes, prompt, windows, sampling, on_step, negative)
+                    return window(prompt, attributes, windows[0].max_gen_len)
+                return self._extend(attributes, prompt, windows, window)
         finally:
             progress.close()
 
-    def _extend(
-        self, attributes, prompt, windows: list[WindowPlan], sampling: Sampling, on_step, negative: str | None
-    ) -> torch.Tensor:
+    def _window(self, prompt, attributes, max_gen_len, sampling, on_step, negative, draws, progress) -> torch.Tensor:
+        """One window: in the batch when batching and it fits a slot, else step by step here."""
+        if self.batcher is None or draws is None:
+            return self.window.generate(prompt, attributes, max_gen_len, sampling, on_step, negative)
+        state = self.window.start(prompt, attributes, max_gen_len, negative)
+        if not self.batcher.fits(self, state):  # a text or prefix longer than the slots hold
+            return self.window.finish(state, sampling, on_step, draws.generator)
+        codes, neighbours = self.batcher.run(self, state, sampling, draws, on_step)
+        progress.neighbours = max(progress.neighbours, neighbours)
+        return codes
+
+    def _extend(self, attributes, prompt, windows: list[WindowPlan], window) -> torch.Tensor:
         """Past max_duration: each window continues the last of the one before; the melody (if
         any) is tiled so that each window sees the part under it, as audiocraft does."""
         model = self.model
         melodies = [attr.wav["self_wav"] for attr in attributes]
         pieces = [] if prompt is None else [prompt]
         stride = int(model.frame_rate * model.extend_stride)
-        for window in windows:
+        for window_plan in windows:
             attributes = [
-                _melody_window(model, attr, melody, window) for attr, melody in zip(attributes, melodies, strict=True)
+                _melody_window(model, attr, melody, window_plan)
+                for attr, melody in zip(attributes, melodies, strict=True)
             ]
-            tokens = self.window.generate(prompt, attributes, window.max_gen_len, sampling, on_step, negative)
+            tokens = window(prompt, attributes, window_plan.max_gen_len)
             pieces.append(tokens if prompt is None else tokens[:, :, prompt.shape[-1] :])
             prompt = tokens[:, :, stride:]
         return torch.cat(pieces, dim=-1)

@@ -20,6 +20,33 @@ FRAME_RATE = 50  # Hz: the 32 kHz EnCodec's token frames, which the LM config do
 WARMUP_STEPS = 3  # eager runs on a side stream before capture, as torch.cuda.graph asks
 
 
+def capture(model, dtype: torch.dtype, run):
+    """`run()` (one static step) captured as a CUDA graph under `model`'s autocast (float16 keys
+    and values as `dtype`): (the graph, its static output). Warm-up runs first on a side stream,
+    as torch.cuda.graph asks."""
+    graph = torch.cuda.CUDAGraph()
+    # model.autocast's settings, without its weight-cast cache (a graph must not capture one)
+    enabled = model.autocast.autocast is not None
+    autocast = torch.autocast("cuda", dtype=dtype if enabled else torch.float16, enabled=enabled, cache_enabled=False)
+    previous = torch.cuda.current_stream()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(previous)
+    try:
+        with torch.cuda.stream(stream), autocast:
+            for _ in range(WARMUP_STEPS):
+                run()
+        previous.wait_stream(stream)
+        with torch.cuda.graph(graph), autocast:
+            output = run()
+    except Exception:
+        # a failed capture can leave its stream current (torch.cuda.graph's exit raises
+        # before it restores the stream): put this thread back where it was
+        torch.cuda.set_stream(previous)
+        torch.cuda.synchronize()
+        raise
+    return graph, output
+
+
 def static_cache_bytes(cfg, batch: int = 2, element_bytes: int = 2) -> int:
     """What a GraphedStep for the LM config `cfg` (its xp.cfg) holds, before the LM is loaded:
     keys and values for PREFIX_CAPACITY + the 30 s window's pattern steps (audiocraft's pattern
@@ -33,6 +60,13 @@ def static_cache_bytes(cfg, batch: int = 2, element_bytes: int = 2) -> int:
     return (PREFIX_CAPACITY + steps) * per_position + cross
 
 
+def window_positions(model) -> int:
+    """Cache positions a static step holds: PREFIX_CAPACITY + the pattern steps of a window of
+    the model's max_duration."""
+    window_frames = int(model.max_duration * model.frame_rate)
+    return PREFIX_CAPACITY + len(model.lm.pattern_provider.get_pattern(window_frames).layout)
+
+
 class GraphedStep:
     """A captured step of `transformer` for guidance batches of `batch` rows and windows of up to
     the model's max_duration (plus PREFIX_CAPACITY positions of prefix)."""
@@ -44,9 +78,7 @@ class GraphedStep:
         self.transformer = transformer
         self.batch = batch
         device = next(iter(lm.parameters())).device
-        window_frames = int(model.max_duration * model.frame_rate)
-        steps = len(lm.pattern_provider.get_pattern(window_frames).layout)
-        length = PREFIX_CAPACITY + steps
+        length = window_positions(model)
         t = transformer
         positions = t.positions(length, device, lm.emb[0].weight.dtype)  # added to the embeddings
         dtype = t.kv_dtype(model.autocast)
@@ -64,29 +96,9 @@ class GraphedStep:
 
     def _capture(self, model) -> None:
         t = self.transformer
-        self.graph = torch.cuda.CUDAGraph()
-        # model.autocast's settings, without its weight-cast cache (a graph must not capture one)
-        enabled = model.autocast.autocast is not None
-        autocast = torch.autocast(
-            "cuda", dtype=self.cache.storage.dtype if enabled else torch.float16, enabled=enabled, cache_enabled=False
+        self.graph, self.logits = capture(
+            model, self.cache.storage.dtype, lambda: t.static_step(self.tokens, self.position, self.cache, self.cross)
         )
-        previous = torch.cuda.current_stream()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(previous)
-        try:
-            with torch.cuda.stream(stream), autocast:
-                for _ in range(WARMUP_STEPS):
-                    t.static_step(self.tokens, self.position, self.cache, self.cross)
-            previous.wait_stream(stream)
-            with torch.cuda.graph(self.graph), autocast:
-                self.logits = t.static_step(self.tokens, self.position, self.cache, self.cross)
-        except Exception:
-            # a failed capture can leave its stream current (torch.cuda.graph's exit raises
-            # before it restores the stream): put this thread back where it was
-            torch.cuda.set_stream(previous)
-            torch.cuda.synchronize()
-            self.graph = None
-            raise
         self.cache.clear()
 
     @property

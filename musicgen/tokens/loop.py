@@ -57,7 +57,9 @@ class WindowState:
     """A window after its prefill: the pattern sequence being filled, the cache and the logits
     of the next step. `take()` writes a sampled token and says what the next step reads."""
 
-    def __init__(self, lm, sequence, mask, pattern, max_gen_len, first, batch, guided_rows, prefix, cache, cross, logits):
+    def __init__(
+        self, lm, sequence, mask, pattern, max_gen_len, first, batch, guided_rows, prefix, cache, cross, logits
+    ):
         self.lm = lm
         self.max_gen_len = max_gen_len
         self.sequence, self.mask, self.pattern = sequence, mask, pattern
@@ -149,7 +151,9 @@ class Window:
         kv = (cache or self.engine.cache)(embedded.shape[0], length, embedded)
         cross = self.transformer.cross_cache(cross_source)
         logits = self.transformer.logits(self.transformer.forward(embedded, 0, kv, cross))[:, :, -1]
-        return WindowState(lm, sequence, mask, pattern, max_gen_len, first, batch, bool(tensors), prefix, kv, cross, logits)
+        return WindowState(
+            lm, sequence, mask, pattern, max_gen_len, first, batch, bool(tensors), prefix, kv, cross, logits
+        )
 
     def generate(
         self,

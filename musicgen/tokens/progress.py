@@ -39,6 +39,7 @@ class Progress:
         self.clock = clock
         self.start = self.last_time = clock()
         self.last_done = 0
+        self.neighbours = 0  # with batched decoding: the most other predictions in one of its steps
         self.bar = (
             tqdm(total=total, desc=label, unit="step", leave=False)
             if (sys.stderr.isatty() if bar is None else bar)
@@ -71,4 +72,6 @@ class Progress:
             self.bar.close()
         elapsed = self.clock() - self.start
         rate = self.done / elapsed if elapsed > 0 else float("inf")
-        log.info("%s: %d/%d steps in %.1f s (%.1f steps/s)", self.label, self.done, self.total, elapsed, rate)
+        others = f"{self.neighbours} other prediction{'s' if self.neighbours > 1 else ''}"
+        shared = f"; its steps shared with up to {others}" if self.neighbours else ""
+        log.info("%s: %d/%d steps in %.1f s (%.1f steps/s%s)", self.label, self.done, self.total, elapsed, rate, shared)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from musicgen.tokens.batching import Batcher
 from musicgen.tokens.decoders import AudiocraftLoop, Decoder, FastLoop
-from musicgen.tokens.graphs import GraphedStep
+from musicgen.tokens.graphs import CROSS_CAPACITY, GraphedStep
 from musicgen.tokens.loop import condition_tensors
+from musicgen.tokens.slots import SlotStep
 from musicgen.tokens.transformer import Unsupported
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,14 @@ def load_decoder(
     check: bool | None = None,
     tolerance: Tolerance | None = None,
     graph_tolerance: Tolerance | None = None,
+    batcher: Batcher | None = None,
 ) -> Decoder:
     """The loop that serves `model` (named `label` in the logs): audiocraft's when `choice` (the
     MUSICGEN_DECODER setting) is "audiocraft", else ours, checked. check: run the checks (default:
     on CUDA only; on the CPU the static step runs uncaptured). tolerance, graph_tolerance: for
-    the eager and the graph check, instead of the dtype's TOLERANCES entry (tests force failures)."""
+    the eager and the graph check, instead of the dtype's TOLERANCES entry (tests force failures).
+    batcher: MUSICGEN_MAX_BATCH > 1: our loop decodes in its batch, the batched step (captured
+    on CUDA) taking the place of the one-window graph, and checked the same way."""
     if choice == "audiocraft":
         log.info("%s: decoding with audiocraft's loop (MUSICGEN_DECODER=audiocraft)", label)
         return _served(AudiocraftLoop(model), "MUSICGEN_DECODER=audiocraft")
@@ -75,7 +80,13 @@ def load_decoder(
         return _served(AudiocraftLoop(model), f"ours could not be set up: {_reason(why)}")
     on_cuda = torch.device(model.device).type == "cuda"
     if not (on_cuda if check is None else check):
-        log.info("%s: decoding with our loop (eager, on %s)", label, model.device)
+        if batcher is not None:
+            with torch.no_grad():
+                batcher.add_model(fast, SlotStep(fast.transformer, model, batcher.slots, capture_graph=False))
+            fast.batcher = batcher
+        log.info(
+            "%s: decoding with our loop (%s, on %s)", label, "eager" if batcher is None else fast.mode, model.device
+        )
         return _served(fast, f"not checked on {model.device} (the checks run on CUDA)")
     checks: dict[str, str] = {}
     default = TOLERANCES.get(fast.transformer.kv_dtype(model.autocast), TOLERANCES[torch.float16])
@@ -91,6 +102,8 @@ def load_decoder(
     except Exception as why:  # noqa: BLE001 (any failure of code no GPU ran before: serve with the stock loop)
         log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, _reason(why))
         return _served(AudiocraftLoop(model), f"our loop failed its check: {_reason(why)}", checks)
+    if batcher is not None:
+        return _batched(fast, model, label, batcher, on_cuda, inputs, eager, graph_tolerance, checks, start)
     try:
         with torch.no_grad():  # no autograd state captured; buffers still writable in and out of inference_mode
             graph = GraphedStep(fast.transformer, model, capture=on_cuda)
@@ -107,6 +120,29 @@ def load_decoder(
         fast.mode,
         time.perf_counter() - start,
         graph.nbytes / 2**20,
+    )
+    return _served(fast, "both checks passed", checks)
+
+
+def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, checks, start) -> Decoder:
+    """The checked batched step serving `fast` in `batcher`; the eager loop when it fails."""
+    try:
+        with torch.no_grad():
+            slot_step = SlotStep(fast.transformer, model, batcher.slots, capture_graph=on_cuda)
+        batched = slot_logits(model, fast, slot_step, *inputs)
+        step = f"the batched step ({batcher.slots} slots{', a CUDA graph' if on_cuda else ''})"
+        checks[f"{step} vs the eager step"] = _compare(step, batched, "the eager step", eager, tolerance)
+    except Exception as why:  # noqa: BLE001
+        log.warning("%s: decoding one prediction at a time; the batched step failed its check: %s", label, _reason(why))
+        return _served(fast, f"the batched step failed its check: {_reason(why)}", checks)
+    batcher.add_model(fast, slot_step)
+    fast.batcher = batcher
+    log.info(
+        "%s: decoding with our loop, %s (checked in %.1f s; static buffers %.0f MB)",
+        label,
+        fast.mode,
+        time.perf_counter() - start,
+        slot_step.nbytes / 2**20,
     )
     return _served(fast, "both checks passed", checks)
 
@@ -152,6 +188,29 @@ def loop_logits(model, fast: FastLoop, graph: GraphedStep | None, tensors: dict,
         logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
         for index in range(1, tokens.shape[-1]):
             logits.append(step(tokens[..., index], prefix + index, cache, cross).clone())
+        return torch.stack(logits, dim=2).float()
+
+
+def slot_logits(model, fast: FastLoop, slot_step: SlotStep, tensors: dict, tokens: torch.Tensor):
+    """The same sequence through the batched step, in its last slot beside free ones: [2, K, S, card]."""
+    t = fast.transformer
+    slot = slot_step.slots - 1
+    with torch.inference_mode(), model.autocast:
+        embedded, cross_source = model.lm.fuser(t.embed(tokens[..., :1]), tensors)
+        prefix = embedded.shape[1] - 1
+        cross = t.cross_cache(cross_source)
+        cache = fast.cache(2, prefix + 1, embedded)
+        logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
+        if cross is not None and cross.keys[0].shape[2] > CROSS_CAPACITY:
+            raise CheckFailed("the check's text does not fit the batched step")
+        rows = slice(2 * slot, 2 * slot + 2)
+        slot_step.cache.clear()
+        slot_step.load(slot, cache, prefix + 1, cross)
+        for index in range(1, tokens.shape[-1]):
+            slot_step.feed(slot, tokens[..., index], prefix + index)
+            logits.append(slot_step.step()[rows].clone())
+        for free in range(slot_step.slots):
+            slot_step.free(free)
         return torch.stack(logits, dim=2).float()
 
 

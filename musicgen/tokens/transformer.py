@@ -294,3 +294,38 @@ class CachedTransformer:
             mask = {} if cross is None else {"attn_mask": cross.mask}
             x = self._rest(layer, x, h, attended, cross, index, **mask)
         return self.logits(x)
+
+    def batched_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        cross: CrossAttentionCache | None,
+    ) -> torch.Tensor:
+        """One step of rows at positions of their own (continuous batching, tokens/batching.py):
+        tokens [R, K] at `positions` [R] -> logits [R, K, card]. Shapes are the same whatever the
+        rows hold: attention reads each row's whole cache, masking the positions after its own,
+        and the padded cross cache through its per-row mask (cross.mask [R, 1, 1, T]). So a row's
+        result never depends on the other rows (capturable as a CUDA graph, too)."""
+        rows = tokens.shape[0]
+        x = self.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, positions)
+        visible = (cache.slots.view(1, -1) <= positions.view(-1, 1)).view(rows, 1, 1, -1)
+        every_row = torch.arange(rows, device=tokens.device)
+        cross_mask = {} if cross is None else {"attn_mask": cross.mask}
+        for index, layer in enumerate(self.layers):
+            h = layer.norm1(x)
+            packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, self.heads, 1, self.head_dim)
+            keys, values = cache.keys[index], cache.values[index]
+            keys[every_row, :, positions] = packed[:, 1, :, 0]
+            values[every_row, :, positions] = packed[:, 2, :, 0]
+            attended = self._attend(packed[:, 0], keys, values, attn_mask=visible)
+            x = x + _scaled(layer.scale1, layer.out_proj(attended.reshape(rows, self.dim).to(h.dtype)))
+            if cross is not None:
+                h = layer.norm_cross(x)
+                query = layer.cross_query(h).view(rows, self.heads, 1, self.head_dim)
+                attended = self._attend(query, cross.keys[index], cross.values[index], **cross_mask)
+                x = x + _scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, self.dim).to(h.dtype)))
+            x = x + _scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        return torch.stack([head(x) for head in self.heads_out], dim=1)
