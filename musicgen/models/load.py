@@ -35,14 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import omegaconf
 import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
 
 from musicgen.cancellation import uninterrupted
 from musicgen.errors import WeightsError
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
-from musicgen.models.checkpoints import read_lm_checkpoint
 from musicgen.models.codecs import same_codec
 from musicgen.models.cold_start import SharedModules, fast_loading, skipping_random_init
 from musicgen.models.diffusion import load_mbd
@@ -56,12 +54,11 @@ from musicgen.models.memory import (
     mono_codec,
     release_freed_memory,
 )
+from musicgen.models.sizes import lm_bytes, lm_card, static_bytes
 from musicgen.settings import DEFAULT_MAX_BATCH, Settings
 from musicgen.tokens.batching import Batcher
 from musicgen.tokens.decoders import Decoder
-from musicgen.tokens.graphs import static_cache_bytes
 from musicgen.tokens.select import load_decoder
-from musicgen.tokens.slots import ROWS_PER_SLOT
 from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
@@ -140,7 +137,7 @@ class LoadedModels:
         request.validate checks against."""
         for version, path in self.checkpoints.items():
             if version not in self._cards:
-                self._cards[version] = _lm_card(path)  # read once, without loading the weights
+                self._cards[version] = lm_card(path)  # read once, without loading the weights
         for version, model in self.generators.items():
             self._cards[version] = model.lm.card
         return {version: self._cards[version] for version in {**self.checkpoints, **self.generators}}
@@ -292,39 +289,6 @@ def load_models(
     if models.resident_bytes() > models.budget.limit:
         log.warning("the preloaded models already exceed the memory budget: no other model can be loaded")
     return models
-
-
-def _lm_card(path: Path) -> int:
-    """The codebook size an LM checkpoint's config states (read without loading its weights)."""
-    return int(omegaconf.OmegaConf.create(read_lm_checkpoint(path)["xp.cfg"]).transformer_lm.card)
-
-
-def lm_bytes(path: Path, device: str, max_batch: int = 1) -> int:
-    """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
-    float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
-    (audiocraft's load_lm_model), plus its decoder's static cache (graphs.static_cache_bytes):
-    with `max_batch` N > 1 the batch's N slots (two rows each, float32 on a CPU), else on CUDA the
-    one-window graph's."""
-    package = read_lm_checkpoint(path)
-    cuda = device.startswith("cuda")
-    total = 0
-    for name, tensor in package["best_state"].items():
-        half = cuda and name.startswith("transformer.")
-        total += tensor.numel() * (2 if half else 4)
-    cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
-    if max_batch > 1:
-        total += static_cache_bytes(cfg, batch=ROWS_PER_SLOT * max_batch, element_bytes=2 if cuda else 4)
-    elif cuda:
-        total += static_cache_bytes(cfg)
-    return total
-
-
-def static_bytes(decoder: Decoder, batcher: Batcher | None) -> int:
-    """What `decoder` holds beside the LM's weights: its batch's slots, or its CUDA graph's cache."""
-    if batcher is not None and getattr(decoder, "batcher", None) is batcher:
-        return batcher.nbytes(decoder)
-    graph = getattr(decoder, "graph", None)
-    return 0 if graph is None else graph.nbytes
 
 
 def load_lm(path: Path, device: str) -> torch.nn.Module:

@@ -127,10 +127,10 @@ def run(step: Step, out: Path, seconds_left: float) -> None:
 
 def budget_report(device: str, out: Path) -> dict:
     """Per model measured by the steps in `out`: the memory budget's estimate for its LM
-    (models.load.lm_bytes, what eviction plans with) next to our side's measured peak (GPU memory
+    (models.sizes.lm_bytes, what eviction plans with) next to our side's measured peak (GPU memory
     allocated on CUDA, the process's RSS on a CPU, which holds everything else too)."""
     from musicgen.dev.bench.checkpoints import bench_root
-    from musicgen.models.load import lm_bytes
+    from musicgen.models.sizes import lm_bytes
     from musicgen.weights.layout import MODEL_DIRS
 
     figures = {}

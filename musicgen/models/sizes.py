@@ -1,0 +1,48 @@
+"""What a model takes, known before it loads: its LM's bytes on a device (with its decoder's
+static buffers) and its codebook size, read from the checkpoint without loading its weights;
+and what a loaded decoder holds beside the weights. The memory budget plans with these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import omegaconf
+
+from musicgen.models.checkpoints import read_lm_checkpoint
+from musicgen.tokens.batching import Batcher
+from musicgen.tokens.decoders import Decoder
+from musicgen.tokens.graphs import static_cache_bytes
+from musicgen.tokens.slots import ROWS_PER_SLOT
+
+
+def lm_card(path: Path) -> int:
+    """The codebook size an LM checkpoint's config states (read without loading its weights)."""
+    return int(omegaconf.OmegaConf.create(read_lm_checkpoint(path)["xp.cfg"]).transformer_lm.card)
+
+
+def lm_bytes(path: Path, device: str, max_batch: int = 1) -> int:
+    """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
+    float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
+    (audiocraft's load_lm_model), plus its decoder's static cache (graphs.static_cache_bytes):
+    with `max_batch` N > 1 the batch's N slots (two rows each, float32 on a CPU), else on CUDA the
+    one-window graph's."""
+    package = read_lm_checkpoint(path)
+    cuda = device.startswith("cuda")
+    total = 0
+    for name, tensor in package["best_state"].items():
+        half = cuda and name.startswith("transformer.")
+        total += tensor.numel() * (2 if half else 4)
+    cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
+    if max_batch > 1:
+        total += static_cache_bytes(cfg, batch=ROWS_PER_SLOT * max_batch, element_bytes=2 if cuda else 4)
+    elif cuda:
+        total += static_cache_bytes(cfg)
+    return total
+
+
+def static_bytes(decoder: Decoder, batcher: Batcher | None) -> int:
+    """What `decoder` holds beside the LM's weights: its batch's slots, or its CUDA graph's cache."""
+    if batcher is not None and getattr(decoder, "batcher", None) is batcher:
+        return batcher.nbytes(decoder)
+    graph = getattr(decoder, "graph", None)
+    return 0 if graph is None else graph.nbytes
