@@ -29,6 +29,7 @@ from musicgen.generate import seed_everything
 from musicgen.models.load import load_models
 from musicgen.runtime import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
+from musicgen.tokens.cache import CrossAttentionCache
 from musicgen.tokens.sampling import Sampling
 from musicgen.tokens.slots import SlotStep
 
@@ -45,31 +46,38 @@ def batched_models(settings, one_torch_thread):
     return load_models(settings.replace(max_batch=SLOTS))
 
 
-def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_models):
+@pytest.mark.parametrize("static", [True, False], ids=["static (the CUDA graph's form)", "per slot (the CPU's)"])
+def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_models, static):
     """The same window in slot 0 beside random neighbours, then in slot 2 beside others: the
-    same logits, bit for bit."""
+    same logits, bit for bit, in both forms of the step."""
     model, fast = batched_models.generator("large"), batched_models.decoder("large")
+    t = fast.transformer
+    assert t.cross  # the text reaches the demo LM by cross-attention, as in the released ones
     generator = torch.Generator().manual_seed(0)
+
+    def random_cross():
+        keys = [torch.randn(2, t.heads, 7, t.head_dim, generator=generator) for _ in t.layers]
+        return CrossAttentionCache(keys, [torch.randn(k.shape, generator=generator) for k in keys])
+
+    def scramble(step, positions):
+        prefill = fast.cache(2, step.cache.length, torch.zeros(2, 1, t.dim))
+        for slot, position in enumerate(positions):
+            prefill.storage.copy_(torch.randn(prefill.storage.shape, generator=generator))
+            step.load(slot, prefill, position, random_cross())
+            tokens = torch.randint(0, model.lm.card, (2, model.lm.num_codebooks), generator=generator)
+            step.feed(slot, tokens, position)
+
     with torch.inference_mode():
-        step = SlotStep(fast.transformer, model, SLOTS, capture_graph=False)
-        assert step.cross is not None  # the text reaches the demo LM by cross-attention, as in the released ones
-
-        def scramble(positions):
-            step.cache.storage.copy_(torch.randn(step.cache.storage.shape, generator=generator))
-            for buffer in step.cross.keys + step.cross.values:
-                buffer.copy_(torch.randn(buffer.shape, generator=generator))
-            step.cross.mask.fill_(True)
-            step.tokens.copy_(torch.randint(0, model.lm.card, step.tokens.shape, generator=generator))
-            step.positions.copy_(torch.tensor(positions))
-
-        scramble([40, 40, 7, 7, 300, 300, 2, 2])
-        mine = (step.cache.storage[:, :, 0:2].clone(), [b[0:2].clone() for b in step.cross.keys + step.cross.values])
-        tokens, first = step.tokens[0:2].clone(), step.step()[0:2].clone()
-        scramble([9, 9, 1000, 1000, 40, 40, 5, 5])
-        step.cache.storage[:, :, 4:6] = mine[0]
-        for buffer, saved in zip(step.cross.keys + step.cross.values, mine[1], strict=True):
-            buffer[4:6] = saved
-        step.tokens[4:6] = tokens
+        step = SlotStep(t, model, SLOTS, static=static)
+        scramble(step, [40, 7, 300, 2])
+        prefill = fast.cache(2, step.cache.length, torch.zeros(2, 1, t.dim))
+        prefill.storage.copy_(step.cache.storage[:, :, 0:2])
+        cross, tokens = random_cross(), step.tokens[0:2].clone()
+        step.load(0, prefill, 40, cross)
+        first = step.step()[0:2].clone()
+        scramble(step, [9, 1000, 40, 5])
+        step.load(2, prefill, 40, cross)
+        step.feed(2, tokens, 40)
         moved = step.step()[4:6]
     assert torch.equal(first, moved), (first - moved).abs().max()
 

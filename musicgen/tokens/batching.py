@@ -33,6 +33,7 @@ from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05  # a waiting thread wakes this often, so that a cancel reaches it
+IDLE_SECONDS = 60.0  # the Batcher's thread ends after this long with nothing to step (restarted on demand)
 
 
 class Turn:
@@ -164,8 +165,10 @@ class ModelBatch:
                 continue
             job.slot = self.jobs.index(None)
             self.jobs[job.slot] = job
-            self.step.load(job.slot, job.state.cache, job.state.prefix + job.state.offset, job.state.cross)
-            job.logits = job.state.logits
+            state = job.state
+            self.step.load(job.slot, state.cache, state.prefix + state.offset, state.cross)
+            job.logits = state.logits
+            state.cache = state.cross = None  # copied into the slot: the prefill's buffers go now
 
     def _sample(self, job: Job) -> None:
         state = job.state
@@ -190,32 +193,32 @@ class Batcher:
     def __init__(self, slots: int):
         self.slots = slots
         self.turn = Turn()
-        self._batches: dict[int, ModelBatch] = {}  # id(the model's FastLoop) -> its batch
-        self._order: collections.deque[int] = collections.deque()  # round robin
+        self._batches: dict[object, ModelBatch] = {}  # the model's FastLoop -> its batch
+        self._order: collections.deque = collections.deque()  # the loops, in round robin
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def add_model(self, loop, step: SlotStep) -> None:
         """Serve `loop`'s windows (a FastLoop) in `step`'s slots."""
         with self._changed:
-            self._batches[id(loop)] = ModelBatch(step)
-            self._order.append(id(loop))
+            self._batches[loop] = ModelBatch(step)
+            self._order.append(loop)
 
     def forget(self, loop) -> None:
         """`loop`'s model was evicted: drop its batch (and slots) once its windows are done."""
         with self._changed:
-            batch = self._batches.get(id(loop))
+            batch = self._batches.get(loop)
             if batch is not None:
                 batch.forgotten = True
                 self._drop_idle()
 
     def nbytes(self, loop) -> int:
         """The static buffers of `loop`'s slots."""
-        batch = self._batches.get(id(loop))
+        batch = self._batches.get(loop)
         return 0 if batch is None else batch.step.nbytes
 
     def fits(self, loop, state: WindowState) -> bool:
-        batch = self._batches.get(id(loop))
+        batch = self._batches.get(loop)
         return batch is not None and batch.step.fits(state)
 
     def run(self, loop, state: WindowState, sampling: Sampling, draws: Draws, on_step) -> tuple:
@@ -223,7 +226,7 @@ class Batcher:
         Returns (tokens [1, K, max_gen_len], the most other windows it shared a step with)."""
         job = Job(state, sampling, draws.generator, on_step)
         with self._changed:
-            self._batches[id(loop)].waiting.append(job)
+            self._batches[loop].waiting.append(job)
             self._start()
             self._changed.notify()
         try:
@@ -236,11 +239,14 @@ class Batcher:
         return codes, job.neighbours
 
     def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        """(Called holding _changed.) The stepping thread, started unless it runs."""
+        if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="musicgen-batch", daemon=True)
             self._thread.start()
 
-    def _next(self) -> ModelBatch:
+    def _next(self) -> ModelBatch | None:
+        """The next model with windows to step, in turn; None after IDLE_SECONDS without any (the
+        thread then ends, so that nothing keeps the models alive; run() starts it again)."""
         with self._changed:
             while True:
                 self._drop_idle()
@@ -249,7 +255,9 @@ class Batcher:
                     self._order.rotate(-1)  # the next model's turn after this one
                     if self._batches[key].busy:
                         return self._batches[key]
-                self._changed.wait()
+                if not self._changed.wait(IDLE_SECONDS):
+                    self._thread = None
+                    return None
 
     def _drop_idle(self) -> None:
         for key in [key for key, batch in self._batches.items() if batch.forgotten and not batch.busy]:
@@ -257,11 +265,15 @@ class Batcher:
             self._order.remove(key)
 
     def _serve(self) -> None:
-        with torch.inference_mode():
-            while True:
-                batch = self._next()
-                try:
-                    batch.advance()
-                except BaseException as error:  # noqa: BLE001 (never leave a waiting prediction hanging)
-                    log.exception("the batched step failed")
-                    batch.fail_all(error)
+        try:
+            with torch.inference_mode():
+                while (batch := self._next()) is not None:
+                    try:
+                        batch.advance()
+                    except BaseException as error:  # noqa: BLE001 (never leave a waiting prediction hanging)
+                        log.exception("the batched step failed")
+                        batch.fail_all(error)
+        finally:
+            with self._changed:
+                if self._thread is threading.current_thread():
+                    self._thread = None

@@ -134,6 +134,10 @@ class FastLoop:
             return self.graph.step
         return self.eager_step
 
+    def _prefill_cache(self, batch: int, length: int, like: torch.Tensor) -> KVCache:
+        """Room for the prefill's positions only (like: its embeddings): the steps run in a slot."""
+        return self.cache(batch, like.shape[1], like)
+
     def eager_step(self, tokens, position: int, cache: KVCache, cross) -> torch.Tensor:
         return self.transformer.step(tokens, position, cache, cross)
 
@@ -179,8 +183,9 @@ class FastLoop:
         """One window: in the batch when batching and it fits a slot, else step by step here."""
         if self.batcher is None or draws is None:
             return self.window.generate(prompt, attributes, max_gen_len, sampling, on_step, negative)
-        state = self.window.start(prompt, attributes, max_gen_len, negative)
-        if not self.batcher.fits(self, state):  # a text or prefix longer than the slots hold
+        state = self.window.start(prompt, attributes, max_gen_len, negative, cache=self._prefill_cache)
+        if not self.batcher.fits(self, state):  # a text or prefix longer than the slots hold: alone
+            state = self.window.start(prompt, attributes, max_gen_len, negative)  # in a whole window's cache
             return self.window.finish(state, sampling, on_step, draws.generator)
         codes, neighbours = self.batcher.run(self, state, sampling, draws, on_step)
         progress.neighbours = max(progress.neighbours, neighbours)

@@ -20,7 +20,7 @@ FRAME_RATE = 50  # Hz: the 32 kHz EnCodec's token frames, which the LM config do
 WARMUP_STEPS = 3  # eager runs on a side stream before capture, as torch.cuda.graph asks
 
 
-def capture(model, dtype: torch.dtype, run):
+def capture_step(model, dtype: torch.dtype, run):
     """`run()` (one static step) captured as a CUDA graph under `model`'s autocast (float16 keys
     and values as `dtype`): (the graph, its static output). Warm-up runs first on a side stream,
     as torch.cuda.graph asks."""
@@ -96,7 +96,7 @@ class GraphedStep:
 
     def _capture(self, model) -> None:
         t = self.transformer
-        self.graph, self.logits = capture(
+        self.graph, self.logits = capture_step(
             model, self.cache.storage.dtype, lambda: t.static_step(self.tokens, self.position, self.cache, self.cross)
         )
         self.cache.clear()

@@ -82,7 +82,7 @@ def load_decoder(
     if not (on_cuda if check is None else check):
         if batcher is not None:
             with torch.no_grad():
-                batcher.add_model(fast, SlotStep(fast.transformer, model, batcher.slots, capture_graph=False))
+                batcher.add_model(fast, SlotStep(fast.transformer, model, batcher.slots, static=False))
             fast.batcher = batcher
         log.info(
             "%s: decoding with our loop (%s, on %s)", label, "eager" if batcher is None else fast.mode, model.device
@@ -128,7 +128,7 @@ def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, che
     """The checked batched step serving `fast` in `batcher`; the eager loop when it fails."""
     try:
         with torch.no_grad():
-            slot_step = SlotStep(fast.transformer, model, batcher.slots, capture_graph=on_cuda)
+            slot_step = SlotStep(fast.transformer, model, batcher.slots, static=on_cuda, capture=on_cuda)
         batched = slot_logits(model, fast, slot_step, *inputs)
         step = f"the batched step ({batcher.slots} slots{', a CUDA graph' if on_cuda else ''})"
         checks[f"{step} vs the eager step"] = _compare(step, batched, "the eager step", eager, tolerance)

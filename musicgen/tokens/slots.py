@@ -1,11 +1,16 @@
-"""The batched step's static buffers: S slots of one model, each a guided window (two rows).
+"""The batched step's buffers: S slots of one model, each a guided window (two rows).
 
-Every step runs the same shapes whatever the slots hold (CachedTransformer.batched_step): 2S rows,
-each at a position of its own, attention over the whole window with a mask, the text padded to
-CROSS_CAPACITY tokens with a per-row mask; a free slot steps a dummy token at position 0. With
-fixed shapes a row's numbers do not depend on the other rows (tests/test_batching.py), so a
-request's tokens depend on its inputs, its seed and S, never on its neighbours. On CUDA the step
-is captured once as a graph (graphs.capture) and replayed.
+The linear maps always run over all 2S rows (a free slot steps a dummy token): with a fixed shape
+a row's numbers do not depend on the other rows (tests/test_batching.py), so a request's tokens
+depend on its inputs, its seed and S, never on its neighbours. Attention, which mixes positions
+but never rows, comes in two forms:
+
+- static (CUDA, captured once as a graph and replayed; CachedTransformer.batched_step): every row
+  at a position of its own, attention over the whole window with a mask, the text padded to
+  CROSS_CAPACITY tokens with a per-row mask. Same shapes at every step, as a graph needs.
+- per slot (the CPU, or a GPU whose capture failed; CachedTransformer.slots_step): each slot's
+  attention over exactly its own positions and text. The whole window's masked attention reads
+  every position of every slot at every step, which costs a CPU several times the linear maps.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
-from musicgen.tokens.graphs import CROSS_CAPACITY, capture, window_positions
+from musicgen.tokens.graphs import CROSS_CAPACITY, capture_step, window_positions
 from musicgen.tokens.loop import WindowState
 from musicgen.tokens.transformer import CachedTransformer
 
@@ -23,7 +28,8 @@ ROWS_PER_SLOT = 2  # the conditional and the null condition (classifier-free gui
 class SlotStep:
     """Static buffers for `slots` windows of one model, and the step over all of them."""
 
-    def __init__(self, transformer: CachedTransformer, model, slots: int, capture_graph: bool):
+    def __init__(self, transformer: CachedTransformer, model, slots: int, static: bool, capture: bool = False):
+        """static: the static form (captured as a CUDA graph when `capture`); else attention per slot."""
         lm = transformer.lm
         t = self.transformer = transformer
         self.slots = slots
@@ -34,7 +40,10 @@ class SlotStep:
         positions = t.positions(length, device, lm.emb[0].weight.dtype)
         self.cache = KVCache(len(t.layers), rows, t.heads, length, t.head_dim, positions, dtype, zeroed=True)
         self.cross = None
-        if t.cross:
+        self.static = static
+        self.at: list[int | None] = [None] * slots  # per slot: its next position (None: free)
+        self.crosses: list[CrossAttentionCache | None] = [None] * slots  # per slot: its text's keys
+        if t.cross and self.static:
             keys = [
                 torch.zeros(rows, t.heads, CROSS_CAPACITY, t.head_dim, dtype=dtype, device=device) for _ in t.layers
             ]
@@ -45,8 +54,8 @@ class SlotStep:
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
         self.autocast = model.autocast  # for the uncaptured step (the graph was captured under it)
         self.graph = None
-        if capture_graph:
-            self.graph, self.logits = capture(model, dtype, self._run)
+        if capture:
+            self.graph, self.logits = capture_step(model, dtype, self._run)
             self.cache.clear()
 
     @property
@@ -59,15 +68,16 @@ class SlotStep:
         text fit the static buffers (else it runs on its own, eagerly)."""
         if not state.guided or state.batch != 1 or state.positions > self.cache.length:
             return False
-        if (state.cross is None) != (self.cross is None):
+        if (state.cross is None) != (not self.transformer.cross):
             return False
-        return state.cross is None or state.cross.keys[0].shape[2] <= CROSS_CAPACITY
+        return state.cross is None or not self.static or state.cross.keys[0].shape[2] <= CROSS_CAPACITY
 
     def load(self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None) -> None:
         """Put a started window in `slot`: the first `written` positions of its prefill's `cache`
         (WindowState: prefix + offset), and its text's `cross` keys and values."""
         rows = self._rows(slot)
         self.cache.storage[:, :, rows, :, :written] = cache.storage[:, :, :, :, :written]
+        self.crosses[slot] = cross
         if self.cross is not None:
             length = cross.keys[0].shape[2]
             for mine, theirs in zip(self.cross.keys + self.cross.values, cross.keys + cross.values, strict=True):
@@ -80,6 +90,7 @@ class SlotStep:
         rows = self._rows(slot)
         self.tokens[rows] = 0
         self.positions[rows] = 0
+        self.at[slot] = self.crosses[slot] = None
         if self.cross is not None:
             self.cross.mask[rows] = False
             self.cross.mask[rows, ..., :1] = True
@@ -89,6 +100,7 @@ class SlotStep:
         rows = self._rows(slot)
         self.tokens[rows] = tokens
         self.positions[rows] = position
+        self.at[slot] = position
 
     def step(self) -> torch.Tensor:
         """Every slot one step: logits [2S, K, card] (static: read before the next step)."""
@@ -99,6 +111,8 @@ class SlotStep:
         return self.logits
 
     def _run(self) -> torch.Tensor:
+        if not self.static:
+            return self.transformer.slots_step(self.tokens, self.at, self.cache, self.crosses)
         return self.transformer.batched_step(self.tokens, self.positions, self.cache, self.cross)
 
     @staticmethod

@@ -159,8 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{str(all(r['same_bytes_alone_and_in_the_crowd'])):>11}"
         )
     if args.json:
+        summary = {
+            f"N={r['batch']}": {key: r[key] for key in ("ratio", "target", "single_ratio")}
+            | {"same bytes alone and in the crowd": all(r["same_bytes_alone_and_in_the_crowd"])}
+            for r in records
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=2) + "\n")
+        args.json.write_text(json.dumps({"summary": summary, "records": records}, indent=2) + "\n")
     return 0 if all(all(r["same_bytes_alone_and_in_the_crowd"]) for r in records) else 1
 
 
