@@ -171,6 +171,7 @@ def batch_server(demo_weights, tmp_path_factory):
 def melody_file(tmp_path_factory):
     directory = tmp_path_factory.mktemp("batch-files")
     write_scale(directory / "melody.wav", 3, base=220.0, channel_gain_step=0.0)
+    write_scale(directory / "window.wav", 30, rate=16000, channels=1)  # a full 30 s window
     return directory / "melody.wav"
 
 
@@ -200,9 +201,11 @@ def _in_threads(server, requests_by_name: dict[str, dict], gap: float) -> dict[s
 
 @pytest.mark.slow
 def test_a_prediction_is_the_same_alone_and_among_others(batch_server, target_alone, melody_file):
-    """Among a 45 s piece (two windows), a melody, a greedy continuation at guidance 30 and a
-    request refused for bad input, arriving at different times: the same bytes, its steps shared."""
+    """Among a 45 s piece (two windows), a melody, a greedy continuation at guidance 30, a stereo
+    model with a negative prompt, a continuation of a whole 30 s window and a request refused for
+    bad input, arriving at different times: the same bytes, its steps shared."""
     melody = data_uri(melody_file)
+    window = data_uri(melody_file.with_name("window.wav"))
     crowd = {
         "long": {"model_version": "large", "prompt": "rock", "duration": 45, "seed": 1, "top_p": 0.9, "temperature": 0.8},
         "melody": {"model_version": "melody", "prompt": "strings", "input_audio": melody, "duration": 20, "seed": 2,
@@ -211,10 +214,14 @@ def test_a_prediction_is_the_same_alone_and_among_others(batch_server, target_al
         "target": TARGET,
         "continuation": {"model_version": "large", "prompt": "jazz", "input_audio": melody, "continuation": True,
                          "duration": 15, "seed": 3, "temperature": 0, "classifier_free_guidance": 30},
+        "stereo": {"model_version": "stereo-large", "prompt": "wide", "negative_prompt": "drums", "duration": 10,
+                   "seed": 5},
+        "full window": {"model_version": "large", "prompt": "on", "input_audio": window, "continuation": True,
+                        "duration": 3, "seed": 6, "top_k": 10},
     }  # fmt: skip
     answers = _in_threads(batch_server, crowd, gap=0.4)
     assert answers["refused"]["status"] == "failed" and "input_audio" in answers["refused"]["error"], answers["refused"]
-    for name in ("long", "melody", "continuation", "target"):
+    for name in ("long", "melody", "continuation", "stereo", "full window", "target"):
         assert answers[name]["status"] == "succeeded", answers[name]
     assert answers["target"]["output"] == target_alone
     assert "its steps shared with up to" in answers["target"]["logs"], answers["target"]["logs"]
