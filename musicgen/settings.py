@@ -30,10 +30,10 @@ ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"  # read by oneDNN (torch's 
 DECODERS = ("musicgen", "audiocraft")  # our loop (musicgen.tokens), or audiocraft's own
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes"), ("0", "false", "no")
 # Predictions of one model decoding together when MUSICGEN_MAX_BATCH is unset. On a GPU a step
-# costs about the same for 4 predictions as for 1 (it reads every weight once whatever the
-# batch), so 4 cost about a quarter each. On a CPU one at a time: the step grows with the batch
-# there, a slot's cache is float32 (the small model's 4 slots: 3.6 GB), and N = 1 keeps our loop's
-# tokens exactly audiocraft's.
+# is bound by launch overhead and reading every weight once, whatever the batch. On a CPU one at a
+# time: the step grows with the batch there (one prediction alone in a batch of 4 takes twice as
+# long, docs/benchmarks.md), a slot's cache is float32 (the small model's 4 slots: 3.6 GB), and
+# N = 1 keeps our loop's tokens exactly audiocraft's.
 DEFAULT_MAX_BATCH = {"cuda": 4, "cpu": 1}
 
 

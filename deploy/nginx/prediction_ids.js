@@ -14,11 +14,31 @@ function refuse(r, id) {
     }) + '\n');
 }
 
-// The id in a JSON body (POST /predictions, POST /trainings, PUT /predictions/<id>): checked, then
-// the request goes on to the server unchanged. A body that is not JSON goes on too: the runtime
-// answers it as it answers any caller.
+// The endpoint the server does not serve ($cog_serves names the one it does): answered here. The
+// runtime would take a prediction's inputs as train()'s arguments ("TypeError: train() got an
+// unexpected keyword argument 'duration'").
+function elsewhere(r) {
+    var serves = r.variables.cog_serves;
+    if (r.uri.split('/')[1] === serves) {
+        return false;
+    }
+    r.headersOut['Content-Type'] = 'application/json';
+    r.return(404, JSON.stringify({
+        detail: 'this server runs ' + serves + ', not ' + r.uri.split('/')[1] + ': use /' + serves
+            + (serves === 'trainings' ? ' (predictions are served by the same image started without --x-mode train)'
+                                      : ' (trainings are served by the same image started with --x-mode train)'),
+    }) + '\n');
+    return true;
+}
+
+// The id in a JSON body (POST /predictions, POST /trainings, PUT /predictions/<id>): checked (an
+// unsafe id is refused first, whatever the endpoint), then the endpoint; then the request goes on
+// to the server unchanged, except that POST /predictions with an id goes on
+// as PUT /predictions/<id> (nginx.conf's @cog_put says why). A body that is not JSON goes on too:
+// the runtime answers it as it answers any caller.
 function check(r) {
     var text = r.requestText;
+    var rewrite = null;
     if (text) {
         var body = null;
         try {
@@ -31,7 +51,18 @@ function check(r) {
                 refuse(r, body.id);
                 return;
             }
+            if (r.method === 'POST' && /^\/predictions\/?$/.test(r.uri)) {
+                rewrite = body.id;
+            }
         }
+    }
+    if (elsewhere(r)) {
+        return;
+    }
+    if (rewrite !== null) {
+        r.variables.body_id = rewrite;
+        r.internalRedirect('@cog_put');
+        return;
     }
     r.internalRedirect('@cog');
 }
