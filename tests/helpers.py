@@ -272,12 +272,7 @@ def started_server(
     (folder / "tmp").mkdir()
     server = Server(weights, folder / "server.log", {"TMPDIR": str(folder / "tmp"), **(env or {})}, args=args)
     server.tmp = folder / "tmp"
-    try:
-        server.wait_for({"READY"}, START_TIMEOUT)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return server.ready(START_TIMEOUT)
 
 
 def cancel_while_downloading(

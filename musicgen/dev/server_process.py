@@ -60,6 +60,15 @@ class ServerProcess:
     def health(self) -> dict:
         return requests.get(f"{self.url}/health-check", timeout=HTTP_TIMEOUT).json()
 
+    def ready(self, timeout: float) -> ServerProcess:
+        """This server once READY; stopped (and the error raised) when it does not get there."""
+        try:
+            self.wait_for({"READY"}, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def wait_for(self, statuses: set[str], timeout: float) -> dict:
         """Poll /health-check until its status is one of `statuses`; ServerError otherwise."""
         deadline = time.monotonic() + timeout

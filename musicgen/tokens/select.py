@@ -114,14 +114,7 @@ def load_decoder(
         log.warning("%s: decoding with our eager loop; the CUDA-graph step failed its check: %s", label, _reason(why))
         return _served(fast, f"the CUDA-graph step failed its check: {_reason(why)}", checks)
     fast.graph = graph
-    log.info(
-        "%s: decoding with our loop, %s (checked in %.1f s; static buffers %.0f MB)",
-        label,
-        fast.mode,
-        time.perf_counter() - start,
-        graph.nbytes / 2**20,
-    )
-    return _served(fast, "both checks passed", checks)
+    return _checked(fast, label, start, graph.nbytes, checks)
 
 
 def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, checks, start) -> Decoder:
@@ -137,12 +130,17 @@ def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, che
         return _served(fast, f"the batched step failed its check: {_reason(why)}", checks)
     batcher.add_model(fast, slot_step)
     fast.batcher = batcher
+    return _checked(fast, label, start, slot_step.nbytes, checks)
+
+
+def _checked(fast: FastLoop, label: str, start: float, static_bytes: int, checks: dict[str, str]) -> Decoder:
+    """`fast`, its checks passed, with the log line saying how it serves."""
     log.info(
         "%s: decoding with our loop, %s (checked in %.1f s; static buffers %.0f MB)",
         label,
         fast.mode,
         time.perf_counter() - start,
-        slot_step.nbytes / 2**20,
+        static_bytes / 2**20,
     )
     return _served(fast, "both checks passed", checks)
 

@@ -86,13 +86,7 @@ def at_once(server: ServerProcess, requests_: list[dict]) -> tuple[list[str], fl
 
 
 def serve(root: Path, folder: Path, name: str, env: dict[str, str]) -> ServerProcess:
-    server = ServerProcess(root, folder / f"{name}.log", env=env)
-    try:
-        server.wait_for({"READY"}, START_TIMEOUT)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return ServerProcess(root, folder / f"{name}.log", env=env).ready(START_TIMEOUT)
 
 
 def measure(root: Path, version: str, batch: int, duration: int, env: dict[str, str], folder: Path) -> dict:
