@@ -5,10 +5,10 @@ a row's numbers do not depend on the other rows (tests/test_batching.py), so a r
 depend on its inputs, its seed and S, never on its neighbours. Attention, which mixes positions
 but never rows, comes in two forms:
 
-- static (CUDA, captured once as a graph and replayed; CachedTransformer.batched_step): every row
+- static (CUDA, captured once as a graph and replayed; masked_step): every row
   at a position of its own, attention over the whole window with a mask, the text padded to
   CROSS_CAPACITY tokens with a per-row mask. Same shapes at every step, as a graph needs.
-- per slot (the CPU, or a GPU whose capture failed; CachedTransformer.slots_step): each slot's
+- per slot (the CPU, or a GPU whose capture failed; per_slot_step): each slot's
   attention over exactly its own positions and text. The whole window's masked attention reads
   every position of every slot at every step, which costs a CPU several times the linear maps.
 """
@@ -16,11 +16,12 @@ but never rows, comes in two forms:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.graphs import CROSS_CAPACITY, capture_step, window_positions
 from musicgen.tokens.loop import WindowState
-from musicgen.tokens.transformer import CachedTransformer
+from musicgen.tokens.transformer import CachedTransformer, scaled, wide_linear
 
 ROWS_PER_SLOT = 2  # the conditional and the null condition (classifier-free guidance)
 
@@ -112,9 +113,90 @@ class SlotStep:
 
     def _run(self) -> torch.Tensor:
         if not self.static:
-            return self.transformer.slots_step(self.tokens, self.at, self.cache, self.crosses)
-        return self.transformer.batched_step(self.tokens, self.positions, self.cache, self.cross)
+            return per_slot_step(self.transformer, self.tokens, self.at, self.cache, self.crosses)
+        return masked_step(self.transformer, self.tokens, self.positions, self.cache, self.cross)
 
     @staticmethod
     def _rows(slot: int) -> slice:
         return slice(ROWS_PER_SLOT * slot, ROWS_PER_SLOT * (slot + 1))
+
+
+def masked_step(
+    t: CachedTransformer,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache,
+    cross: CrossAttentionCache | None,
+) -> torch.Tensor:
+    """One step of rows at positions of their own (the CUDA graph's form):
+    tokens [R, K] at `positions` [R] -> logits [R, K, card]. Shapes are the same whatever the
+    rows hold: attention reads each row's whole cache, masking the positions after its own,
+    and the padded cross cache through its per-row mask (cross.mask [R, 1, 1, T]). So a row's
+    result never depends on the other rows (capturable as a CUDA graph, too)."""
+    rows = tokens.shape[0]
+    x = t.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, positions)
+    visible = (cache.slots.view(1, -1) <= positions.view(-1, 1)).view(rows, 1, 1, -1)
+    every_row = torch.arange(rows, device=tokens.device)
+    cross_mask = {} if cross is None else {"attn_mask": cross.mask}
+    for index, layer in enumerate(t.layers):
+        h = layer.norm1(x)
+        packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
+        keys, values = cache.keys[index], cache.values[index]
+        keys[every_row, :, positions] = packed[:, 1, :, 0]
+        values[every_row, :, positions] = packed[:, 2, :, 0]
+        attended = t._attend(packed[:, 0], keys, values, attn_mask=visible)
+        x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, t.dim).to(h.dtype)))
+        if cross is not None:
+            h = layer.norm_cross(x)
+            query = layer.cross_query(h).view(rows, t.heads, 1, t.head_dim)
+            attended = t._attend(query, cross.keys[index], cross.values[index], **cross_mask)
+            x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, t.dim).to(h.dtype)))
+        x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+    if t.out_norm is not None:
+        x = t.out_norm(x)
+    return torch.stack([head(x) for head in t.heads_out], dim=1)
+
+
+def per_slot_step(
+    t: CachedTransformer,
+    tokens: torch.Tensor,
+    positions: list[int | None],
+    cache: KVCache,
+    crosses: list[CrossAttentionCache | None],
+) -> torch.Tensor:
+    """One step of slots of two rows each (continuous batching, on the CPU): tokens [R, K],
+    slot s at positions[s] with its own cross-attention keys crosses[s] (None: a free slot)
+    -> logits [R, K, card]. The linear maps run over all R rows (a fixed shape: a row's
+    numbers do not depend on the others); attention runs per slot over exactly its own
+    positions and text, the very call the eager step makes for one prediction, so it reads
+    only what the slot wrote (the whole window's masked attention costs a CPU several times
+    more). A free slot's rows attend to nothing and are never read."""
+    rows = tokens.shape[0]
+    slot_rows = [
+        (slice(2 * s, 2 * s + 2), p, c)
+        for s, (p, c) in enumerate(zip(positions, crosses, strict=True))
+        if p is not None
+    ]
+    at = torch.tensor([0 if p is None else p for p in positions for _ in range(2)], device=tokens.device)
+    x = t.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, at)
+    for index, layer in enumerate(t.wide_layers):
+        h = layer.norm1(x)
+        packed = wide_linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
+        keys, values = cache.keys[index], cache.values[index]
+        attended = torch.zeros(rows, t.heads, 1, t.head_dim, dtype=packed.dtype, device=packed.device)
+        for part, position, _ in slot_rows:
+            keys[part, :, position] = packed[part, 1, :, 0]
+            values[part, :, position] = packed[part, 2, :, 0]
+            attended[part] = t._attend(packed[part, 0], keys[part, :, : position + 1], values[part, :, : position + 1])
+        x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, t.dim).to(h.dtype)))
+        if t.cross:
+            h = layer.norm_cross(x)
+            query = layer.cross_query(h).view(rows, t.heads, 1, t.head_dim)
+            attended = torch.zeros_like(query)
+            for part, _, cross in slot_rows:
+                attended[part] = t._attend(query[part], cross.keys[index], cross.values[index])
+            x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, t.dim).to(h.dtype)))
+        x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+    if t.out_norm is not None:
+        x = t.out_norm(x)
+    return torch.stack([head(x) for head in t.wide_heads_out], dim=1)

@@ -137,7 +137,7 @@ class _Layer(tp.NamedTuple):
         )
 
 
-def _scaled(scale: tp.Callable | None, x: torch.Tensor) -> torch.Tensor:
+def scaled(scale: tp.Callable | None, x: torch.Tensor) -> torch.Tensor:
     return x if scale is None else scale(x)
 
 
@@ -152,7 +152,7 @@ class CachedTransformer:
         self.dim = first.embed_dim
         self.head_dim = self.dim // self.heads
         self.layers = [_Layer.of(layer, self.dim) for layer in lm.transformer.layers]
-        # the same layers with their linear maps as wide_linear (slots_step: the CPU's batched step)
+        # the same layers with their linear maps as wide_linear (slots.per_slot_step: the CPU's batched step)
         self.wide_layers = [_Layer.of(layer, self.dim, wide_linear) for layer in lm.transformer.layers]
         self.cross_attentions = [layer.cross_attention for layer in lm.transformer.layers]
         self.cross = self.cross_attentions[0] is not None
@@ -232,14 +232,14 @@ class CachedTransformer:
 
     def _rest(self, layer: _Layer, x, h, attended, cross, index, **cross_mask) -> torch.Tensor:
         """A layer after its self-attention: residual, cross-attention, feed-forward."""
-        x = x + _scaled(layer.scale1, layer.out_proj(self._merge(attended, h.dtype)))
+        x = x + scaled(layer.scale1, layer.out_proj(self._merge(attended, h.dtype)))
         if cross is not None:
             h = layer.norm_cross(x)
             attended = self._attend(
                 self._heads(layer.cross_query(h)), cross.keys[index], cross.values[index], **cross_mask
             )
-            x = x + _scaled(layer.scale_cross, layer.cross_out(self._merge(attended, h.dtype)))
-        return x + _scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+            x = x + scaled(layer.scale_cross, layer.cross_out(self._merge(attended, h.dtype)))
+        return x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
 
     # ---------------------------------------------------------------- the two forms
 
@@ -273,13 +273,13 @@ class CachedTransformer:
             packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, self.heads, 1, self.head_dim)
             keys, values = cache.write(index, position, packed[:, 1], packed[:, 2])
             attended = self._attend(packed[:, 0], keys, values)
-            x = x + _scaled(layer.scale1, layer.out_proj(attended.reshape(batch, self.dim).to(h.dtype)))
+            x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(batch, self.dim).to(h.dtype)))
             if cross is not None:
                 h = layer.norm_cross(x)
                 query = layer.cross_query(h).view(batch, self.heads, 1, self.head_dim)
                 attended = self._attend(query, cross.keys[index], cross.values[index])
-                x = x + _scaled(layer.scale_cross, layer.cross_out(attended.reshape(batch, self.dim).to(h.dtype)))
-            x = x + _scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+                x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(batch, self.dim).to(h.dtype)))
+            x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
         if self.out_norm is not None:
             x = self.out_norm(x)
         return torch.stack([head(x) for head in self.heads_out], dim=1)
@@ -308,84 +308,3 @@ class CachedTransformer:
             mask = {} if cross is None else {"attn_mask": cross.mask}
             x = self._rest(layer, x, h, attended, cross, index, **mask)
         return self.logits(x)
-
-    def batched_step(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        cache: KVCache,
-        cross: CrossAttentionCache | None,
-    ) -> torch.Tensor:
-        """One step of rows at positions of their own (continuous batching, tokens/batching.py):
-        tokens [R, K] at `positions` [R] -> logits [R, K, card]. Shapes are the same whatever the
-        rows hold: attention reads each row's whole cache, masking the positions after its own,
-        and the padded cross cache through its per-row mask (cross.mask [R, 1, 1, T]). So a row's
-        result never depends on the other rows (capturable as a CUDA graph, too)."""
-        rows = tokens.shape[0]
-        x = self.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, positions)
-        visible = (cache.slots.view(1, -1) <= positions.view(-1, 1)).view(rows, 1, 1, -1)
-        every_row = torch.arange(rows, device=tokens.device)
-        cross_mask = {} if cross is None else {"attn_mask": cross.mask}
-        for index, layer in enumerate(self.layers):
-            h = layer.norm1(x)
-            packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, self.heads, 1, self.head_dim)
-            keys, values = cache.keys[index], cache.values[index]
-            keys[every_row, :, positions] = packed[:, 1, :, 0]
-            values[every_row, :, positions] = packed[:, 2, :, 0]
-            attended = self._attend(packed[:, 0], keys, values, attn_mask=visible)
-            x = x + _scaled(layer.scale1, layer.out_proj(attended.reshape(rows, self.dim).to(h.dtype)))
-            if cross is not None:
-                h = layer.norm_cross(x)
-                query = layer.cross_query(h).view(rows, self.heads, 1, self.head_dim)
-                attended = self._attend(query, cross.keys[index], cross.values[index], **cross_mask)
-                x = x + _scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, self.dim).to(h.dtype)))
-            x = x + _scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
-        if self.out_norm is not None:
-            x = self.out_norm(x)
-        return torch.stack([head(x) for head in self.heads_out], dim=1)
-
-    def slots_step(
-        self,
-        tokens: torch.Tensor,
-        positions: list[int | None],
-        cache: KVCache,
-        crosses: list[CrossAttentionCache | None],
-    ) -> torch.Tensor:
-        """One step of slots of two rows each (continuous batching, on the CPU): tokens [R, K],
-        slot s at positions[s] with its own cross-attention keys crosses[s] (None: a free slot)
-        -> logits [R, K, card]. The linear maps run over all R rows (a fixed shape: a row's
-        numbers do not depend on the others); attention runs per slot over exactly its own
-        positions and text, the very call the eager step makes for one prediction, so it reads
-        only what the slot wrote (the whole window's masked attention costs a CPU several times
-        more). A free slot's rows attend to nothing and are never read."""
-        rows = tokens.shape[0]
-        slot_rows = [
-            (slice(2 * s, 2 * s + 2), p, c)
-            for s, (p, c) in enumerate(zip(positions, crosses, strict=True))
-            if p is not None
-        ]
-        at = torch.tensor([0 if p is None else p for p in positions for _ in range(2)], device=tokens.device)
-        x = self.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, at)
-        for index, layer in enumerate(self.wide_layers):
-            h = layer.norm1(x)
-            packed = wide_linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, self.heads, 1, self.head_dim)
-            keys, values = cache.keys[index], cache.values[index]
-            attended = torch.zeros(rows, self.heads, 1, self.head_dim, dtype=packed.dtype, device=packed.device)
-            for part, position, _ in slot_rows:
-                keys[part, :, position] = packed[part, 1, :, 0]
-                values[part, :, position] = packed[part, 2, :, 0]
-                attended[part] = self._attend(
-                    packed[part, 0], keys[part, :, : position + 1], values[part, :, : position + 1]
-                )
-            x = x + _scaled(layer.scale1, layer.out_proj(attended.reshape(rows, self.dim).to(h.dtype)))
-            if self.cross:
-                h = layer.norm_cross(x)
-                query = layer.cross_query(h).view(rows, self.heads, 1, self.head_dim)
-                attended = torch.zeros_like(query)
-                for part, _, cross in slot_rows:
-                    attended[part] = self._attend(query[part], cross.keys[index], cross.values[index])
-                x = x + _scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, self.dim).to(h.dtype)))
-            x = x + _scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
-        if self.out_norm is not None:
-            x = self.out_norm(x)
-        return torch.stack([head(x) for head in self.wide_heads_out], dim=1)

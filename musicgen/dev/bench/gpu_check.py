@@ -87,13 +87,13 @@ def steps(profile: str, out: Path) -> list[Step]:
     return [
         environment,
         Step("small 8 s: stock vs ours (setup's loop in the records)", bench("small", "cuda", 8, "--no-warm"), 50),
-        Step("melody 8 s: stock vs ours", bench("melody", "cuda", 8), 120),
+        Step("melody 8 s: stock vs ours", bench("melody", "cuda", 8), 110),
         Step("agreement, melody 8 s (float16 logits, float32 greedy tokens)", agreement("melody", "cuda", 8), 60),
-        Step("large 30 s: stock vs ours", bench("large", "cuda", 30, "--no-warm"), 155),
+        Step("large 30 s: stock vs ours", bench("large", "cuda", 30, "--no-warm"), 140),
         Step(
             "batched decoding: small 3 s, N = 4 against one at a time, through the server",
             load("small", "cuda", 3, "4"),
-            75,
+            70,
         ),
         Step("memory budget: estimate vs measured", budget("cuda", out), 30),
     ]
