@@ -145,16 +145,8 @@ def masked_step(
         keys[every_row, :, positions] = packed[:, 1, :, 0]
         values[every_row, :, positions] = packed[:, 2, :, 0]
         attended = t._attend(packed[:, 0], keys, values, attn_mask=visible)
-        x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, t.dim).to(h.dtype)))
-        if cross is not None:
-            h = layer.norm_cross(x)
-            query = layer.cross_query(h).view(rows, t.heads, 1, t.head_dim)
-            attended = t._attend(query, cross.keys[index], cross.values[index], **cross_mask)
-            x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, t.dim).to(h.dtype)))
-        x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
-    if t.out_norm is not None:
-        x = t.out_norm(x)
-    return torch.stack([head(x) for head in t.heads_out], dim=1)
+        x = t.token_rest(layer, x, h, attended, cross, index, **cross_mask)
+    return t.token_logits(x)
 
 
 def per_slot_step(

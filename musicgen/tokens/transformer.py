@@ -273,13 +273,23 @@ class CachedTransformer:
             packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, self.heads, 1, self.head_dim)
             keys, values = cache.write(index, position, packed[:, 1], packed[:, 2])
             attended = self._attend(packed[:, 0], keys, values)
-            x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(batch, self.dim).to(h.dtype)))
-            if cross is not None:
-                h = layer.norm_cross(x)
-                query = layer.cross_query(h).view(batch, self.heads, 1, self.head_dim)
-                attended = self._attend(query, cross.keys[index], cross.values[index])
-                x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(batch, self.dim).to(h.dtype)))
-            x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+            x = self.token_rest(layer, x, h, attended, cross, index)
+        return self.token_logits(x)
+
+    def token_rest(self, layer: _Layer, x, h, attended, cross, index: int, **cross_mask) -> torch.Tensor:
+        """A layer after its self-attention, one token per row: x, h [R, dim], attended
+        [R, h, 1, d] -> the layer's output [R, dim] (residual, cross-attention, feed-forward)."""
+        rows = x.shape[0]
+        x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, self.dim).to(h.dtype)))
+        if cross is not None:
+            h = layer.norm_cross(x)
+            query = layer.cross_query(h).view(rows, self.heads, 1, self.head_dim)
+            attended = self._attend(query, cross.keys[index], cross.values[index], **cross_mask)
+            x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, self.dim).to(h.dtype)))
+        return x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+
+    def token_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[R, dim] -> logits [R, K, card] (out_norm, then the heads)."""
         if self.out_norm is not None:
             x = self.out_norm(x)
         return torch.stack([head(x) for head in self.heads_out], dim=1)
