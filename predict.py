@@ -1,8 +1,9 @@
 """Cog entry point: the published MusicGen input schema, one Request, one call into the package.
 
 Cog builds the HTTP schema by statically parsing this file, so every Input(...) stays literal.
-predict() is async so that Cog's runtime may give it a second slot (musicgen/runner.py says why);
-predictions still run one at a time. From Python: `asyncio.run(predictor.predict(...))`.
+predict() is async so that Cog's runtime may give it more than one slot (musicgen/runner.py says
+why): up to MUSICGEN_MAX_BATCH predictions run at once, decoding together (docs/batching.md).
+From Python: `asyncio.run(predictor.predict(...))`.
 """
 
 from typing import Optional
