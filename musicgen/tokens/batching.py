@@ -217,16 +217,17 @@ class Batcher:
         batch = self._batches.get(loop)
         return 0 if batch is None else batch.step.nbytes
 
-    def fits(self, loop, state: WindowState) -> bool:
-        batch = self._batches.get(loop)
-        return batch is not None and batch.step.fits(state)
-
-    def run(self, loop, state: WindowState, sampling: Sampling, draws: Draws, on_step) -> tuple:
+    def run(self, loop, state: WindowState, sampling: Sampling, draws: Draws, on_step) -> tuple | None:
         """The window's tokens, decoded in `loop`'s batch; the turn is released while it waits.
-        Returns (tokens [1, K, max_gen_len], the most other windows it shared a step with)."""
+        Returns (tokens [1, K, max_gen_len], the most other windows it shared a step with), or None
+        when the window does not fit a slot or the model's batch is gone (its model was evicted):
+        the caller then runs it alone."""
         job = Job(state, sampling, draws.generator, on_step)
         with self._changed:
-            self._batches[loop].waiting.append(job)
+            batch = self._batches.get(loop)
+            if batch is None or not batch.step.fits(state):
+                return None
+            batch.waiting.append(job)
             self._start()
             self._changed.notify()
         try:

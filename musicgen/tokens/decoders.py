@@ -184,10 +184,11 @@ class FastLoop:
         if self.batcher is None or draws is None:
             return self.window.generate(prompt, attributes, max_gen_len, sampling, on_step, negative)
         state = self.window.start(prompt, attributes, max_gen_len, negative, cache=self._prefill_cache)
-        if not self.batcher.fits(self, state):  # a text or prefix longer than the slots hold: alone
-            state = self.window.start(prompt, attributes, max_gen_len, negative)  # in a whole window's cache
+        batched = self.batcher.run(self, state, sampling, draws, on_step)
+        if batched is None:  # a text or prefix longer than the slots hold: alone, in a whole window's cache
+            state = self.window.start(prompt, attributes, max_gen_len, negative)
             return self.window.finish(state, sampling, on_step, draws.generator)
-        codes, neighbours = self.batcher.run(self, state, sampling, draws, on_step)
+        codes, neighbours = batched
         progress.neighbours = max(progress.neighbours, neighbours)
         return codes
 
