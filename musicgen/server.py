@@ -20,11 +20,11 @@ from pathlib import Path
 from musicgen.cog_yaml import COG_YAML, CogRefs, cog_refs
 from musicgen.errors import SettingsError
 from musicgen.settings import (
-    DEFAULT_MAX_BATCH,
     FINE_TUNED_ENV,
     REPOSITORY,
     SLOTS_ENV,
     Settings,
+    best_device,
     child_environment,
     read_settings,
 )
@@ -82,17 +82,9 @@ def default_slots(env: dict[str, str]) -> int:
         settings = read_settings(env)
     except SettingsError:
         settings = Settings()
-    batch = settings.max_batch
-    if batch is None:
-        device = settings.device or ("cuda" if _cuda_present() else "cpu")
-        batch = DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+    # the device (and torch, to look for CUDA) only when the setting leaves the number open
+    batch = settings.max_batch or settings.max_batch_on(best_device(settings.device))
     return max(2, SLOTS_PER_BATCH_PLACE * batch)
-
-
-def _cuda_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def server_command(host: str, upload_url: str | None = None, train: bool = False) -> list[str]:

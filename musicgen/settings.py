@@ -154,9 +154,23 @@ class Settings:
     hub_endpoint: str = "https://huggingface.co"
     hub_token: str | None = None
 
+    def max_batch_on(self, device: str) -> int:
+        """MUSICGEN_MAX_BATCH if set, else `device`'s default (DEFAULT_MAX_BATCH)."""
+        return self.max_batch or DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+
     def replace(self, **changes) -> Settings:
         """These settings with `changes` (field=value): for callers that choose, such as the bench and tests."""
         return dataclasses.replace(self, **changes)
+
+
+def best_device(setting: str | None = None) -> str:
+    """`setting` (MUSICGEN_DEVICE) if given; else CUDA when present (the LM then runs in float16),
+    else CPU. torch is imported only to look (this module stays light to import)."""
+    if setting:
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def read_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -55,7 +55,7 @@ from musicgen.models.memory import (
     release_freed_memory,
 )
 from musicgen.models.sizes import lm_bytes, lm_card, static_bytes
-from musicgen.settings import DEFAULT_MAX_BATCH, Settings
+from musicgen.settings import Settings, best_device
 from musicgen.tokens.batching import Batcher
 from musicgen.tokens.decoders import Decoder
 from musicgen.tokens.select import load_decoder
@@ -63,16 +63,6 @@ from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
 log = logging.getLogger(__name__)
-
-
-def best_device(setting: str | None = None) -> str:
-    """`setting` (MUSICGEN_DEVICE) if given; else CUDA when present (the LM then runs in float16), else CPU."""
-    return setting or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def max_batch(settings: Settings, device: str) -> int:
-    """MUSICGEN_MAX_BATCH if set, else the device's default (DEFAULT_MAX_BATCH)."""
-    return settings.max_batch or DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
 @dataclass
@@ -267,7 +257,7 @@ def load_models(
         preloaded=tuple(versions),
         decoder_choice=settings.decoder,
         budget=configured_budget(device, settings.memory_budget_gb),
-        max_batch=max_batch(settings, device),
+        max_batch=settings.max_batch_on(device),
     )
     for version in GENERATING:
         if version in versions or store.is_present([version], root):

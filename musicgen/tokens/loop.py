@@ -78,10 +78,6 @@ class WindowState:
         """Cache positions the whole window writes (the prefill's and every step's)."""
         return self.prefix + self.last
 
-    @property
-    def steps_left(self) -> int:
-        return self.last + 1 - self.offset
-
     def take(self, token: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """Write `token` [B, K, 1] at the current step; return the next step's input (the column
         just written, doubled for guidance) and its cache position, or None after the last step."""

@@ -56,10 +56,8 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
 
 
 def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """audiocraft's utils.sample_top_p, operation for operation, drawing from `generator`
-    (audiocraft's own, which it is for None, takes none)."""
-    if generator is None:
-        return utils.sample_top_p(probs, p=p)
+    """audiocraft's utils.sample_top_p, operation for operation (so the same draws from torch's
+    global generator for None), drawing from `generator`, which audiocraft's does not take."""
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
     probs_sum = torch.cumsum(probs_sort, dim=-1)
     probs_sort *= (~(probs_sum - probs_sort > p)).float()

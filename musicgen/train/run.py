@@ -15,8 +15,7 @@ import audiocraft
 from musicgen.audio.fetch import FetchLimits
 from musicgen.errors import InputError
 from musicgen.generate import draw_seed, seed_everything
-from musicgen.models.load import best_device
-from musicgen.settings import Settings
+from musicgen.settings import Settings, best_device
 from musicgen.train.dataset import Skipped, check_archive, dataset_files
 from musicgen.train.export import write_fine_tuned
 from musicgen.train.loop import train_lm
