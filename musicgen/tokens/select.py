@@ -19,7 +19,7 @@ import torch
 
 from musicgen.tokens.batching import Batcher
 from musicgen.tokens.decoders import AudiocraftLoop, Decoder, FastLoop
-from musicgen.tokens.graphs import CROSS_CAPACITY, GraphedStep
+from musicgen.tokens.graphs import GraphedStep
 from musicgen.tokens.loop import condition_tensors
 from musicgen.tokens.slots import SlotStep
 from musicgen.tokens.transformer import Unsupported
@@ -199,7 +199,7 @@ def slot_logits(model, fast: FastLoop, slot_step: SlotStep, tensors: dict, token
         cross = t.cross_cache(cross_source)
         cache = fast.cache(2, prefix + 1, embedded)
         logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
-        if cross is not None and cross.keys[0].shape[2] > CROSS_CAPACITY:
+        if not slot_step.takes_text(cross):
             raise CheckFailed("the check's text does not fit the batched step")
         rows = slice(2 * slot, 2 * slot + 2)
         slot_step.cache.clear()

@@ -5,10 +5,10 @@ a row's numbers do not depend on the other rows (tests/test_batching.py), so a r
 depend on its inputs, its seed and S, never on its neighbours. Attention, which mixes positions
 but never rows, comes in two forms:
 
-- static (CUDA, captured once as a graph and replayed; masked_step): every row
+- static (CUDA, captured once as a graph and replayed; SlotStep._masked_step): every row
   at a position of its own, attention over the whole window with a mask, the text padded to
   CROSS_CAPACITY tokens with a per-row mask. Same shapes at every step, as a graph needs.
-- per slot (the CPU, or a GPU whose capture failed; per_slot_step): each slot's
+- per slot (the CPU, or a GPU whose capture failed; SlotStep._per_slot_step): each slot's
   attention over exactly its own positions and text. The whole window's masked attention reads
   every position of every slot at every step, which costs a CPU several times the linear maps.
 """
@@ -42,8 +42,12 @@ class SlotStep:
         self.cache = KVCache(len(t.layers), rows, t.heads, length, t.head_dim, positions, dtype, zeroed=True)
         self.cross = None
         self.static = static
-        self.at: list[int | None] = [None] * slots  # per slot: its next position (None: free)
-        self.crosses: list[CrossAttentionCache | None] = [None] * slots  # per slot: its text's keys
+        # the per-slot form: each slot's next position (None: free) and its text's keys, and the
+        # layers with their linear maps as wide_linear
+        self.at: list[int | None] = [None] * slots
+        self.crosses: list[CrossAttentionCache | None] = [None] * slots
+        if not static:
+            self.wide_layers, self.wide_heads = t.with_linear(wide_linear)
         if t.cross and self.static:
             keys = [
                 torch.zeros(rows, t.heads, CROSS_CAPACITY, t.head_dim, dtype=dtype, device=device) for _ in t.layers
@@ -69,16 +73,22 @@ class SlotStep:
         text fit the static buffers (else it runs on its own, eagerly)."""
         if not state.guided or state.batch != 1 or state.positions > self.cache.length:
             return False
-        if (state.cross is None) != (not self.transformer.cross):
+        return self.takes_text(state.cross)
+
+    def takes_text(self, cross: CrossAttentionCache | None) -> bool:
+        """Whether a window's text (its cross-attention keys) fits: any length in the per-slot
+        form, up to CROSS_CAPACITY tokens in the static one."""
+        if (cross is None) != (not self.transformer.cross):
             return False
-        return state.cross is None or not self.static or state.cross.keys[0].shape[2] <= CROSS_CAPACITY
+        return cross is None or not self.static or cross.keys[0].shape[2] <= CROSS_CAPACITY
 
     def load(self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None) -> None:
         """Put a started window in `slot`: the first `written` positions of its prefill's `cache`
         (WindowState: prefix + offset), and its text's `cross` keys and values."""
         rows = self._rows(slot)
         self.cache.storage[:, :, rows, :, :written] = cache.storage[:, :, :, :, :written]
-        self.crosses[slot] = cross
+        if not self.static:
+            self.crosses[slot] = cross
         if self.cross is not None:
             length = cross.keys[0].shape[2]
             for mine, theirs in zip(self.cross.keys + self.cross.values, cross.keys + cross.values, strict=True):
@@ -112,83 +122,60 @@ class SlotStep:
         return self.logits
 
     def _run(self) -> torch.Tensor:
-        if not self.static:
-            return per_slot_step(self.transformer, self.tokens, self.at, self.cache, self.crosses)
-        return masked_step(self.transformer, self.tokens, self.positions, self.cache, self.cross)
+        return self._masked_step() if self.static else self._per_slot_step()
+
+    def _masked_step(self) -> torch.Tensor:
+        """The static form: tokens [R, K] at `positions` [R] -> logits [R, K, card]. Attention
+        reads each row's whole cache, masking the positions after its own, and the padded cross
+        cache through its per-row mask (cross.mask [R, 1, 1, T]): the same shapes whatever the rows
+        hold, so a row's result never depends on the others, and a CUDA graph can replay it."""
+        t, cache, positions = self.transformer, self.cache, self.positions
+        rows = self.tokens.shape[0]
+        x = t.embed(self.tokens[..., None])[:, 0] + cache.positions.index_select(0, positions)
+        visible = (cache.slots.view(1, -1) <= positions.view(-1, 1)).view(rows, 1, 1, -1)
+        every_row = torch.arange(rows, device=positions.device)
+        cross_mask = {} if self.cross is None else {"attn_mask": self.cross.mask}
+        for index, layer in enumerate(t.layers):
+            h = layer.norm1(x)
+            packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
+            keys, values = cache.keys[index], cache.values[index]
+            keys[every_row, :, positions] = packed[:, 1, :, 0]
+            values[every_row, :, positions] = packed[:, 2, :, 0]
+            attended = t._attend(packed[:, 0], keys, values, attn_mask=visible)
+            x = t.token_rest(layer, x, h, attended, self.cross, index, **cross_mask)
+        return t.token_logits(x)
+
+    def _per_slot_step(self) -> torch.Tensor:
+        """The CPU's form: the linear maps (wide_linear) run over all R rows, a fixed shape;
+        attention runs per slot over exactly its own positions and text, the very call the eager
+        step makes for one prediction, so it reads only what the slot wrote. A free slot's rows
+        attend to nothing and are never read."""
+        t, cache = self.transformer, self.cache
+        rows = self.tokens.shape[0]
+        active = [(self._rows(slot), at, self.crosses[slot]) for slot, at in enumerate(self.at) if at is not None]
+        x = t.embed(self.tokens[..., None])[:, 0] + cache.positions.index_select(0, self.positions)
+        for index, layer in enumerate(self.wide_layers):
+            h = layer.norm1(x)
+            packed = wide_linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
+            keys, values = cache.keys[index], cache.values[index]
+            attended = torch.zeros(rows, t.heads, 1, t.head_dim, dtype=packed.dtype, device=packed.device)
+            for part, position, _ in active:
+                keys[part, :, position] = packed[part, 1, :, 0]
+                values[part, :, position] = packed[part, 2, :, 0]
+                attended[part] = t._attend(
+                    packed[part, 0], keys[part, :, : position + 1], values[part, :, : position + 1]
+                )
+            x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, t.dim).to(h.dtype)))
+            if t.cross:
+                h = layer.norm_cross(x)
+                query = layer.cross_query(h).view(rows, t.heads, 1, t.head_dim)
+                attended = torch.zeros_like(query)
+                for part, _, cross in active:
+                    attended[part] = t._attend(query[part], cross.keys[index], cross.values[index])
+                x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, t.dim).to(h.dtype)))
+            x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
+        return t.token_logits(x, self.wide_heads)
 
     @staticmethod
     def _rows(slot: int) -> slice:
         return slice(ROWS_PER_SLOT * slot, ROWS_PER_SLOT * (slot + 1))
-
-
-def masked_step(
-    t: CachedTransformer,
-    tokens: torch.Tensor,
-    positions: torch.Tensor,
-    cache: KVCache,
-    cross: CrossAttentionCache | None,
-) -> torch.Tensor:
-    """One step of rows at positions of their own (the CUDA graph's form):
-    tokens [R, K] at `positions` [R] -> logits [R, K, card]. Shapes are the same whatever the
-    rows hold: attention reads each row's whole cache, masking the positions after its own,
-    and the padded cross cache through its per-row mask (cross.mask [R, 1, 1, T]). So a row's
-    result never depends on the other rows (capturable as a CUDA graph, too)."""
-    rows = tokens.shape[0]
-    x = t.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, positions)
-    visible = (cache.slots.view(1, -1) <= positions.view(-1, 1)).view(rows, 1, 1, -1)
-    every_row = torch.arange(rows, device=tokens.device)
-    cross_mask = {} if cross is None else {"attn_mask": cross.mask}
-    for index, layer in enumerate(t.layers):
-        h = layer.norm1(x)
-        packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
-        keys, values = cache.keys[index], cache.values[index]
-        keys[every_row, :, positions] = packed[:, 1, :, 0]
-        values[every_row, :, positions] = packed[:, 2, :, 0]
-        attended = t._attend(packed[:, 0], keys, values, attn_mask=visible)
-        x = t.token_rest(layer, x, h, attended, cross, index, **cross_mask)
-    return t.token_logits(x)
-
-
-def per_slot_step(
-    t: CachedTransformer,
-    tokens: torch.Tensor,
-    positions: list[int | None],
-    cache: KVCache,
-    crosses: list[CrossAttentionCache | None],
-) -> torch.Tensor:
-    """One step of slots of two rows each (continuous batching, on the CPU): tokens [R, K],
-    slot s at positions[s] with its own cross-attention keys crosses[s] (None: a free slot)
-    -> logits [R, K, card]. The linear maps run over all R rows (a fixed shape: a row's
-    numbers do not depend on the others); attention runs per slot over exactly its own
-    positions and text, the very call the eager step makes for one prediction, so it reads
-    only what the slot wrote (the whole window's masked attention costs a CPU several times
-    more). A free slot's rows attend to nothing and are never read."""
-    rows = tokens.shape[0]
-    slot_rows = [
-        (slice(2 * s, 2 * s + 2), p, c)
-        for s, (p, c) in enumerate(zip(positions, crosses, strict=True))
-        if p is not None
-    ]
-    at = torch.tensor([0 if p is None else p for p in positions for _ in range(2)], device=tokens.device)
-    x = t.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, at)
-    for index, layer in enumerate(t.wide_layers):
-        h = layer.norm1(x)
-        packed = wide_linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
-        keys, values = cache.keys[index], cache.values[index]
-        attended = torch.zeros(rows, t.heads, 1, t.head_dim, dtype=packed.dtype, device=packed.device)
-        for part, position, _ in slot_rows:
-            keys[part, :, position] = packed[part, 1, :, 0]
-            values[part, :, position] = packed[part, 2, :, 0]
-            attended[part] = t._attend(packed[part, 0], keys[part, :, : position + 1], values[part, :, : position + 1])
-        x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, t.dim).to(h.dtype)))
-        if t.cross:
-            h = layer.norm_cross(x)
-            query = layer.cross_query(h).view(rows, t.heads, 1, t.head_dim)
-            attended = torch.zeros_like(query)
-            for part, _, cross in slot_rows:
-                attended[part] = t._attend(query[part], cross.keys[index], cross.values[index])
-            x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, t.dim).to(h.dtype)))
-        x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
-    if t.out_norm is not None:
-        x = t.out_norm(x)
-    return torch.stack([head(x) for head in t.wide_heads_out], dim=1)

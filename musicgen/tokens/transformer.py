@@ -152,8 +152,6 @@ class CachedTransformer:
         self.dim = first.embed_dim
         self.head_dim = self.dim // self.heads
         self.layers = [_Layer.of(layer, self.dim) for layer in lm.transformer.layers]
-        # the same layers with their linear maps as wide_linear (slots.per_slot_step: the CPU's batched step)
-        self.wide_layers = [_Layer.of(layer, self.dim, wide_linear) for layer in lm.transformer.layers]
         self.cross_attentions = [layer.cross_attention for layer in lm.transformer.layers]
         self.cross = self.cross_attentions[0] is not None
         self.as_float32 = first.attention_as_float32
@@ -162,7 +160,12 @@ class CachedTransformer:
         self.embeddings = [(emb.weight, emb.padding_idx) for emb in lm.emb]
         self.out_norm = None if lm.out_norm is None else _fast(lm.out_norm)
         self.heads_out = [_fast(linear) for linear in lm.linears]
-        self.wide_heads_out = [_fast(linear, wide_linear) for linear in lm.linears]
+
+    def with_linear(self, linear) -> tuple[list[_Layer], list[tp.Callable]]:
+        """The layers and output heads again, their linear maps computed by `linear` (the same
+        weights, no copy): wide_linear for the CPU's batched step (tokens/slots.py)."""
+        layers = [_Layer.of(layer, self.dim, linear) for layer in self.lm.transformer.layers]
+        return layers, [_fast(head, linear) for head in self.lm.linears]
 
     # ---------------------------------------------------------------- shared pieces
 
@@ -288,11 +291,11 @@ class CachedTransformer:
             x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, self.dim).to(h.dtype)))
         return x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
 
-    def token_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """[R, dim] -> logits [R, K, card] (out_norm, then the heads)."""
+    def token_logits(self, x: torch.Tensor, heads: list[tp.Callable] | None = None) -> torch.Tensor:
+        """[R, dim] -> logits [R, K, card] (out_norm, then the heads: `heads`, or the LM's own)."""
         if self.out_norm is not None:
             x = self.out_norm(x)
-        return torch.stack([head(x) for head in self.heads_out], dim=1)
+        return torch.stack([head(x) for head in heads or self.heads_out], dim=1)
 
     def static_step(
         self,
