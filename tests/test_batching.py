@@ -27,11 +27,15 @@ from helpers import (
 
 from musicgen.generate import seed_everything
 from musicgen.models.load import load_models
+from musicgen.models.sizes import lm_bytes
 from musicgen.runtime import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
 from musicgen.tokens.cache import CrossAttentionCache
+from musicgen.tokens.graphs import CROSS_CAPACITY
+from musicgen.tokens.row_linear import bind_linear
 from musicgen.tokens.sampling import Sampling
-from musicgen.tokens.slots import SlotStep
+from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
+from musicgen.weights import layout
 
 SLOTS = 4
 TARGET = {"model_version": "large", "prompt": "calm piano", "duration": 12, "seed": 11, "top_k": 50}
@@ -79,7 +83,38 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_model
         step.load(2, prefill, 40, cross)
         step.feed(2, tokens, 40)
         moved = step.step()[4:6]
+        for slot in (0, 1, 3):  # now alone: the per-slot form steps its two rows only (compact)
+            step.free(slot)
+        alone = step.step()[4:6]
     assert torch.equal(first, moved), (first - moved).abs().max()
+    assert torch.equal(first, alone), (first - alone).abs().max()
+    assert step.compact == (not static)
+
+
+def test_the_set_up_check_catches_a_step_whose_rows_depend_on_the_occupancy(batched_models):
+    """The per-slot form runs only the occupied slots' rows once its step has shown, when built,
+    that a slot's logits do not change with the occupancy. F.linear (MKL) does not hold to that:
+    a row of a 2-row product differs from the same row in an 8-row one; with it the check fails
+    (and the step would run every slot's rows, a fixed shape)."""
+    model, fast = batched_models.generator("large"), batched_models.decoder("large")
+    with torch.inference_mode():
+        step = SlotStep(fast.transformer, model, SLOTS, static=False)
+        assert step.compact and step._occupancy_leaves_rows_alone()
+        step.row_layers, step.row_heads = fast.transformer.with_linear(bind_linear)
+        assert not step._occupancy_leaves_rows_alone()
+        assert not step.cache.storage.any() and step.at == [None] * SLOTS  # left as it found them
+
+
+def test_the_memory_budget_counts_the_batched_steps_buffers(settings, batched_models):
+    """The budget's estimate of a model with N slots, before it loads, is what its batched step
+    holds once built (the slots' cache and, on the CPU, the packed copy of the stepped weights),
+    plus the slots' texts: keys and values of up to CROSS_CAPACITY tokens each."""
+    checkpoint = layout.model_dir("large", settings.weights_root) / layout.LM_FILE
+    t = batched_models.decoder("large").transformer
+    step = batched_models.batcher._batches[batched_models.decoder("large")].step
+    assert step.packed_bytes > 0 and step.nbytes == batched_models.batcher.nbytes(batched_models.decoder("large"))
+    texts = CROSS_CAPACITY * 2 * len(t.layers) * ROWS_PER_SLOT * SLOTS * t.dim * 4
+    assert lm_bytes(checkpoint, "cpu", SLOTS) - lm_bytes(checkpoint, "cpu", 1) == step.nbytes + texts
 
 
 def test_one_at_a_time_is_the_loop_as_it_was(settings, batched_models):

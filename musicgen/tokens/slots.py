@@ -1,27 +1,29 @@
 """The batched step's buffers: S slots of one model, each a guided window (two rows).
 
-The linear maps always run over all 2S rows (a free slot steps a dummy token): with a fixed shape
-a row's numbers do not depend on the other rows (tests/test_batching.py), so a request's tokens
-depend on its inputs, its seed and S, never on its neighbours. Attention, which mixes positions
-but never rows, comes in two forms:
+No request's numbers may depend on its neighbours, so a request's tokens depend on its inputs,
+its seed and S only. The step's two forms get there differently:
 
-- static (CUDA, captured once as a graph and replayed; SlotStep._masked_step): every row
-  at a position of its own, attention over the whole window with a mask, the text padded to
-  CROSS_CAPACITY tokens with a per-row mask. Same shapes at every step, as a graph needs.
-- per slot (the CPU, or a GPU whose capture failed; SlotStep._per_slot_step): each slot's
-  attention over exactly its own positions and text. The whole window's masked attention reads
-  every position of every slot at every step, which costs a CPU several times the linear maps.
+- static (CUDA, captured once as a graph and replayed; SlotStep._masked_step): the same shapes
+  at every step. The linear maps run over all 2S rows (a free slot steps a dummy token); each
+  row at a position of its own, attention over the whole window with a mask, the text padded to
+  CROSS_CAPACITY tokens with a per-row mask.
+- per slot (the CPU, or a GPU whose capture failed; SlotStep._per_slot_step): the linear maps
+  are row_linear's, whose rows do not depend on the other rows or on their count, so only the
+  occupied slots' rows run (one request alone costs about what it costs with S = 1); each
+  slot's attention runs over exactly its own positions and text. Whether the whole step's rows
+  keep their numbers whatever the occupancy is checked when the step is built (`compact`);
+  where it does not hold, every slot's rows run at every step, a fixed shape.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.graphs import CROSS_CAPACITY, capture_step, window_positions
 from musicgen.tokens.loop import WindowState
-from musicgen.tokens.transformer import CachedTransformer, scaled, wide_linear
+from musicgen.tokens.row_linear import PackedBinder, bind_wide, packing_works
+from musicgen.tokens.transformer import CachedTransformer, scaled
 
 ROWS_PER_SLOT = 2  # the conditional and the null condition (classifier-free guidance)
 
@@ -43,11 +45,11 @@ class SlotStep:
         self.cross = None
         self.static = static
         # the per-slot form: each slot's next position (None: free) and its text's keys, and the
-        # layers with their linear maps as wide_linear
+        # layers with row_linear's linear maps
         self.at: list[int | None] = [None] * slots
         self.crosses: list[CrossAttentionCache | None] = [None] * slots
-        if not static:
-            self.wide_layers, self.wide_heads = t.with_linear(wide_linear)
+        self.packed_bytes = 0
+        self.compact = False  # only the occupied slots' rows run (checked below)
         if t.cross and self.static:
             keys = [
                 torch.zeros(rows, t.heads, CROSS_CAPACITY, t.head_dim, dtype=dtype, device=device) for _ in t.layers
@@ -62,11 +64,19 @@ class SlotStep:
         if capture:
             self.graph, self.logits = capture_step(model, dtype, self._run)
             self.cache.clear()
+        if not static:
+            if packing_works(lm.transformer.layers[0].linear1.weight):
+                binder = PackedBinder(rows)
+                self.row_layers, self.row_heads = t.with_linear(binder)
+                self.packed_bytes = binder.nbytes
+            else:
+                self.row_layers, self.row_heads = t.with_linear(bind_wide)
+            self.compact = self._occupancy_leaves_rows_alone()
 
     @property
     def nbytes(self) -> int:
         cross = 0 if self.cross is None else sum(k.numel() * k.element_size() for k in self.cross.keys) * 2
-        return self.cache.storage.numel() * self.cache.storage.element_size() + cross
+        return self.cache.storage.numel() * self.cache.storage.element_size() + cross + self.packed_bytes
 
     def fits(self, state: WindowState) -> bool:
         """Whether a started window can run in a slot: one guided request whose positions and
@@ -137,7 +147,7 @@ class SlotStep:
         cross_mask = {} if self.cross is None else {"attn_mask": self.cross.mask}
         for index, layer in enumerate(t.layers):
             h = layer.norm1(x)
-            packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
+            packed = layer.qkv(h).view(rows, 3, t.heads, 1, t.head_dim)
             keys, values = cache.keys[index], cache.values[index]
             keys[every_row, :, positions] = packed[:, 1, :, 0]
             values[every_row, :, positions] = packed[:, 2, :, 0]
@@ -146,35 +156,89 @@ class SlotStep:
         return t.token_logits(x)
 
     def _per_slot_step(self) -> torch.Tensor:
-        """The CPU's form: the linear maps (wide_linear) run over all R rows, a fixed shape;
-        attention runs per slot over exactly its own positions and text, the very call the eager
-        step makes for one prediction, so it reads only what the slot wrote. A free slot's rows
-        attend to nothing and are never read."""
+        """The CPU's form: the linear maps (row_linear's) over the occupied slots' rows when
+        `compact`, else over all of them; attention per slot over exactly its own positions and
+        text, the very call the eager step makes for one prediction, so it reads only what the
+        slot wrote. Logits [2S, K, card]; a free slot's rows are zeros (compact) or never read."""
         t, cache = self.transformer, self.cache
-        rows = self.tokens.shape[0]
-        active = [(self._rows(slot), at, self.crosses[slot]) for slot, at in enumerate(self.at) if at is not None]
-        x = t.embed(self.tokens[..., None])[:, 0] + cache.positions.index_select(0, self.positions)
-        for index, layer in enumerate(self.wide_layers):
+        stepped = [slot for slot, at in enumerate(self.at) if at is not None or not self.compact]
+        rows = [row for slot in stepped for row in range(ROWS_PER_SLOT * slot, ROWS_PER_SLOT * (slot + 1))]
+        index = torch.tensor(rows, device=self.tokens.device)
+        # (the step's rows, the slot's rows in the cache, its position, its text) per occupied slot
+        active = [
+            (
+                slice(ROWS_PER_SLOT * here, ROWS_PER_SLOT * (here + 1)),
+                self._rows(slot),
+                self.at[slot],
+                self.crosses[slot],
+            )
+            for here, slot in enumerate(stepped)
+            if self.at[slot] is not None
+        ]
+        count = len(rows)
+        x = t.embed(self.tokens[index][..., None])[:, 0] + cache.positions.index_select(0, self.positions[index])
+        for layer_index, layer in enumerate(self.row_layers):
             h = layer.norm1(x)
-            packed = wide_linear(h, layer.qkv_weight, layer.qkv_bias).view(rows, 3, t.heads, 1, t.head_dim)
-            keys, values = cache.keys[index], cache.values[index]
-            attended = torch.zeros(rows, t.heads, 1, t.head_dim, dtype=packed.dtype, device=packed.device)
-            for part, position, _ in active:
-                keys[part, :, position] = packed[part, 1, :, 0]
-                values[part, :, position] = packed[part, 2, :, 0]
-                attended[part] = t._attend(
-                    packed[part, 0], keys[part, :, : position + 1], values[part, :, : position + 1]
+            packed = layer.qkv(h).view(count, 3, t.heads, 1, t.head_dim)
+            keys, values = cache.keys[layer_index], cache.values[layer_index]
+            attended = torch.zeros(count, t.heads, 1, t.head_dim, dtype=packed.dtype, device=packed.device)
+            for here, slot_rows, position, _ in active:
+                keys[slot_rows, :, position] = packed[here, 1, :, 0]
+                values[slot_rows, :, position] = packed[here, 2, :, 0]
+                attended[here] = t._attend(
+                    packed[here, 0], keys[slot_rows, :, : position + 1], values[slot_rows, :, : position + 1]
                 )
-            x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(rows, t.dim).to(h.dtype)))
+            x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(count, t.dim).to(h.dtype)))
             if t.cross:
                 h = layer.norm_cross(x)
-                query = layer.cross_query(h).view(rows, t.heads, 1, t.head_dim)
+                query = layer.cross_query(h).view(count, t.heads, 1, t.head_dim)
                 attended = torch.zeros_like(query)
-                for part, _, cross in active:
-                    attended[part] = t._attend(query[part], cross.keys[index], cross.values[index])
-                x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(rows, t.dim).to(h.dtype)))
+                for here, _, _, cross in active:
+                    attended[here] = t._attend(query[here], cross.keys[layer_index], cross.values[layer_index])
+                x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(count, t.dim).to(h.dtype)))
             x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
-        return t.token_logits(x, self.wide_heads)
+        logits = t.token_logits(x, self.row_heads)
+        if count == self.tokens.shape[0]:
+            return logits
+        every = logits.new_zeros(self.tokens.shape[0], *logits.shape[1:])
+        return every.index_copy_(0, index, logits)
+
+    def _occupancy_leaves_rows_alone(self) -> bool:
+        """Whether a slot's logits come out the same, bit for bit, whichever other slots are
+        occupied and wherever its rows fall in the step: the last slot, beside every other slot
+        and then beside fewer and fewer, over random caches, texts and tokens. Run once, on the
+        empty buffers, which it leaves empty."""
+        if self.slots == 1:
+            return True
+        t = self.transformer
+        generator = torch.Generator().manual_seed(0)
+        device, dtype = self.tokens.device, self.cache.storage.dtype
+        self.cache.storage.copy_(torch.randn(self.cache.storage.shape, generator=generator).to(device, dtype))
+        card = self.transformer.lm.card
+        position = min(40, self.cache.length - 1)
+        for slot in range(self.slots):
+            cross = None
+            if t.cross:
+                keys = [torch.randn(2, t.heads, 7, t.head_dim, generator=generator).to(device, dtype) for _ in t.layers]
+                values = [torch.randn(k.shape, generator=generator).to(device, dtype) for k in keys]
+                cross = CrossAttentionCache(keys, values)
+            self.crosses[slot] = cross
+            tokens = torch.randint(0, card, self.tokens[self._rows(slot)].shape, generator=generator)
+            self.feed(slot, tokens.to(device), position)
+        probe = self._rows(self.slots - 1)
+        self.compact = True
+        try:
+            crowded = self._per_slot_step()[probe].clone()
+            alike = True
+            for slot in range(self.slots - 1):
+                self.free(slot)
+                alike = alike and torch.equal(self._per_slot_step()[probe], crowded)
+            return alike
+        finally:
+            self.compact = False
+            for slot in range(self.slots):
+                self.free(slot)
+            self.cache.clear()
 
     @staticmethod
     def _rows(slot: int) -> slice:

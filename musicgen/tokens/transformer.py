@@ -28,6 +28,7 @@ from audiocraft.modules.transformer import StreamingTransformer, _get_attention_
 from torch import nn
 
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
+from musicgen.tokens.row_linear import Binder, bind_linear
 
 
 class Unsupported(Exception):
@@ -70,26 +71,17 @@ def check_supported(lm) -> None:
         raise Unsupported("; ".join(problems))
 
 
-def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [R, in] -> [R, out] as (weight @ x^T)^T: the batched step's linear map on the CPU. For 8
-    to 16 rows MKL's kernel for this orientation takes about half of F.linear's time (a product
-    with few columns instead of few rows); each row's result still depends on that row alone."""
-    out = torch.mm(weight, x.t()).t()
-    return out if bias is None else out + bias
-
-
-def _fast(module: nn.Module, linear=F.linear) -> tp.Callable[[torch.Tensor], torch.Tensor] | None:
+def _fast(module: nn.Module, bind: Binder = bind_linear) -> tp.Callable[[torch.Tensor], torch.Tensor] | None:
     """The module's own computation without nn.Module's call machinery (which costs more than a
-    small kernel), or None for an identity; any other module is called as it is. `linear`: how a
-    Linear is computed (F.linear, or wide_linear for the CPU's batched step)."""
+    small kernel), or None for an identity; any other module is called as it is. `bind`: how a
+    Linear is computed (F.linear, or one of row_linear's for the CPU's batched step)."""
     if isinstance(module, nn.Identity):
         return None
     if type(module) is nn.LayerNorm:
         shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
         return lambda x: F.layer_norm(x, shape, weight, bias, eps)
     if type(module) is nn.Linear:
-        weight, bias = module.weight, module.bias
-        return lambda x: linear(x, weight, bias)
+        return bind(module.weight, module.bias)
     return module
 
 
@@ -97,8 +89,7 @@ class _Layer(tp.NamedTuple):
     """One transformer layer's pieces, bound once (the weights are the module's own tensors)."""
 
     norm1: tp.Callable
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor | None
+    qkv: tp.Callable  # the packed self-attention projection: x -> [q k v]
     out_proj: tp.Callable
     scale1: tp.Callable | None
     norm_cross: tp.Callable | None
@@ -112,17 +103,16 @@ class _Layer(tp.NamedTuple):
     scale2: tp.Callable | None
 
     @classmethod
-    def of(cls, layer, dim: int, linear=F.linear) -> _Layer:
+    def of(cls, layer, dim: int, bind: Binder = bind_linear) -> _Layer:
         attention, cross = layer.self_attn, layer.cross_attention
         cross_query = None
         if cross is not None:
-            weight, bias = cross.in_proj_weight[:dim], None if cross.in_proj_bias is None else cross.in_proj_bias[:dim]
-            cross_query = lambda x: linear(x, weight, bias)  # noqa: E731
-        fast = functools.partial(_fast, linear=linear)
+            bias = None if cross.in_proj_bias is None else cross.in_proj_bias[:dim]
+            cross_query = bind(cross.in_proj_weight[:dim], bias)
+        fast = functools.partial(_fast, bind=bind)
         return cls(
             norm1=fast(layer.norm1),
-            qkv_weight=attention.in_proj_weight,
-            qkv_bias=attention.in_proj_bias,
+            qkv=bind(attention.in_proj_weight, attention.in_proj_bias),
             out_proj=fast(attention.out_proj),
             scale1=fast(layer.layer_scale_1),
             norm_cross=None if cross is None else fast(layer.norm_cross),
@@ -161,11 +151,11 @@ class CachedTransformer:
         self.out_norm = None if lm.out_norm is None else _fast(lm.out_norm)
         self.heads_out = [_fast(linear) for linear in lm.linears]
 
-    def with_linear(self, linear) -> tuple[list[_Layer], list[tp.Callable]]:
-        """The layers and output heads again, their linear maps computed by `linear` (the same
-        weights, no copy): wide_linear for the CPU's batched step (tokens/slots.py)."""
-        layers = [_Layer.of(layer, self.dim, linear) for layer in self.lm.transformer.layers]
-        return layers, [_fast(head, linear) for head in self.lm.linears]
+    def with_linear(self, bind: Binder) -> tuple[list[_Layer], list[tp.Callable]]:
+        """The layers and output heads again, each linear map bound by `bind` (row_linear's, for
+        the CPU's batched step in tokens/slots.py)."""
+        layers = [_Layer.of(layer, self.dim, bind) for layer in self.lm.transformer.layers]
+        return layers, [_fast(head, bind) for head in self.lm.linears]
 
     # ---------------------------------------------------------------- shared pieces
 
@@ -224,7 +214,7 @@ class CachedTransformer:
     def _qkv(self, layer: _Layer, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The packed projection split into q, k, v [B, h, T, d] (views, as audiocraft unbinds them)."""
         batch, length, _ = h.shape
-        projected = F.linear(h, layer.qkv_weight, layer.qkv_bias)
+        projected = layer.qkv(h)
         packed = projected.view(batch, length, 3, self.heads, self.head_dim).permute(0, 3, 2, 1, 4)
         return packed.unbind(dim=2)
 
@@ -273,7 +263,7 @@ class CachedTransformer:
         x = self.embed(tokens[..., None])[:, 0] + cache.positions[position]
         for index, layer in enumerate(self.layers):
             h = layer.norm1(x)
-            packed = F.linear(h, layer.qkv_weight, layer.qkv_bias).view(batch, 3, self.heads, 1, self.head_dim)
+            packed = layer.qkv(h).view(batch, 3, self.heads, 1, self.head_dim)
             keys, values = cache.write(index, position, packed[:, 1], packed[:, 2])
             attended = self._attend(packed[:, 0], keys, values)
             x = self.token_rest(layer, x, h, attended, cross, index)

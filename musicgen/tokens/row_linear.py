@@ -1,0 +1,81 @@
+"""The linear maps of the CPU's batched step: a row's numbers do not depend on the other rows.
+
+A batched step computes many requests' rows in one product, and a request's tokens must never
+depend on its neighbours. F.linear (MKL) does not give that: the same row comes out of a [4, in]
+product different (about 1e-5) from a [2, in] one, because MKL picks its kernel by the row count.
+Two ways do, measured on this project's CPUs (tests/test_batching.py and the setup check in
+tokens/slots.py hold them to it):
+
+- PackedLinear: oneDNN's product over a weight packed once in its blocked layout (the form
+  torch's inductor uses on the CPU). For 2 to 2N rows each row's result is the same whatever the
+  row count and the other rows, and it reads the weights at F.linear's 2-row speed: over the small
+  LM's 24 layers, 106 ms for 2 rows (F.linear: 101 ms), 135 ms for 8, 163 ms for 16 (1 thread).
+  It keeps a packed copy of every weight the step uses: the LM's linear weights once more.
+- wide_linear, (W @ x^T)^T (MKL, no copy): the same row-count independence, but about 180 ms for
+  any row count. It serves where torch has no oneDNN or the weights are not float32.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+
+Linear = tp.Callable[[torch.Tensor], torch.Tensor]
+Binder = tp.Callable[[torch.Tensor, torch.Tensor | None], Linear]  # (weight, bias) -> x [R, in] -> [R, out]
+
+
+def bind_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
+    """F.linear over the module's own weight: the one-window step's (token-exact with audiocraft)."""
+    return lambda x: F.linear(x, weight, bias)
+
+
+def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [R, in] -> [R, out] as (weight @ x^T)^T: MKL's product with few columns, whose columns do
+    not depend on each other or on how many there are (R >= 2)."""
+    out = torch.mm(weight, x.t()).t()
+    return out if bias is None else out + bias
+
+
+def bind_wide(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
+    return lambda x: wide_linear(x, weight, bias)
+
+
+class PackedLinear:
+    """x [R, in] -> [R, out] through oneDNN, over a copy of `weight` packed for up to `rows` rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+        self.bias = None if bias is None else bias.detach()
+        self.nbytes = weight.numel() * weight.element_size()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+
+def packing_works(weight: torch.Tensor) -> bool:
+    """Whether `weight` can be packed for oneDNN here: a float32 CPU tensor, torch built with
+    oneDNN, and the packed product giving F.linear's numbers to float32 rounding."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x = torch.randn(2, weight.shape[1], generator=torch.Generator().manual_seed(0))
+        packed = PackedLinear(weight, None, 2)(x)
+    except (RuntimeError, AttributeError):  # an op this build of torch lacks
+        return False
+    expected = F.linear(x, weight)
+    return bool(torch.allclose(packed, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()))
+
+
+class PackedBinder:
+    """Binds each linear map to a PackedLinear for up to `rows` rows, and counts the copies' bytes."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.nbytes = 0
+
+    def __call__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
+        linear = PackedLinear(weight, bias, self.rows)
+        self.nbytes += linear.nbytes
+        return linear
