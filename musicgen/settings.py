@@ -31,9 +31,9 @@ DECODERS = ("musicgen", "audiocraft")  # our loop (musicgen.tokens), or audiocra
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes"), ("0", "false", "no")
 # Predictions of one model decoding together when MUSICGEN_MAX_BATCH is unset. On a GPU a step
 # is bound by launch overhead and reading every weight once, whatever the batch. On a CPU one at a
-# time: the step grows with the batch there (one prediction alone in a batch of 4 takes twice as
-# long, docs/benchmarks.md), a slot's cache is float32 (the small model's 4 slots: 3.6 GB), and
-# N = 1 keeps our loop's tokens exactly audiocraft's.
+# time: batching pays there too (docs/benchmarks.md), but a slot's cache is float32 and the batched
+# step keeps a packed copy of the LM's linear weights (the small model at N = 4: 3.6 GB + 1.4 GB;
+# large: 14.3 GB + 11.3 GB), and N = 1 keeps our loop's tokens exactly audiocraft's.
 DEFAULT_MAX_BATCH = {"cuda": 4, "cpu": 1}
 
 

@@ -93,9 +93,9 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_model
 
 def test_the_set_up_check_catches_a_step_whose_rows_depend_on_the_occupancy(batched_models):
     """The per-slot form runs only the occupied slots' rows once its step has shown, when built,
-    that a slot's logits do not change with the occupancy. F.linear (MKL) does not hold to that:
-    a row of a 2-row product differs from the same row in an 8-row one; with it the check fails
-    (and the step would run every slot's rows, a fixed shape)."""
+    that a slot's logits do not change with the occupancy. F.linear (MKL) does not hold to that
+    on the demo LM's shapes: a row of a 2-row product differs from the same row in an 8-row one;
+    with it the check fails (and the step would run every slot's rows, a fixed shape)."""
     model, fast = batched_models.generator("large"), batched_models.decoder("large")
     with torch.inference_mode():
         step = SlotStep(fast.transformer, model, SLOTS, static=False)

@@ -142,3 +142,30 @@ def test_agreement_of_the_loops_on_the_cpu(demo_weights: Path, tmp_path: Path) -
         assert logits["steps"] == 103  # 100 frames + 3 for the delay pattern
         assert logits["max_abs_over_max_logit"] < 1e-5
         assert logits["argmax_agreement"] > 0.99
+
+
+def test_the_batched_step_bench_on_the_cpu(demo_weights: Path, tmp_path: Path) -> None:
+    """The CPU batched step's bench on the tiny checkpoint: every stepped linear map timed per
+    row count; the two forms the step may use keep a row's numbers whatever the row count, on the
+    LM's own weights; the set-up check lets the step run the occupied slots' rows only."""
+    command = [
+        sys.executable,
+        "-m",
+        "musicgen.dev.bench.batched_step",
+        "--size",
+        "tiny",
+        "--slots",
+        "2",
+        "--repeats",
+        "1",
+    ]
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    lines = result.stdout.splitlines()
+    assert "  wide_linear: True" in lines and "  PackedLinear: True" in lines, result.stdout
+    assert any(line.startswith("the batched step's set-up check: compact=True") for line in lines), result.stdout
+    assert [line.split(":")[0] for line in lines if line.startswith("the batched step, ")] == [
+        "the batched step, 1 of 2 slots occupied",
+        "the batched step, 2 of 2 slots occupied",
+    ]
