@@ -1,7 +1,7 @@
 """Continuous batching (MUSICGEN_MAX_BATCH): concurrent predictions decode together, and no output
 depends on its neighbours.
 
-The batched step's rows are independent of each other (fixed shapes); the batcher's windows get
+The batched step's rows are independent of each other and of the occupancy; the batcher's windows get
 their own generator and settings; and through the real server with N = 4 a prediction's bytes are
 the same alone, among others of every mode arriving and leaving, beside a cancelled one and a
 refused one; a burst of 2N is answered without a 409 and leaves nothing behind.
@@ -32,9 +32,9 @@ from musicgen.runtime import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
 from musicgen.tokens.cache import CrossAttentionCache
 from musicgen.tokens.graphs import CROSS_CAPACITY
-from musicgen.tokens.row_linear import bind_linear
 from musicgen.tokens.sampling import Sampling
 from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
+from musicgen.tokens.transformer import bind_linear
 from musicgen.weights import layout
 
 SLOTS = 4
@@ -93,16 +93,23 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_model
 
 def test_the_set_up_check_catches_a_step_whose_rows_depend_on_the_occupancy(batched_models):
     """The per-slot form runs only the occupied slots' rows once its step has shown, when built,
-    that a slot's logits do not change with the occupancy. F.linear (MKL) does not hold to that
-    on the demo LM's shapes: a row of a 2-row product differs from the same row in an 8-row one;
-    with it the check fails (and the step would run every slot's rows, a fixed shape)."""
+    that no slot's logits change with the occupancy. A product whose rows change in their last
+    bits with the row count (as MKL's F.linear does past some row counts) fails the check; the
+    step then runs wide_linear, over every slot's rows unless that passes."""
     model, fast = batched_models.generator("large"), batched_models.decoder("large")
+
+    def row_count_dependent(weight, bias):
+        linear = bind_linear(weight, bias)
+        return lambda x: linear(x) * (1 + 2**-20 * (x.shape[0] > ROWS_PER_SLOT))
+
     with torch.inference_mode():
         step = SlotStep(fast.transformer, model, SLOTS, static=False)
-        assert step.compact and step._occupancy_leaves_rows_alone()
-        step.row_layers, step.row_heads = fast.transformer.with_linear(bind_linear)
+        assert step.compact and step.packed_bytes > 0 and "oneDNN" in step.form
+        assert step._occupancy_leaves_rows_alone() and step.compact  # checked again: still compact
+        step.row_layers, step.row_heads = fast.transformer.with_linear(row_count_dependent)
         assert not step._occupancy_leaves_rows_alone()
         assert not step.cache.storage.any() and step.at == [None] * SLOTS  # left as it found them
+        assert not step._per_slot_step().any()  # nothing occupied: nothing stepped, zeros
 
 
 def test_the_memory_budget_counts_the_batched_steps_buffers(settings, batched_models):
@@ -123,7 +130,9 @@ def test_one_at_a_time_is_the_loop_as_it_was(settings, batched_models):
     one = load_models(settings, versions=("large",))
     assert one.max_batch == 1 and one.batcher is None and one.decoder("large").batcher is None
     assert batched_models.decoder("large").batcher is batched_models.batcher
-    assert batched_models.decoder("large").mode == f"batched, {SLOTS} slots"
+    assert batched_models.decoder("large").mode == (
+        f"batched, {SLOTS} slots (per slot, oneDNN's packed products over the occupied slots' rows)"
+    )
 
 
 def _window_tokens(models, version, prompt, seconds, seed, sampling, on_step=None):
@@ -304,6 +313,7 @@ def test_a_burst_of_twice_the_batch_gets_no_409_and_leaves_nothing(batch_server)
         answers[prediction_id] = batch_server.post("/predictions", body)
 
     threads = [threading.Thread(target=send, args=(pid, index % 2)) for index, pid in enumerate(ids)]
+    time.sleep(1.0)  # the runtime frees a slot a few ms after its answer (docs/operations.md): start with 2N free
     for thread in threads:
         thread.start()
     for thread in threads:

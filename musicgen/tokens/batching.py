@@ -213,9 +213,14 @@ class Batcher:
                 self._drop_idle()
 
     def nbytes(self, loop) -> int:
-        """The static buffers of `loop`'s slots."""
+        """What `loop`'s batched step holds: its slots' buffers (and on a CPU its packed weights)."""
         batch = self._batches.get(loop)
         return 0 if batch is None else batch.step.nbytes
+
+    def form(self, loop) -> str:
+        """How `loop`'s batched step runs (SlotStep.form), for the logs."""
+        batch = self._batches.get(loop)
+        return "" if batch is None else batch.step.form
 
     def run(self, loop, state: WindowState, sampling: Sampling, draws: Draws, on_step) -> tuple | None:
         """The window's tokens, decoded in `loop`'s batch; the turn is released while it waits.

@@ -110,7 +110,7 @@ class FastLoop:
     @property
     def mode(self) -> str:
         if self.batcher is not None:
-            return f"batched, {self.batcher.slots} slots"
+            return f"batched, {self.batcher.slots} slots ({self.batcher.form(self)})"
         if self.graph is None:
             return "eager"
         return "steps replayed as a CUDA graph" if self.graph.graph is not None else "static steps (no graph)"

@@ -3,33 +3,26 @@
 A batched step computes many requests' rows in one product, and a request's tokens must never
 depend on its neighbours. F.linear (MKL) picks its kernel by the row count, and a row's numbers
 change with it: on the small LM's shapes they are the same from 2 to 15 rows and change at 16 (and
-at 1); on the demo LM's small shapes they change at 6. Two ways hold for every row count from 2
-to 2N (measured by `python -m musicgen.dev.bench.batched_step`; tests/test_batching.py and the
-set-up check in tokens/slots.py hold the step to it):
+at 1); on the demo LM's small shapes they change at 6. The two forms here gave the same numbers
+for every row count from 2 to 2N wherever we measured (`python -m musicgen.dev.bench.batched_step`;
+docs/benchmarks.md has its figures), and the step checks that it holds on its machine when it is
+built (SlotStep._occupancy_leaves_rows_alone):
 
-- PackedLinear: oneDNN's product over a weight packed once in its blocked layout (the form torch's
-  inductor uses on the CPU). It reads the weights at F.linear's 2-row speed and grows slowly with
-  the rows: over the small LM's 148 stepped maps (1.44 GB), 1 thread, 114 ms for 2 rows, 146 ms
-  for 8 (F.linear: 113 and 262 ms). It keeps a packed copy of every weight the step uses: the LM's
-  linear weights once more.
-- wide_linear, (W @ x^T)^T (MKL, no copy): about 190 ms for any row count. It serves where torch
-  has no oneDNN or the weights are not float32.
+- PackedLinear: oneDNN's product over a weight packed once in oneDNN's blocked layout, through
+  torch's own mkldnn ops. It reads the weights at F.linear's 2-row speed and grows slowly with the
+  rows, so a batch of one costs what one prediction alone costs. It keeps a packed copy of every
+  weight the step uses: the LM's linear weights once more.
+- wide_linear, (W @ x^T)^T (MKL, no copy): the same time for any row count, about what F.linear
+  takes for 6 to 8 rows. It serves where torch has no oneDNN, the weights are not float32, or the
+  packed products fail the check.
 """
 
 from __future__ import annotations
 
-import typing as tp
-
 import torch
 import torch.nn.functional as F
 
-Linear = tp.Callable[[torch.Tensor], torch.Tensor]
-Binder = tp.Callable[[torch.Tensor, torch.Tensor | None], Linear]  # (weight, bias) -> x [R, in] -> [R, out]
-
-
-def bind_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
-    """F.linear over the module's own weight: the one-window step's (token-exact with audiocraft)."""
-    return lambda x: F.linear(x, weight, bias)
+from musicgen.tokens.transformer import Linear
 
 
 def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ its seed and S only. The step's two forms get there differently:
   at every step. The linear maps run over all 2S rows (a free slot steps a dummy token); each
   row at a position of its own, attention over the whole window with a mask, the text padded to
   CROSS_CAPACITY tokens with a per-row mask.
-- per slot (the CPU, or a GPU whose capture failed; SlotStep._per_slot_step): the linear maps
+- per slot (the CPU; SlotStep._per_slot_step): the linear maps
   are row_linear's, whose rows do not depend on the other rows or on their count, so only the
   occupied slots' rows run (one request alone costs about what it costs with S = 1); each
   slot's attention runs over exactly its own positions and text. Whether the whole step's rows
@@ -49,7 +49,7 @@ class SlotStep:
         self.at: list[int | None] = [None] * slots
         self.crosses: list[CrossAttentionCache | None] = [None] * slots
         self.packed_bytes = 0
-        self.compact = False  # only the occupied slots' rows run (checked below)
+        self.compact = False  # only the occupied slots' rows run (_choose_linear_maps)
         if t.cross and self.static:
             keys = [
                 torch.zeros(rows, t.heads, CROSS_CAPACITY, t.head_dim, dtype=dtype, device=device) for _ in t.layers
@@ -64,14 +64,9 @@ class SlotStep:
         if capture:
             self.graph, self.logits = capture_step(model, dtype, self._run)
             self.cache.clear()
+        self.form = "masked, every slot's rows" + (", a CUDA graph" if self.graph is not None else "")
         if not static:
-            if packing_works(lm.transformer.layers[0].linear1.weight):
-                binder = PackedBinder(rows)
-                self.row_layers, self.row_heads = t.with_linear(binder)
-                self.packed_bytes = binder.nbytes
-            else:
-                self.row_layers, self.row_heads = t.with_linear(bind_wide)
-            self.compact = self._occupancy_leaves_rows_alone()
+            self._choose_linear_maps()
 
     @property
     def nbytes(self) -> int:
@@ -107,7 +102,8 @@ class SlotStep:
             self.cross.mask[rows, ..., :length] = True
 
     def free(self, slot: int) -> None:
-        """Let `slot` step a dummy token (its old contents stay, masked, until the next load)."""
+        """Empty `slot`: its rows step a dummy token (static form) or none (compact per-slot form);
+        its old cache contents stay, never read, until the next load."""
         rows = self._rows(slot)
         self.tokens[rows] = 0
         self.positions[rows] = 0
@@ -162,80 +158,100 @@ class SlotStep:
         slot wrote. Logits [2S, K, card]; a free slot's rows are zeros (compact) or never read."""
         t, cache = self.transformer, self.cache
         stepped = [slot for slot, at in enumerate(self.at) if at is not None or not self.compact]
-        rows = [row for slot in stepped for row in range(ROWS_PER_SLOT * slot, ROWS_PER_SLOT * (slot + 1))]
-        index = torch.tensor(rows, device=self.tokens.device)
-        # (the step's rows, the slot's rows in the cache, its position, its text) per occupied slot
+        if not stepped:
+            return torch.zeros(self.tokens.shape[0], t.lm.num_codebooks, t.lm.card, device=self.tokens.device)
+        index = torch.cat([torch.arange(ROWS_PER_SLOT) + ROWS_PER_SLOT * slot for slot in stepped]).to(
+            self.tokens.device
+        )
+        # per occupied slot: its rows in this step, its rows in the cache, its position, its text
         active = [
-            (
-                slice(ROWS_PER_SLOT * here, ROWS_PER_SLOT * (here + 1)),
-                self._rows(slot),
-                self.at[slot],
-                self.crosses[slot],
-            )
+            (self._rows(here), self._rows(slot), self.at[slot], self.crosses[slot])
             for here, slot in enumerate(stepped)
             if self.at[slot] is not None
         ]
-        count = len(rows)
+        count = len(index)
         x = t.embed(self.tokens[index][..., None])[:, 0] + cache.positions.index_select(0, self.positions[index])
         for layer_index, layer in enumerate(self.row_layers):
             h = layer.norm1(x)
-            packed = layer.qkv(h).view(count, 3, t.heads, 1, t.head_dim)
+            projected = layer.qkv(h).view(count, 3, t.heads, 1, t.head_dim)
             keys, values = cache.keys[layer_index], cache.values[layer_index]
-            attended = torch.zeros(count, t.heads, 1, t.head_dim, dtype=packed.dtype, device=packed.device)
-            for here, slot_rows, position, _ in active:
-                keys[slot_rows, :, position] = packed[here, 1, :, 0]
-                values[slot_rows, :, position] = packed[here, 2, :, 0]
-                attended[here] = t._attend(
-                    packed[here, 0], keys[slot_rows, :, : position + 1], values[slot_rows, :, : position + 1]
+            attended = torch.zeros(count, t.heads, 1, t.head_dim, dtype=projected.dtype, device=projected.device)
+            for step_rows, cache_rows, position, _ in active:
+                keys[cache_rows, :, position] = projected[step_rows, 1, :, 0]
+                values[cache_rows, :, position] = projected[step_rows, 2, :, 0]
+                attended[step_rows] = t._attend(
+                    projected[step_rows, 0], keys[cache_rows, :, : position + 1], values[cache_rows, :, : position + 1]
                 )
             x = x + scaled(layer.scale1, layer.out_proj(attended.reshape(count, t.dim).to(h.dtype)))
             if t.cross:
                 h = layer.norm_cross(x)
                 query = layer.cross_query(h).view(count, t.heads, 1, t.head_dim)
                 attended = torch.zeros_like(query)
-                for here, _, _, cross in active:
-                    attended[here] = t._attend(query[here], cross.keys[layer_index], cross.values[layer_index])
+                for step_rows, _, _, cross in active:
+                    attended[step_rows] = t._attend(
+                        query[step_rows], cross.keys[layer_index], cross.values[layer_index]
+                    )
                 x = x + scaled(layer.scale_cross, layer.cross_out(attended.reshape(count, t.dim).to(h.dtype)))
             x = x + scaled(layer.scale2, layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
         logits = t.token_logits(x, self.row_heads)
         if count == self.tokens.shape[0]:
             return logits
-        every = logits.new_zeros(self.tokens.shape[0], *logits.shape[1:])
-        return every.index_copy_(0, index, logits)
+        return logits.new_zeros(self.tokens.shape[0], *logits.shape[1:]).index_copy_(0, index, logits)
+
+    def _choose_linear_maps(self) -> None:
+        """The per-slot form's linear maps, and whether it steps the occupied slots' rows only:
+        oneDNN's packed products where they work here and pass the occupancy check, else
+        wide_linear over the occupied rows where that passes, else wide_linear over every slot's
+        rows at every step (a fixed shape, as this form ran before the packed products)."""
+        t = self.transformer
+        if packing_works(t.lm.transformer.layers[0].linear1.weight):
+            try:
+                binder = PackedBinder(ROWS_PER_SLOT * self.slots)
+                self.row_layers, self.row_heads = t.with_linear(binder)
+                if self._occupancy_leaves_rows_alone():
+                    self.packed_bytes, self.compact = binder.nbytes, True
+                    self.form = "per slot, oneDNN's packed products over the occupied slots' rows"
+                    return
+            except RuntimeError:  # a weight this build of oneDNN cannot pack
+                pass
+        self.row_layers, self.row_heads = t.with_linear(bind_wide)  # (the packed copies, if any, go)
+        self.compact = self._occupancy_leaves_rows_alone()
+        self.form = "per slot, MKL's (W @ x^T)^T over " + (
+            "the occupied slots' rows" if self.compact else "every slot's rows"
+        )
 
     def _occupancy_leaves_rows_alone(self) -> bool:
-        """Whether a slot's logits come out the same, bit for bit, whichever other slots are
-        occupied and wherever its rows fall in the step: the last slot, beside every other slot
-        and then beside fewer and fewer, over random caches, texts and tokens. Run once, on the
+        """Whether each slot's logits come out the same, bit for bit, whatever the occupancy: every
+        slot occupied (random caches, texts and tokens), then slot 0 freed, then slot 1, ...;
+        at each step every occupied slot's logits against its first ones. That covers every row
+        count from 2 to 2S and every place a slot's rows can take among them. Run once, on the
         empty buffers, which it leaves empty."""
-        if self.slots == 1:
-            return True
         t = self.transformer
         generator = torch.Generator().manual_seed(0)
         device, dtype = self.tokens.device, self.cache.storage.dtype
-        self.cache.storage.copy_(torch.randn(self.cache.storage.shape, generator=generator).to(device, dtype))
-        card = self.transformer.lm.card
         position = min(40, self.cache.length - 1)
+        written = self.cache.storage[..., : position + 1, :]  # [layers, 2, rows, heads, positions, d]
+        written.copy_(torch.randn(written.shape, generator=generator).to(device, dtype))
         for slot in range(self.slots):
-            cross = None
             if t.cross:
                 keys = [torch.randn(2, t.heads, 7, t.head_dim, generator=generator).to(device, dtype) for _ in t.layers]
                 values = [torch.randn(k.shape, generator=generator).to(device, dtype) for k in keys]
-                cross = CrossAttentionCache(keys, values)
-            self.crosses[slot] = cross
-            tokens = torch.randint(0, card, self.tokens[self._rows(slot)].shape, generator=generator)
+                self.crosses[slot] = CrossAttentionCache(keys, values)
+            tokens = torch.randint(0, t.lm.card, (ROWS_PER_SLOT, t.lm.num_codebooks), generator=generator)
             self.feed(slot, tokens.to(device), position)
-        probe = self._rows(self.slots - 1)
-        self.compact = True
+        was_compact, self.compact = self.compact, True
         try:
-            crowded = self._per_slot_step()[probe].clone()
-            alike = True
-            for slot in range(self.slots - 1):
-                self.free(slot)
-                alike = alike and torch.equal(self._per_slot_step()[probe], crowded)
-            return alike
+            with self.autocast:
+                first = self._per_slot_step().clone()
+                for freed in range(self.slots - 1):
+                    self.free(freed)
+                    logits = self._per_slot_step()
+                    occupied = slice(ROWS_PER_SLOT * (freed + 1), None)
+                    if not torch.equal(logits[occupied], first[occupied]):
+                        return False
+            return True
         finally:
-            self.compact = False
+            self.compact = was_compact
             for slot in range(self.slots):
                 self.free(slot)
             self.cache.clear()

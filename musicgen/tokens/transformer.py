@@ -28,7 +28,9 @@ from audiocraft.modules.transformer import StreamingTransformer, _get_attention_
 from torch import nn
 
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
-from musicgen.tokens.row_linear import Binder, bind_linear
+
+Linear = tp.Callable[[torch.Tensor], torch.Tensor]
+Binder = tp.Callable[[torch.Tensor, torch.Tensor | None], Linear]  # (weight, bias) -> x [..., in] -> [..., out]
 
 
 class Unsupported(Exception):
@@ -69,6 +71,12 @@ def check_supported(lm) -> None:
             problems.append(f"layer {index}: cross-attention qk_layer_norm or non-custom")
     if problems:
         raise Unsupported("; ".join(problems))
+
+
+def bind_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
+    """F.linear over the module's own weight, as the stock layer computes it (the one-window
+    step's, token-exact with audiocraft; tokens/row_linear.py has the batched step's)."""
+    return lambda x: F.linear(x, weight, bias)
 
 
 def _fast(module: nn.Module, bind: Binder = bind_linear) -> tp.Callable[[torch.Tensor], torch.Tensor] | None:

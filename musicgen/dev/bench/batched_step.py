@@ -42,7 +42,8 @@ def _linear_maps(transformer):
 
 
 def linear_figures(transformer, slots: int, repeats: int) -> None:
-    from musicgen.tokens.row_linear import PackedBinder, bind_linear, bind_wide
+    from musicgen.tokens.row_linear import PackedBinder, bind_wide
+    from musicgen.tokens.transformer import bind_linear
 
     maps = _linear_maps(transformer)
     packed = PackedBinder(2 * slots)
