@@ -421,3 +421,27 @@ def load_seeds() -> list[list[dict]]:
         text = path.read_text()
         seeds.append(parse_table_seed(text) if "|---|" in text else parse_list_seed(text))
     return seeds
+
+
+def fine_tune(version: str, destination: Path, edit=None) -> Path:
+    """A stand-in for a fine-tuned export of the demo `version` LM: the same architecture and
+    format, every weight moved by a seeded random amount (or the package changed by `edit`)."""
+    import omegaconf
+    import torch
+
+    from musicgen.settings import read_settings
+    from musicgen.weights import layout
+
+    package = torch.load(layout.model_dir(version, read_settings().weights_root) / layout.LM_FILE, weights_only=True)
+    generator = torch.Generator().manual_seed(7)
+    for key, tensor in package["best_state"].items():
+        if tensor.is_floating_point() and "chroma" not in key:
+            noise = torch.randn(tensor.shape, generator=generator) * 0.5
+            package["best_state"][key] = (tensor.float() + noise).to(tensor.dtype)
+    if edit is not None:
+        cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
+        edit(cfg, package)
+        package["xp.cfg"] = omegaconf.OmegaConf.to_yaml(cfg)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(package, destination)
+    return destination

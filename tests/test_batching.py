@@ -21,6 +21,7 @@ from helpers import (
     PREDICT_TIMEOUT,
     FileServer,
     data_uri,
+    fine_tune,
     started_server,
     write_scale,
 )
@@ -175,6 +176,32 @@ def test_a_window_gets_the_same_tokens_alone_and_in_a_batch_and_a_failing_neighb
     assert set(errors) == {"broken"}, errors
     assert torch.equal(results["target"], alone)
     assert results["greedy"].shape[-1] == 150 and results["melody model"].shape[-1] == 125
+
+
+def test_a_fine_tuned_model_decodes_in_the_batch(settings, batched_models, tmp_path):
+    """A fine-tuned LM (served in its base's place) decodes in its own batch: its window gets the
+    same tokens alone and beside another of its windows and a base model's, and they are the
+    fine-tune's, not the base's."""
+    tuned = load_models(settings.replace(max_batch=SLOTS), fine_tuned=str(fine_tune("large", tmp_path / "tuned.bin")))
+    assert tuned.decoder("large").batcher is tuned.batcher
+    sampling = Sampling(top_k=40, temp=0.9)
+    alone = _window_tokens(tuned, "large", "calm", 2, 5, sampling)
+    results = {}
+    crowd = {
+        "target": ("large", "calm", 2, 5, sampling),
+        "its neighbour": ("large", "drums", 3, 6, Sampling(use_sampling=False)),
+        "the base melody": ("melody", "x", 2, 1, Sampling()),
+    }
+    threads = [
+        threading.Thread(target=lambda name=name, job=job: results.update({name: _window_tokens(tuned, *job)}))
+        for name, job in crowd.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PREDICT_TIMEOUT)
+    assert set(results) == set(crowd) and torch.equal(results["target"], alone)
+    assert not torch.equal(alone, _window_tokens(batched_models, "large", "calm", 2, 5, sampling))
 
 
 def test_models_take_turns_step_by_step(batched_models):

@@ -12,12 +12,11 @@ import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import omegaconf
 import pytest
 import torch
-from helpers import LoopbackServer, sines
+from helpers import LoopbackServer, fine_tune, sines
 
 from musicgen.errors import WeightsError
 from musicgen.generate import seed_everything
@@ -345,24 +344,6 @@ def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
 # Fine-tuned checkpoints.
 
 
-def fine_tune(version: str, destination: Path, edit=None) -> Path:
-    """A stand-in for a fine-tuned export of the demo `version` LM: the same architecture and
-    format, every weight moved by a seeded random amount (or the package changed by `edit`)."""
-    package = torch.load(layout.model_dir(version, read_settings().weights_root) / layout.LM_FILE, weights_only=True)
-    generator = torch.Generator().manual_seed(7)
-    for key, tensor in package["best_state"].items():
-        if tensor.is_floating_point() and "chroma" not in key:
-            noise = torch.randn(tensor.shape, generator=generator) * 0.5
-            package["best_state"][key] = (tensor.float() + noise).to(tensor.dtype)
-    if edit is not None:
-        cfg = omegaconf.OmegaConf.create(package["xp.cfg"])
-        edit(cfg, package)
-        package["xp.cfg"] = omegaconf.OmegaConf.to_yaml(cfg)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(package, destination)
-    return destination
-
-
 @pytest.mark.parametrize("version", ["melody", "large"])
 def test_fine_tuned_checkpoint_replaces_its_base(loaded, settings, tmp_path, version: str) -> None:
     from audiocraft.models import loaders
@@ -518,7 +499,6 @@ def test_the_operator_chooses_which_versions_setup_loads(settings):
     loads on its first request."""
     from musicgen.request import Request
     from musicgen.service import MusicGenService
-    from musicgen.settings import read_settings
 
     chosen = read_settings({"MUSICGEN_MODEL_VERSIONS": "large", "MUSICGEN_DEVICE": "cpu"})
     service = MusicGenService.load(settings.replace(model_versions=chosen.model_versions, device=chosen.device))
