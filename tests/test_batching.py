@@ -204,6 +204,25 @@ def test_a_fine_tuned_model_decodes_in_the_batch(settings, batched_models, tmp_p
     assert not torch.equal(alone, _window_tokens(batched_models, "large", "calm", 2, 5, sampling))
 
 
+def test_a_window_that_cannot_join_runs_alone_from_its_prefill(settings):
+    """A window whose model's batch is gone (its model evicted) runs alone in its prediction's
+    thread, from the prefill it already made (moved into a whole window's cache): the tokens of
+    the one-window loop with the same generator."""
+    models = load_models(settings.replace(max_batch=SLOTS), versions=("large",))
+    model, fast = models.generator("large"), models.decoder("large")
+    models.batcher.forget(fast)  # nothing running: its batch goes now
+    attributes, _ = model._prepare_tokens_and_attributes(["calm"], None)
+    sampling, frames = Sampling(top_k=40), 2 * int(model.frame_rate)
+    with torch.inference_mode():
+        draws = Draws(torch.Generator().manual_seed(5), lambda: None)
+        alone = fast._window(None, attributes, frames, sampling, lambda: None, None, draws, None)
+        expected = fast.window.generate(
+            None, attributes, frames, sampling, lambda: None, generator=torch.Generator().manual_seed(5)
+        )
+    assert models.batcher.form(fast) == "" and alone.shape[-1] == frames
+    assert torch.equal(alone, expected)
+
+
 def test_models_take_turns_step_by_step(batched_models):
     """Two models' windows at once: their steps alternate, neither waits for the other to end."""
     steps: list[str] = []

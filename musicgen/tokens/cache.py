@@ -49,8 +49,18 @@ class KVCache:
         values.narrow(2, start, v.shape[2]).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
+    @property
+    def batch(self) -> int:
+        return self.storage.shape[2]
+
     def clear(self) -> None:
         self.storage.zero_()
+
+    def copy_into(self, other: KVCache, written: int, rows: slice = slice(None)) -> KVCache:
+        """This cache's first `written` positions, every layer, into `rows` of `other`'s batch
+        (a window's prefill moved into the cache its steps run in); returns `other`."""
+        other.storage[:, :, rows, :, :written] = self.storage[:, :, :, :, :written]
+        return other
 
 
 @dataclass

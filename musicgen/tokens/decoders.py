@@ -185,8 +185,11 @@ class FastLoop:
             return self.window.generate(prompt, attributes, max_gen_len, sampling, on_step, negative)
         state = self.window.start(prompt, attributes, max_gen_len, negative, cache=self._prefill_cache)
         batched = self.batcher.run(self, state, sampling, draws, on_step)
-        if batched is None:  # a text or prefix longer than the slots hold: alone, in a whole window's cache
-            state = self.window.start(prompt, attributes, max_gen_len, negative)
+        if batched is None:
+            # a text or prefix longer than the slots hold, or its model's batch gone (evicted): it
+            # runs alone here, its prefill moved into a cache for the whole window
+            whole = self.cache(state.cache.batch, state.positions, state.cache.positions)
+            state.cache = state.cache.copy_into(whole, state.prefix + state.offset)
             return self.window.finish(state, sampling, on_step, draws.generator)
         codes, neighbours = batched
         progress.neighbours = max(progress.neighbours, neighbours)

@@ -91,7 +91,7 @@ class SlotStep:
         """Put a started window in `slot`: the first `written` positions of its prefill's `cache`
         (WindowState: prefix + offset), and its text's `cross` keys and values."""
         rows = self._rows(slot)
-        self.cache.storage[:, :, rows, :, :written] = cache.storage[:, :, :, :, :written]
+        cache.copy_into(self.cache, written, rows)
         if not self.static:
             self.crosses[slot] = cross
         if self.cross is not None:
