@@ -28,7 +28,7 @@ from helpers import (
 
 from musicgen.generate import seed_everything
 from musicgen.models.load import load_models
-from musicgen.models.sizes import lm_bytes
+from musicgen.models.sizes import lm_bytes, static_bytes
 from musicgen.runtime import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
 from musicgen.tokens.cache import CrossAttentionCache
@@ -119,8 +119,10 @@ def test_the_memory_budget_counts_the_batched_steps_buffers(settings, batched_mo
     plus the slots' texts: keys and values of up to CROSS_CAPACITY tokens each."""
     checkpoint = layout.model_dir("large", settings.weights_root) / layout.LM_FILE
     t = batched_models.decoder("large").transformer
-    step = batched_models.batcher._batches[batched_models.decoder("large")].step
-    assert step.packed_bytes > 0 and step.nbytes == batched_models.batcher.nbytes(batched_models.decoder("large"))
+    step = batched_models.batcher.step_of(batched_models.decoder("large"))
+    assert (
+        step.packed_bytes > 0 and static_bytes(batched_models.decoder("large"), batched_models.batcher) == step.nbytes
+    )
     texts = CROSS_CAPACITY * 2 * len(t.layers) * ROWS_PER_SLOT * SLOTS * t.dim * 4
     assert lm_bytes(checkpoint, "cpu", SLOTS) - lm_bytes(checkpoint, "cpu", 1) == step.nbytes + texts
 
@@ -219,7 +221,7 @@ def test_a_window_that_cannot_join_runs_alone_from_its_prefill(settings):
         expected = fast.window.generate(
             None, attributes, frames, sampling, lambda: None, generator=torch.Generator().manual_seed(5)
         )
-    assert models.batcher.form(fast) == "" and alone.shape[-1] == frames
+    assert models.batcher.step_of(fast) is None and alone.shape[-1] == frames
     assert torch.equal(alone, expected)
 
 

@@ -58,7 +58,8 @@ def _stepped_weight_elements(name: str, tensor) -> int:
 def static_bytes(decoder: Decoder, batcher: Batcher | None) -> int:
     """What `decoder` holds beside the LM's weights: its batched step's (slots, and on a CPU the
     packed weights), or its CUDA graph's cache."""
-    if batcher is not None and getattr(decoder, "batcher", None) is batcher:
-        return batcher.nbytes(decoder)
+    step = None if batcher is None else batcher.step_of(decoder)
+    if step is not None:
+        return step.nbytes
     graph = getattr(decoder, "graph", None)
     return 0 if graph is None else graph.nbytes

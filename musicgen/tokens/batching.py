@@ -199,10 +199,11 @@ class Batcher:
         self._thread: threading.Thread | None = None
 
     def add_model(self, loop, step: SlotStep) -> None:
-        """Serve `loop`'s windows (a FastLoop) in `step`'s slots."""
+        """Serve `loop`'s windows (a FastLoop, which then hands them here) in `step`'s slots."""
         with self._changed:
             self._batches[loop] = ModelBatch(step)
             self._order.append(loop)
+        loop.batcher = self
 
     def forget(self, loop) -> None:
         """`loop`'s model was evicted: drop its batch (and slots) once its windows are done."""
@@ -212,15 +213,10 @@ class Batcher:
                 batch.forgotten = True
                 self._drop_idle()
 
-    def nbytes(self, loop) -> int:
-        """What `loop`'s batched step holds: its slots' buffers (and on a CPU its packed weights)."""
+    def step_of(self, loop) -> SlotStep | None:
+        """`loop`'s batched step (its slots), or None once its batch is gone."""
         batch = self._batches.get(loop)
-        return 0 if batch is None else batch.step.nbytes
-
-    def form(self, loop) -> str:
-        """How `loop`'s batched step runs (SlotStep.form), for the logs."""
-        batch = self._batches.get(loop)
-        return "" if batch is None else batch.step.form
+        return None if batch is None else batch.step
 
     def run(self, loop, state: WindowState, sampling: Sampling, draws: Draws, on_step) -> tuple | None:
         """The window's tokens, decoded in `loop`'s batch; the turn is released while it waits.

@@ -110,7 +110,8 @@ class FastLoop:
     @property
     def mode(self) -> str:
         if self.batcher is not None:
-            return f"batched, {self.batcher.slots} slots ({self.batcher.form(self)})"
+            step = self.batcher.step_of(self)
+            return f"batched, {self.batcher.slots} slots" + ("" if step is None else f" ({step.form})")
         if self.graph is None:
             return "eager"
         return "steps replayed as a CUDA graph" if self.graph.graph is not None else "static steps (no graph)"

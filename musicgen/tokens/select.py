@@ -83,7 +83,6 @@ def load_decoder(
         if batcher is not None:
             with torch.no_grad():
                 batcher.add_model(fast, SlotStep(fast.transformer, model, batcher.slots, static=False))
-            fast.batcher = batcher
         log.info(
             "%s: decoding with our loop (%s, on %s)", label, "eager" if batcher is None else fast.mode, model.device
         )
@@ -129,7 +128,6 @@ def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, che
         log.warning("%s: decoding one prediction at a time; the batched step failed its check: %s", label, _reason(why))
         return _served(fast, f"the batched step failed its check: {_reason(why)}", checks)
     batcher.add_model(fast, slot_step)
-    fast.batcher = batcher
     return _checked(fast, label, start, slot_step.nbytes, checks)
 
 

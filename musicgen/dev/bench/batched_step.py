@@ -36,8 +36,15 @@ def _median_ms(run, repeats: int) -> float:
 
 def _linear_maps(transformer):
     """(weight, bias) of every linear map a step multiplies by, as SlotStep binds them."""
+    from musicgen.tokens.transformer import bind_linear
+
     bound = []
-    transformer.with_linear(lambda weight, bias: bound.append((weight, bias)) or (lambda x: x))
+
+    def collect(weight, bias):
+        bound.append((weight, bias))
+        return bind_linear(weight, bias)
+
+    transformer.with_linear(collect)
     return bound
 
 
