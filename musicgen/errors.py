@@ -19,6 +19,12 @@ class CapacityError(RuntimeError):
     model that may go. The message names the model, its size and the budget."""
 
 
+class ServerStalled(RuntimeError):
+    """The batched decoding made no progress for MUSICGEN_STALL_SECONDS while this prediction
+    waited (musicgen.tokens.batching.Watch): it fails instead of waiting for ever. The message says
+    what held the path; the operator sees the same in the log."""
+
+
 class PredictionCancelled(BaseException):
     """Raised in a running prediction's thread when its caller cancels it. A BaseException, like
     asyncio's CancelledError and Cog's CancelationException, so `except Exception` never stops it."""

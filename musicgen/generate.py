@@ -242,19 +242,25 @@ def generate(
     return (audio [C, T] float32 on CPU, its rate in Hz). With batched decoding the work runs
     under the models' turn (its tokens' steps are shared while it waits), drawing its tokens from
     a generator of its own."""
-    with models.turn():
-        # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
-        # (kept once loaded), then the model, evicting others to make room beside what is resident.
-        if request.multi_band_diffusion:
-            models.mbd  # noqa: B018
-        if request.mode != ENCODE_DECODE:
-            models.generator(request.model_version)
-        seed_everything(seed)
-        draws = None
-        if models.batcher is not None:
-            generator = torch.Generator(device=models.device).manual_seed(seed)
-            draws = Draws(generator, functools.partial(seed_everything, seed))
-        with torch.inference_mode():
-            wav = MODES[request.mode](models, request, input_audio, draws)
-        model = models.codec if request.mode == ENCODE_DECODE else models.generator(request.model_version)
-        return wav.float().cpu(), model.sample_rate
+    work = functools.partial(_generate, request, models, seed, input_audio)
+    return models.in_turn(work, f"{request.model_version}, {request.mode}")
+
+
+def _generate(
+    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None
+) -> tuple[torch.Tensor, int]:
+    # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
+    # (kept once loaded), then the model, evicting others to make room beside what is resident.
+    if request.multi_band_diffusion:
+        models.mbd  # noqa: B018
+    if request.mode != ENCODE_DECODE:
+        models.generator(request.model_version)
+    seed_everything(seed)
+    draws = None
+    if models.batcher is not None:
+        generator = torch.Generator(device=models.device).manual_seed(seed)
+        draws = Draws(generator, functools.partial(seed_everything, seed))
+    with torch.inference_mode():
+        wav = MODES[request.mode](models, request, input_audio, draws)
+    model = models.codec if request.mode == ENCODE_DECODE else models.generator(request.model_version)
+    return wav.float().cpu(), model.sample_rate

@@ -33,9 +33,31 @@ def configure_logging(level: int = logging.INFO) -> None:
     if package.level == logging.NOTSET:
         package.setLevel(level)
     if not package.hasHandlers():
-        handler = logging.StreamHandler(sys.stderr)
+        handler = CancelSafeStreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT))
         package.addHandler(handler)
+
+
+class CancelSafeStreamHandler(logging.StreamHandler):
+    """A StreamHandler whose lock a cancel cannot leave taken (musicgen.cancellation).
+
+    logging.Handler.handle() takes its lock in a Python method (`self.acquire()`) before the `try`
+    that releases it: a cancel landing in between would leave the lock held by a prediction's
+    thread, and every other thread's next log line would wait for ever. Here the lock is taken with
+    `with`, whose enter and exit are the RLock's own C code.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        passed = self.filter(record)
+        if passed:
+            with self.lock:
+                self.emit(record)
+        return bool(passed)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
 
 
 def quiet_libraries() -> None:

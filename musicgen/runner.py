@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from musicgen import cancellation, runtime
+from musicgen.errors import PredictionCancelled
 from musicgen.request import Request
 from musicgen.service import MusicGenService, Prediction
 from musicgen.settings import Settings
@@ -69,15 +70,19 @@ class _Job:
 
     def run(self) -> Prediction:
         started = time.time()
+        thread = threading.get_ident()
         with self._state:
-            self._thread = threading.get_ident()
-            cancellation.clear(self._thread)  # thread ids are reused: no earlier cancel reaches this job
+            self._thread = thread
+            cancellation.clear(thread)  # thread ids are reused: no earlier cancel reaches this job
         try:
             return self._call()
         finally:
-            with self._state:
-                self._thread = None
-                cancellation.clear(threading.get_ident())  # a cancel that came too late
+            try:
+                with self._state:  # no cancel is sent to this job after this block
+                    self._thread = None
+                cancellation.clear(thread)  # one sent just before lands by this line at the latest
+            except PredictionCancelled:
+                cancellation.clear(thread)  # (a cancel is sent once: nothing else lands here)
             if self._after is not None:
                 self._after(started)
 

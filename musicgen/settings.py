@@ -117,6 +117,8 @@ SETTINGS = (
             "The largest training `dataset_path` a URL may deliver (within `MUSICGEN_INPUT_TIMEOUT`)."),
     Setting("MUSICGEN_MAX_BATCH", "max_batch", _positive_integer, "`4` on CUDA, `1` on a CPU", "a positive integer",
             "Predictions of one model that decode together, each step shared (docs/batching.md)."),
+    Setting("MUSICGEN_STALL_SECONDS", "stall_seconds", _positive_number, "`300`", "a positive number of seconds",
+            "With `MUSICGEN_MAX_BATCH` > 1: a prediction waiting while batched decoding makes no progress this long fails, and the stall is logged (docs/batching.md)."),
     Setting(SLOTS_ENV, "runtime_slots", _positive_integer, "`1` (`serve`: twice `MUSICGEN_MAX_BATCH`, at least `2`)",
             "a positive integer", "Cog's runtime slots: requests beyond the batch wait for a place instead of a 409 (docs/operations.md)."),
     Setting(ONEDNN_CACHE_ENV, "onednn_cache_entries", _positive_integer, "`64`", "a positive integer",
@@ -144,6 +146,8 @@ class Settings:
     input_max_mb: float = 400.0
     dataset_max_mb: float = 2000.0  # a training's archive: hours of compressed audio
     max_batch: int | None = None  # None: the device's DEFAULT_MAX_BATCH
+    # longer than any legitimate pause of the batched path: loading the largest model on first use
+    stall_seconds: float = 300.0
     runtime_slots: int = 1  # Cog's own default
     # oneDNN's primitive cache on CPU (a convolution compiled for each input shape, with its
     # buffers): EnCodec, the resampler and MultiBand Diffusion meet a new length with almost every

@@ -16,6 +16,7 @@ import base64
 import binascii
 import http
 import logging
+import queue
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from musicgen import cancellation
 from musicgen.errors import InputError
 from musicgen.limits import URL_SCHEMES
 from musicgen.rules import shortened
@@ -168,8 +170,10 @@ class _Transfer:
             self.host = ""
         if not self.host:
             raise InputError(f"{name}={shortened(url)!r} is not a valid URL: it names no host.")
-        self.done = threading.Event()
-        self.aborted = threading.Event()
+        # Flags and a C queue, not threading.Events: a cancel landing inside an Event's Python code
+        # could leave its inner lock taken, and the helper thread would wait for ever (cancellation.py).
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # the helper puts one None when it ends
+        self.aborted = False
         self.error: InputError | None = None
         self.complete = False  # set by the helper thread when the whole body is in `dest`
         self.sockets: list[socket.socket] = []  # every socket the helper's session opened (redirects too)
@@ -192,7 +196,8 @@ class _Transfer:
     def run(self) -> None:
         helper = self.start()
         try:
-            while not self.done.wait(WAIT_STEP):  # returns to Python every step: a cancel lands here
+            while not self._ended():  # returns to Python every step: a cancel lands here
+                cancellation.check()
                 if time.monotonic() > self.deadline:
                     raise self._late()
             if self.complete:
@@ -203,6 +208,14 @@ class _Transfer:
         except BaseException:
             self._stop(helper)
             raise
+
+    def _ended(self) -> bool:
+        """Whether the helper thread has ended, waiting at most WAIT_STEP for it."""
+        try:
+            self.done.get(timeout=WAIT_STEP)
+        except queue.Empty:
+            return False
+        return True
 
     def _late(self) -> InputError:
         return InputError(
@@ -228,7 +241,7 @@ class _Transfer:
         the headers or of the body); the helper then closes it. (Left to the helper alone, a
         connection stayed open for as long as a loaded machine took to schedule it, and one still
         waiting for its headers until STALL_TIMEOUT.)"""
-        self.aborted.set()
+        self.aborted = True
         with self.lock:
             sockets = list(self.sockets)
         for sock in sockets:  # (one still connecting reports itself later: _track)
@@ -252,17 +265,17 @@ class _Transfer:
             log.warning("download from %s failed", self.host, exc_info=True)
             self.error = InputError(f"{self.name}: the download from {self.host} failed.")
         else:
-            self.complete = not self.aborted.is_set()
+            self.complete = not self.aborted
         finally:
             self.watchdog.cancel()
             if not self.complete:  # the helper owns its partial file
                 self.dest.unlink(missing_ok=True)
-            self.done.set()
+            self.done.put(None)
 
     def _track(self, sock: socket.socket) -> None:
         with self.lock:
             self.sockets.append(sock)
-        if self.aborted.is_set():  # aborted while it was connecting
+        if self.aborted:  # aborted while it was connecting
             self._abort()
 
     def _transfer(self) -> None:
@@ -275,7 +288,7 @@ class _Transfer:
             response = session.get(
                 self.url, stream=True, timeout=(CONNECT_TIMEOUT, STALL_TIMEOUT), headers=headers, allow_redirects=True
             )
-            if self.aborted.is_set():
+            if self.aborted:
                 response.close()
                 return
             with response:
@@ -294,7 +307,7 @@ class _Transfer:
         received = 0
         with open(self.dest, "wb") as file:
             for chunk in response.iter_content(CHUNK):
-                if self.aborted.is_set():
+                if self.aborted:
                     return
                 received += len(chunk)
                 if received > self.limits.max_bytes:
@@ -311,7 +324,7 @@ class _Transfer:
     def _describe(self, error: requests.RequestException) -> str:
         """A requests failure in words the caller can act on (no pool or socket internals)."""
         where = f"{self.name}: the download from {self.host}"
-        if self.aborted.is_set():
+        if self.aborted:
             return f"{where} was stopped."
         for kind, reason in _FAILURE_REASONS:  # in this order: the first ones are ConnectionErrors too
             if isinstance(error, kind):

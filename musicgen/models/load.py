@@ -24,7 +24,6 @@ the LMs loaded in parallel threads. The result is the very model `MusicGen.get_p
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import gc
 import logging
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
@@ -63,6 +63,7 @@ from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,18 +89,19 @@ class LoadedModels:
     _cards: dict[str, int] = field(default_factory=dict)  # each servable LM's codebook size
     _recent: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # least recent first
     max_batch: int = 1  # the MUSICGEN_MAX_BATCH setting, resolved for the device
+    stall_seconds: float = Settings.stall_seconds  # the MUSICGEN_STALL_SECONDS setting
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _mbd: MultiBandDiffusion | None = None
 
     def __post_init__(self):
         # N > 1: concurrent predictions of one model decode together (musicgen.tokens.batching)
-        self.batcher = Batcher(self.max_batch) if self.max_batch > 1 else None
+        self.batcher = Batcher(self.max_batch, self.stall_seconds) if self.max_batch > 1 else None
 
-    def turn(self) -> contextlib.AbstractContextManager:
-        """What a prediction holds while it works with the models outside the batched steps: the
-        batcher's turn (one prediction at a time; released while it waits for its tokens), or
-        nothing when predictions run one at a time anyway (N = 1)."""
-        return contextlib.nullcontext() if self.batcher is None else self.batcher.turn.held()
+    def in_turn(self, work: Callable[[], T], label: str) -> T:
+        """work(), as a prediction does its work with the models outside the batched steps: under
+        the batcher's turn (one prediction at a time; given up while it waits for its tokens), or
+        as it is when predictions run one at a time anyway (N = 1). `label`: what it does (logs)."""
+        return work() if self.batcher is None else self.batcher.turn.run(work, label)
 
     def generator(self, version: str) -> MusicGen:
         """The model for `version`, loaded now if it is not resident (request.validate refuses
@@ -258,6 +260,7 @@ def load_models(
         decoder_choice=settings.decoder,
         budget=configured_budget(device, settings.memory_budget_gb),
         max_batch=settings.max_batch_on(device),
+        stall_seconds=settings.stall_seconds,
     )
     for version in GENERATING:
         if version in versions or store.is_present([version], root):

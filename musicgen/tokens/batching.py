@@ -11,70 +11,36 @@ Models take turns, one step each, round robin: none waits for another's predicti
 Everything else a prediction does with the models (loading, conditions, prefill, decoding) runs
 under the Turn, one prediction at a time, so torch's global random state (which audiocraft's
 HT-Demucs and MultiBand Diffusion draw from) is only ever drawn by the prediction that seeded it.
+
+A cancel can land in a prediction's thread anywhere (musicgen.cancellation): the Turn, the
+Batcher's lock and a window's wait are written so that it never leaves a lock taken. What cannot
+be proven is watched: a prediction waiting for the turn or its tokens while nothing moves for
+MUSICGEN_STALL_SECONDS fails with ServerStalled, and the stall is logged (Watch).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import contextvars
 import logging
+import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from musicgen import cancellation
 from musicgen.cancellation import uninterrupted
 from musicgen.tokens.loop import WindowState
 from musicgen.tokens.sampling import Sampling, guided, next_token
 from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
+from musicgen.tokens.turn import POLL_SECONDS, Turn, Watch
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.05  # a waiting thread wakes this often, so that a cancel reaches it
 IDLE_SECONDS = 60.0  # the Batcher's thread ends after this long with nothing to step (restarted on demand)
-
-
-class Turn:
-    """One prediction at a time in the work outside the batched steps; released while it waits
-    for its tokens. Waiting for it can be cancelled (PredictionCancelled) between polls."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self._acquire()
-        try:
-            yield
-        finally:
-            self._release()
-
-    @contextlib.contextmanager
-    def released(self) -> Iterator[None]:
-        """Let others take the turn while this thread waits (it takes it back afterwards)."""
-        mine = self._owner == threading.get_ident()
-        if mine:
-            self._release()
-        try:
-            yield
-        finally:
-            if mine:
-                self._acquire()
-
-    def _acquire(self) -> None:
-        while True:
-            with uninterrupted():  # a cancel lands after the owner is recorded, never between
-                if self._lock.acquire(timeout=POLL_SECONDS):
-                    self._owner = threading.get_ident()
-                    return
-
-    def _release(self) -> None:
-        if self._owner == threading.get_ident():
-            self._owner = None
-            self._lock.release()
 
 
 @dataclass(frozen=True)
@@ -100,21 +66,28 @@ class Job:
         self.slot: int | None = None
         self.cancelled = False
         self.neighbours = 0  # the most other windows seen in the same step
-        self.codes: torch.Tensor | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
+        # (tokens, error), put once by the stepping thread. A C queue, not a threading.Event: a
+        # cancel landing inside Event.wait's Python code could leave the event's inner lock taken,
+        # and the stepping thread would then wait for ever in set().
+        self._outcome: queue.SimpleQueue = queue.SimpleQueue()
 
-    def wait(self) -> torch.Tensor:
-        while not self.done.wait(POLL_SECONDS):  # a cancel raised in this thread lands between waits
-            pass
-        if self.error is not None:
-            raise self.error
-        return self.codes
+    def wait(self, watch: Watch, describe: Callable[[], str]) -> torch.Tensor:
+        """The window's tokens; ServerStalled when the batch makes no step for watch.limit seconds."""
+        queued = time.monotonic()
+        while True:
+            try:
+                codes, error = self._outcome.get(timeout=POLL_SECONDS)  # a cancel lands between polls
+            except queue.Empty:
+                cancellation.check()
+                watch.check(max(queued, watch.stepped), describe)
+                continue
+            if error is not None:
+                raise error
+            return codes
 
     def finish(self, codes: torch.Tensor | None = None, error: BaseException | None = None) -> None:
-        self.codes, self.error = codes, error
         self.state = self.logits = None  # the prefill's cache, freed now
-        self.done.set()
+        self._outcome.put((codes, error))
 
 
 class ModelBatch:
@@ -190,9 +163,10 @@ class ModelBatch:
 class Batcher:
     """The one thread stepping every model's batch; `run()` is called from predictions' threads."""
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, stall_seconds: float):
         self.slots = slots
-        self.turn = Turn()
+        self.watch = Watch(stall_seconds)
+        self.turn = Turn(self.watch)
         self._batches: dict[object, ModelBatch] = {}  # the model's FastLoop -> its batch
         self._order: collections.deque = collections.deque()  # the loops, in round robin
         self._changed = threading.Condition()
@@ -224,21 +198,27 @@ class Batcher:
         when the window does not fit a slot or the model's batch is gone (its model was evicted):
         the caller then runs it alone."""
         job = Job(state, sampling, draws.generator, on_step)
-        with self._changed:
-            batch = self._batches.get(loop)
-            if batch is None or not batch.step.fits(state):
-                return None
-            batch.waiting.append(job)
-            self._start()
-            self._changed.notify()
         try:
-            with self.turn.released():
-                codes = job.wait()
+            with uninterrupted(), self._changed:  # (a Condition: cancel-safe only inside uninterrupted())
+                batch = self._batches.get(loop)
+                if batch is None or not batch.step.fits(state):
+                    return None
+                batch.waiting.append(job)
+                self._start()
+                self._changed.notify()
+            codes = self.turn.while_waiting(lambda: job.wait(self.watch, self.describe))
         except BaseException:
-            job.cancelled = True  # removed from its slot at the next step
+            job.cancelled = True  # removed from its slot (or the queue) at the next step
             raise
         draws.reseed()
         return codes, job.neighbours
+
+    def describe(self) -> str:
+        """What the batched path holds, for the stall's log line and error."""
+        running = sum(job is not None for batch in list(self._batches.values()) for job in batch.jobs)
+        queued = sum(len(batch.waiting) for batch in list(self._batches.values()))
+        stepping = "a step running" if self._thread is not None else "no stepping thread"
+        return f"{running} window(s) in slots, {queued} queued, {stepping}; {self.turn.describe()}"
 
     def _start(self) -> None:
         """(Called holding _changed.) The stepping thread, started unless it runs."""
@@ -275,6 +255,7 @@ class Batcher:
                     except BaseException as error:  # noqa: BLE001 (never leave a waiting prediction hanging)
                         log.exception("the batched step failed")
                         batch.fail_all(error)
+                    self.watch.stepped = time.monotonic()
         finally:
             with self._changed:
                 if self._thread is threading.current_thread():

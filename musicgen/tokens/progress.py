@@ -16,11 +16,26 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from musicgen import cancellation
+
 log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 5.0  # no periodic line before this: a short generation has only its closing line
 EVERY_FRACTION = 0.1  # then a line at least every 10 % of the steps...
 EVERY_SECONDS = 5.0  # ...and at least every 5 s
+
+
+class Heartbeat:
+    """When this process last took a decode step, in any loop, for any model (time.monotonic())."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+
+STEPS = Heartbeat()  # every Progress.advance() beats it: the stall watchdog reads it (tokens.batching.Watch)
 
 
 class Progress:
@@ -47,7 +62,10 @@ class Progress:
         )
 
     def advance(self) -> None:
+        """One more step; a cancelled prediction stops here (musicgen.cancellation.check)."""
+        cancellation.check()
         self.done += 1
+        STEPS.beat()
         if self.bar is not None:
             self.bar.update(1)
             return
