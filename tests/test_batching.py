@@ -26,6 +26,7 @@ from helpers import (
     write_scale,
 )
 
+from musicgen.dev.bench.storm import storm
 from musicgen.generate import seed_everything
 from musicgen.models.load import load_models
 from musicgen.models.sizes import lm_bytes, static_bytes
@@ -376,3 +377,17 @@ def test_a_burst_of_twice_the_batch_gets_no_409_and_leaves_nothing(batch_server)
     files = [path for path in batch_server.tmp.rglob("*") if path.is_file()]
     assert all(path.parent.name.startswith("musicgen-") and path.suffix == ".wav" for path in files), files
     assert len(files) <= 2 * 2 * SLOTS - 1  # only the answers the runtime may still be sending
+
+
+@pytest.mark.slow
+def test_a_storm_of_cancels_leaves_the_server_serving(batch_server):
+    """Three callers start async predictions of every mode and cancel each 0 to 0.6 s after it
+    starts, beside a running sync prediction (issue 32: about 100 such cancels once jammed a
+    batching server for good). Every prediction gets its terminal webhook, the predictions beside
+    succeed, the server is READY and serves the next one. (The long storm: musicgen.dev.bench.storm.)"""
+    report = storm(batch_server.url, callers=3, cancels=8)
+    assert report.started == 24 and report.cancels == 24, report
+    assert not report.missing_webhooks, report
+    assert report.beside and all(status == "succeeded" for status in report.beside), report
+    assert report.settled == "READY" and report.after == "succeeded", report
+    assert report.terminal.get("canceled", 0) >= 12, report  # most were stopped, not run to their end
