@@ -123,6 +123,51 @@ def test_a_body_over_the_runtimes_limit_is_refused(proxy, server):
     assert ready(server.url)
 
 
+@pytest.mark.parametrize("depth", [17, 31, 200])
+def test_a_body_nested_too_deep_to_check_is_refused(proxy, server, depth):
+    """njs's JSON.parse gives up at a depth of about 30 and the runtime's parser at 128: a body
+    nested between the two once passed unchecked, its unsafe id making folders (issue 32)."""
+    nested = "[" * depth + "]" * depth
+    body = '{"id": "../../proxy-escape", "input": {"prompt": "calm", "duration": 1}, "zz": ' + nested + "}"
+    for path in ("/predictions", "/trainings", "/predictions/safe-id"):
+        method = "PUT" if path.count("/") == 2 else "POST"
+        answer = requests.request(
+            method, f"{proxy}{path}", data=body, headers={"Content-Type": "application/json"}, timeout=HTTP_TIMEOUT
+        )
+        assert answer.status_code == 400, answer.text
+        assert "nests deeper than 16 levels" in answer.json()["detail"]
+    assert ready(server.url)
+    assert not (PREDICTION_FOLDERS.parent.parent / "proxy-escape").exists()
+
+
+def test_a_body_that_is_not_json_is_refused(proxy, server):
+    for text in ('{"id": "../../proxy-escape", "input": {', "not json", '{"input": {"prompt": "\\x"}}'):
+        answer = requests.post(
+            f"{proxy}/predictions", data=text, headers={"Content-Type": "application/json"}, timeout=HTTP_TIMEOUT
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["detail"].startswith("the request body is not JSON")
+    strings = '{"input": {"prompt": "brackets [[[[[[[[[[[[[[[[[[ and an escaped \\" quote", "duration": 1, "seed": 2}}'
+    answer = requests.post(
+        f"{proxy}/predictions", data=strings, headers={"Content-Type": "application/json"}, timeout=PREDICT_TIMEOUT
+    )
+    assert answer.status_code == 200 and answer.json()["status"] == "succeeded", (
+        answer.text
+    )  # brackets in text count for nothing
+    assert ready(server.url)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/shutdown"), ("GET", "/"), ("GET", "/docs"), ("GET", "/metrics")]
+)
+def test_only_the_api_passes(proxy, server, method, path):
+    """POST /shutdown once stopped the server through the proxy (200, then 502 for everyone)."""
+    answer = requests.request(method, f"{proxy}{path}", timeout=HTTP_TIMEOUT)
+    assert answer.status_code == 404, answer.text
+    assert "/health-check, /openapi.json, /predictions and /trainings" in answer.json()["detail"]
+    assert ready(server.url) and ready(proxy)
+
+
 # --------------------------------------------------------------------------------------------
 # Confusing answers of the runtime, answered by the proxy
 

@@ -7,11 +7,47 @@
 
 var SAFE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
+// A body is read only when it is JSON nested at most this deep (a prediction's body nests 3 deep).
+// njs's JSON.parse gives up at a depth of about 30 and the runtime's parser at 128: a body nested
+// between the two once reached the runtime unchecked, its id making folders. Counted before parsing.
+var MAX_DEPTH = 16;
+
 function refuse(r, id) {
+    answer(r, 400, 'id ' + JSON.stringify(String(id)).slice(0, 80) + ' is not allowed: use 1 to 64 of A-Z a-z 0-9 _ -, or leave it out');
+}
+
+function answer(r, status, detail) {
     r.headersOut['Content-Type'] = 'application/json';
-    r.return(400, JSON.stringify({
-        detail: 'id ' + JSON.stringify(String(id)).slice(0, 80) + ' is not allowed: use 1 to 64 of A-Z a-z 0-9 _ -, or leave it out',
-    }) + '\n');
+    r.return(status, JSON.stringify({detail: detail}) + '\n');
+}
+
+// Whether arrays and objects in `text` nest deeper than MAX_DEPTH. Jumps from one of " \ [ ] { }
+// to the next: a long string (a data: URI) is one step.
+function tooDeep(text) {
+    var special = /["\\\[\]{}]/g;
+    var level = 0;
+    var inString = false;
+    var found;
+    while ((found = special.exec(text)) !== null) {
+        var c = found[0];
+        if (inString) {
+            if (c === '\\') {
+                special.lastIndex += 1;  // the escaped character, whatever it is
+            } else if (c === '"') {
+                inString = false;
+            }
+        } else if (c === '"') {
+            inString = true;
+        } else if (c === '[' || c === '{') {
+            level += 1;
+            if (level > MAX_DEPTH) {
+                return true;
+            }
+        } else if (c === ']' || c === '}') {
+            level -= 1;
+        }
+    }
+    return false;
 }
 
 // The endpoint the server does not serve ($cog_serves names the one it does): answered here. The
@@ -34,17 +70,22 @@ function elsewhere(r) {
 // The id in a JSON body (POST /predictions, POST /trainings, PUT /predictions/<id>): checked (an
 // unsafe id is refused first, whatever the endpoint), then the endpoint; then the request goes on
 // to the server unchanged, except that POST /predictions with an id goes on
-// as PUT /predictions/<id> (nginx.conf's @cog_put says why). A body that is not JSON goes on too:
-// the runtime answers it as it answers any caller.
+// as PUT /predictions/<id> (nginx.conf's @cog_put says why). A body this proxy cannot read (not
+// JSON, or nested deeper than MAX_DEPTH) is refused with 400: what it cannot read, it cannot check.
 function check(r) {
     var text = r.requestText;
     var rewrite = null;
     if (text) {
         var body = null;
+        if (tooDeep(text)) {
+            answer(r, 400, 'the request body nests deeper than ' + MAX_DEPTH + ' levels of arrays and objects; send the prediction\'s JSON as documented');
+            return;
+        }
         try {
             body = JSON.parse(text);
         } catch (e) {
-            body = null;
+            answer(r, 400, 'the request body is not JSON (' + String(e.message).slice(0, 80) + ')');
+            return;
         }
         if (body !== null && typeof body === 'object' && body.id !== undefined && body.id !== null) {
             if (typeof body.id !== 'string' || !SAFE_ID.test(body.id)) {
