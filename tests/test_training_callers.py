@@ -8,6 +8,9 @@ folders go when the training ends.
 
 from __future__ import annotations
 
+import bz2
+import io
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -21,7 +24,7 @@ from musicgen.runtime import PREDICTION_FOLDERS
 pytestmark = pytest.mark.slow  # a training server, started once for the module
 
 TIMEOUT = 5  # s: MUSICGEN_INPUT_TIMEOUT of this module's server
-DATASET_MAX_MB = 1  # MUSICGEN_DATASET_MAX_MB of this module's server
+DATASET_MAX_MB = 32  # MUSICGEN_DATASET_MAX_MB of this module's server: the 20 MB zip of 200,000 members passes it
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,63 @@ def test_a_zip_bomb_is_refused_before_anything_is_extracted(trainer, tmp_path):
     assert "dataset_path is an archive of 0.1 MB whose files would take 0.10 GB (" in answer["error"]
     assert "at most 20 GB and 50 times is read (audio barely compresses)" in answer["error"]
     assert "fine-tuning" not in answer.get("logs", "")
+    assert stray_files(trainer) == []
+
+
+def _tar(members: list[tarfile.TarInfo]) -> bytes:
+    """A GNU tar of `members` (empty files), bzip2-compressed, built header by header."""
+    return bz2.compress(b"".join(info.tobuf(tarfile.GNU_FORMAT) for info in members) + bytes(1024))
+
+
+def _empty(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 0
+    return info
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    """Issue 32's archives: a 50 MB GNU long name (230 bytes of bzip2), 200,000 empty members
+    (450 KB of bzip2), a zip of 200,000 empty members (20 MB)."""
+    listing = io.BytesIO()
+    with zipfile.ZipFile(listing, "w") as archive:
+        for index in range(200_000):
+            archive.writestr(f"m{index:06d}.wav", b"")
+    return {
+        "long name": _tar([_empty("a" * 50 * 2**20), _empty("x.wav")]),
+        "many members": _tar([_empty(f"m{index:06d}.wav") for index in range(200_000)]),
+        "zip of many members": listing.getvalue(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("bomb", "message"),
+    [
+        ("long name", "dataset_path is an archive with an extended header (a long name or PAX record) of 52428801 "
+                      "bytes; at most 65536 are read."),
+        ("many members", "dataset_path is an archive of more than 10000 members; at most 10000 are read."),
+        ("zip of many members", "dataset_path is an archive of 200000 members; at most 10000 are read."),
+    ],
+)  # fmt: skip
+def test_an_archive_bomb_fails_at_once_and_the_server_stays_ready(trainer, bombs, bomb, message):
+    """Issue 32: the 50 MB name, quoted whole in an error, killed the worker (its 50 MB answer was
+    too big to send); 1 GB of name took 2 GB of memory; 200,000 members held the only training
+    slot 33 s and logged 200,000 warnings. Each is refused from its headers before the model loads,
+    in a short message, and the server is READY with its memory where it was."""
+    senders = HostileSenders(bombs[bomb])
+    try:
+        before = trainer.worker_rss()
+        start = time.monotonic()
+        answer = train(trainer, f"{senders.url}/file")
+        seconds = time.monotonic() - start
+    finally:
+        senders.close()
+    assert answer["status"] == "failed", answer
+    assert message in answer["error"] and len(answer["error"]) < 500, answer["error"][:1000]
+    assert "fine-tuning" not in answer.get("logs", "") and "skipped" not in answer.get("logs", "")
+    assert seconds < 20  # a bound for the bomb (33 s and more before), not a speed figure
+    trainer.wait_for({"READY"}, HTTP_TIMEOUT)
+    assert trainer.worker_rss() - before < 200 * 10**6
     assert stray_files(trainer) == []
 
 

@@ -16,7 +16,7 @@ from musicgen.audio.fetch import FetchLimits
 from musicgen.errors import InputError
 from musicgen.generate import draw_seed, seed_everything
 from musicgen.settings import Settings, best_device
-from musicgen.train.dataset import Skipped, check_archive, dataset_files
+from musicgen.train.dataset import Dataset, Skipped
 from musicgen.train.export import write_fine_tuned
 from musicgen.train.loop import train_lm
 from musicgen.train.model import load_for_training
@@ -62,14 +62,15 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
         (scratch / "download").mkdir()
         dataset = local_dataset(request.dataset_path, scratch / "download", FetchLimits.for_datasets(settings))
         dataset_sha256 = _sha256(dataset)
-        check_archive(dataset)  # a zip bomb is refused before anything is extracted
-        seed = draw_seed() if request.wants_random_seed else request.seed
-        log.info("fine-tuning %s with seed %d", request.model_version, seed)
-        seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
-        model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
-        name = recorded_name(request.dataset_path)  # what the logs and the record call a single file
-        files = dataset_files(dataset, scratch, request.one_same_description, skipped, name)
-        segments, stats = make_segments(files, model, request.drop_vocals, skipped)
+        # listed once, its bounds checked: an archive bomb is refused before anything is extracted
+        # and before the model loads; a single file is named as the record names it
+        with Dataset(dataset, recorded_name(request.dataset_path)) as source:
+            seed = draw_seed() if request.wants_random_seed else request.seed
+            log.info("fine-tuning %s with seed %d", request.model_version, seed)
+            seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
+            model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
+            files = source.files(scratch, request.one_same_description, skipped)
+            segments, stats = make_segments(files, model, request.drop_vocals, skipped)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if not segments:
