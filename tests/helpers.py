@@ -14,6 +14,7 @@ import json
 import os
 import re
 import select
+import struct
 import subprocess
 import sys
 import threading
@@ -96,6 +97,21 @@ def write_scale(
     samples = np.stack([tone * (1 - channel_gain_step * c) for c in range(channels)], axis=1)
     soundfile.write(path, samples, rate, subtype="PCM_16")
     return path
+
+
+def zero_bit_wav() -> bytes:
+    """A WAV whose header says 0 bits per sample: ffmpeg finds the stream but no decoder for it."""
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 0, 0, 0)  # PCM, mono, 16 kHz, 0 bytes/s, 0 block, 0 bits
+    data = bytes(1000)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
+    )
 
 
 def ffmpeg(*args: str) -> None:

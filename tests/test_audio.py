@@ -10,7 +10,7 @@ import soundfile
 import torch
 import torchaudio
 from audiocraft.data.audio_utils import convert_audio, normalize_audio
-from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, header_declaring, sines
+from helpers import FREQUENCIES, failing_ffmpeg, ffmpeg, header_declaring, sines, zero_bit_wav
 
 from musicgen.audio import levels, read
 from musicgen.audio.channels import bs1770_weights, default_layout, undefined_for_loudness
@@ -181,6 +181,8 @@ def bad_file(tmp_path: Path, kind: str) -> Path:
         soundfile.write(path, samples, 8000, subtype="FLOAT", format="WAV")
     elif kind == "directory":
         path.mkdir()
+    elif kind == "zero-bits":
+        path.write_bytes(zero_bit_wav())
     return path
 
 
@@ -202,6 +204,7 @@ def bad_file(tmp_path: Path, kind: str) -> Path:
         ("too-many-channels", "input_audio has 10 channels; it must have 1 to 8."),
         ("nan-samples", "input_audio contains NaN or infinite samples; audio samples must be finite numbers."),
         ("directory", "is not a readable file; upload an audio file (WAV, MP3"),
+        ("zero-bits", "input_audio has an audio stream that cannot be decoded (no decoder for its format)"),
     ],
 )
 def test_load_audio_refuses_bad_files_with_a_clear_message(tmp_path, kind, message):

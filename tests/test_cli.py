@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from helpers import run_cli
+from helpers import run_cli, zero_bit_wav
 
 from musicgen.cli import parse_inputs
 from musicgen.errors import InputError
@@ -40,6 +40,18 @@ def test_a_caller_mistake_exits_non_zero_with_the_message_and_no_traceback(tmp_p
     assert "error: duration=61 is out of range; it must be between 1 and 60" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_an_audio_stream_without_a_decoder_is_a_clear_error_naming_input_audio(tmp_path, demo_weights):
+    """A WAV of 0 bits per sample once ended the command with an AttributeError's traceback."""
+    (tmp_path / "zero-bits.wav").write_bytes(zero_bit_wav())
+    result = run_cli(
+        "predict", "-i", "input_audio=zero-bits.wav", "-i", "duration=1", cwd=tmp_path, weights=demo_weights
+    )
+    assert result.returncode == 2, result.stderr
+    assert "error: input_audio has an audio stream that cannot be decoded" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_values_are_parsed_by_the_schema_types(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from helpers import START_TIMEOUT, Server, data_uri, predict_with_defaults, run_cli
+from helpers import START_TIMEOUT, Server, data_uri, predict_with_defaults, run_cli, zero_bit_wav
 
 from musicgen.errors import InputError
 from musicgen.request import Request
@@ -251,6 +251,7 @@ def test_bad_members_are_skipped_with_a_warning_naming_them(demo_weights, tmp_pa
         "accents.txt": "é" * 5000,  # longer than the bytes read: the cut falls inside a character
         "__MACOSX/._good.wav": b"resource fork",
         ".DS_Store": b"finder",
+        "zero-bits.wav": zero_bit_wav(),  # a stream ffmpeg has no decoder for
     }
     with caplog.at_level(logging.WARNING, logger="musicgen.train"):
         result = train_on(zip_dataset(tmp_path / "data.zip", members), tmp_path)
@@ -259,12 +260,14 @@ def test_bad_members_are_skipped_with_a_warning_naming_them(demo_weights, tmp_pa
     assert "skipped noise.flac: dataset file 'noise.flac' is not a readable audio file" in warnings
     assert "skipped long.wav: its caption long.txt is longer than 2000 characters" in warnings
     assert "skipped accents.wav: its caption accents.txt is longer than 2000 characters" in warnings
+    assert "skipped zero-bits.wav: dataset file 'zero-bits.wav' has an audio stream that cannot be decoded" in warnings
     assert "MACOSX" not in warnings and "DS_Store" not in warnings  # archivers' files, not the caller's
     assert result.record["dataset"]["files"] == 1 and result.record["dataset"]["skipped"] == [
         "empty.wav",
         "noise.flac",
         "long.wav",
         "accents.wav",
+        "zero-bits.wav",
     ]
 
 

@@ -154,10 +154,15 @@ def _decode(container: av.container.InputContainer, name: str, span: Span, max_b
     if not container.streams.audio:
         raise InputError(f"{name} contains no audio stream; upload an audio file ({INPUT_FORMATS}).")
     stream = container.streams.audio[0]
+    codec = stream.codec_context
+    if codec is None:  # ffmpeg found the stream but no decoder for it (e.g. a WAV of 0 bits per sample)
+        raise InputError(
+            f"{name} has an audio stream that cannot be decoded (no decoder for its format); upload an audio file "
+            f"({INPUT_FORMATS})."
+        )
     declared = _declared_seconds(container, stream)
     if declared is not None and declared > MAX_INPUT_SECONDS:
         raise InputError(_too_long(name, declared))
-    codec = stream.codec_context
     if codec.sample_rate and codec.layout.nb_channels:
         _check_format(name, codec.sample_rate, codec.layout.nb_channels)
         if declared is not None:  # the bound, from the headers: before anything is decoded
