@@ -146,8 +146,10 @@ def test_agreement_of_the_loops_on_the_cpu(demo_weights: Path, tmp_path: Path) -
 
 def test_the_batched_step_bench_on_the_cpu(demo_weights: Path, tmp_path: Path) -> None:
     """The CPU batched step's bench on the tiny checkpoint: every stepped linear map timed per
-    row count; the two forms the step may use keep a row's numbers whatever the row count, on the
-    LM's own weights; the set-up check lets the step run the occupied slots' rows only."""
+    row count; oneDNN's packed products keep a row's numbers whatever the row count, on the LM's
+    own weights, and the set-up check lets the step run the occupied slots' rows only. Whether
+    MKL's wide product does too depends on the CPU (yes on the Intel Xeon the figures were taken
+    on, no on an AMD EPYC): the bench says which, and the set-up check never picks it where not."""
     command = [
         sys.executable,
         "-m",
@@ -163,7 +165,8 @@ def test_the_batched_step_bench_on_the_cpu(demo_weights: Path, tmp_path: Path) -
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     lines = result.stdout.splitlines()
-    assert "  wide_linear: True" in lines and "  PackedLinear: True" in lines, result.stdout
+    assert "  PackedLinear: True" in lines, result.stdout
+    assert "  wide_linear: True" in lines or "  wide_linear: False" in lines, result.stdout
     assert any(line.startswith("the batched step's set-up check: compact=True") for line in lines), result.stdout
     assert [line.split(":")[0] for line in lines if line.startswith("the batched step, ")] == [
         "the batched step, 1 of 2 slots occupied",
