@@ -1,7 +1,7 @@
 """Cog entry point: the published MusicGen input schema, one Request, one call into the package.
 
 Cog builds the HTTP schema by statically parsing this file, so every Input(...) stays literal.
-predict() is async so that Cog's runtime may give it more than one slot (musicgen/runner.py says
+predict() is async so that Cog's runtime may give it more than one slot (musicgen/serving/workers.py says
 why): up to MUSICGEN_MAX_BATCH predictions run at once, decoding together (docs/batching.md).
 From Python: `asyncio.run(predictor.predict(...))`.
 """
@@ -20,15 +20,11 @@ class Predictor(BasePredictor):
         `weights` (Cog's `COG_WEIGHTS`): a fine-tuned LM checkpoint, a path or URL, served in
         place of the base model it matches (docs/fine-tuning.md).
         """
-        from musicgen.logs import configure_logging
-        from musicgen.settings import read_settings
-        from musicgen.weights.layout import configure_hub
+        from musicgen.boot import boot
 
-        configure_logging()
-        settings = read_settings()  # every setting, checked: a bad one stops setup here, naming it
-        configure_hub(settings.weights_root)  # before the service imports audiocraft: Hugging Face reads its paths once
+        settings = boot()  # first: a bad setting stops setup here, naming it; then the service imports audiocraft
 
-        from musicgen.runner import PredictionRunner
+        from musicgen.serving.workers import PredictionRunner
 
         self.runner = PredictionRunner.load(settings, fine_tuned=weights)
 

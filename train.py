@@ -10,11 +10,11 @@ from typing import Optional
 
 from cog import BaseModel, Input, Path
 
-from musicgen import runtime
+from musicgen.serving import runtime_patches
 
 # Cog's training server resolves file inputs before train() runs, and a training has no setup():
 # here, when its worker imports this file, dataset_path is made to arrive as the caller's text.
-runtime.for_trainings()
+runtime_patches.for_trainings()
 
 
 class TrainingOutput(BaseModel):
@@ -85,13 +85,9 @@ def train(
         default=None,
     ),
 ) -> TrainingOutput:
-    from musicgen.logs import configure_logging
-    from musicgen.settings import read_settings
-    from musicgen.weights.layout import configure_hub
+    from musicgen.boot import boot
 
-    configure_logging()
-    settings = read_settings()  # every setting, checked: a bad one stops here, naming it
-    configure_hub(settings.weights_root)  # before musicgen.train imports audiocraft: Hugging Face reads its paths once
+    settings = boot()  # first: a bad setting stops here, naming it; then musicgen.train imports audiocraft
 
     from musicgen.train.options import TrainRequest
     from musicgen.train.run import fine_tune
@@ -112,4 +108,4 @@ def train(
     try:
         return TrainingOutput(weights=Path(fine_tune(request, settings).checkpoint))
     finally:
-        runtime.after_training(started)  # the runtime's folders of trainings now over
+        runtime_patches.after_training(started)  # the runtime's folders of trainings now over

@@ -9,15 +9,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from musicgen.dev.bench import report as bench
+from musicgen.boot import FORMAT, boot
 from musicgen.errors import CapacityError, InputError, SettingsError, TrainingError, WeightsError
-from musicgen.logs import FORMAT, quiet_libraries
-from musicgen.predictor import input_fields, load_predictor_class, load_train_function
-from musicgen.rules import is_url
-from musicgen.server import serve
-from musicgen.settings import Settings, read_settings
+from musicgen.input_rules import is_url
+from musicgen.serving.entry_points import input_fields, load_predictor_class, load_train_function
+from musicgen.serving.launch import serve
+from musicgen.settings import Settings
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.layout import LM_FILE, configure_hub
+from musicgen.weights.layout import LM_FILE
 from musicgen.weights.manifest import MANIFEST
 
 WEIGHTS_HELP = "a fine-tuned LM checkpoint (file, folder or URL) served in place of its base (default: $COG_WEIGHTS)"
@@ -87,7 +86,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_demo_weights(args: argparse.Namespace) -> int:
     # Imported when the command runs (after configure_hub): it loads torch, audiocraft and transformers.
-    from musicgen.dev.demo.builders import write_demo_weights
+    from musicgen.demo.builders import write_demo_weights
 
     root = Path(args.directory).resolve()
     write_demo_weights(root)
@@ -150,10 +149,6 @@ def download_help() -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    return bench.main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m musicgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -213,27 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=run_serve)
 
-    timing = commands.add_parser(
-        "bench",
-        help="time stock audiocraft and our Predictor side by side on random checkpoints",
-        description="Interleaved runs, each in a fresh process, of stock audiocraft (get_pretrained, generate, "
-        "audio_write) and predict.py's Predictor on the same random-weight checkpoints (built once under "
-        "<weights root>/bench/), with the same seed: times, memory, and whether the tokens are identical. "
-        "Exit status 1 when they are not.",
-    )
-    bench.add_arguments(timing)
-    timing.set_defaults(run=run_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=FORMAT)
-    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.settings = read_settings()  # every setting, checked once, before any work
-        configure_hub(args.settings.weights_root)  # before any command imports audiocraft or transformers
+        args.settings = boot()  # every setting checked once, before any command imports audiocraft
         if getattr(args, "directory", "") is None:
             args.directory = str(args.settings.weights_root)
         return args.run(args)

@@ -1,11 +1,14 @@
 """The modes (text, melody, continuation, encode-decode): one signature, dispatched from MODES.
 
-Each mode takes the loaded models, the validated request and its decoded input_audio (or None) and
-returns audio [C, T] at the codec's rate (two channels for a stereo model: audiocraft's stereo
-wrapper encodes and decodes left and right over the mono EnCodec, interleaving their codebooks).
-The generating modes prepare the conditions and prompt with audiocraft's own steps, take the
-tokens from the model's decoder (musicgen.tokens: our loop, token-exact with audiocraft's on the
-CPU, or audiocraft's own) and decode them with EnCodec, or with MultiBand Diffusion when asked.
+generate() asks the models' one loader for the request's model once (LoadedModels.get: resident,
+or loaded now with its token loop chosen and checked), then hands the mode one Generation: the
+request, its decoded input_audio (or None), the served model, the models (for EnCodec and
+MultiBand Diffusion) and the prediction's draws. A mode returns audio [C, T] at the codec's rate
+(two channels for a stereo model: audiocraft's stereo wrapper encodes and decodes left and right
+over the mono EnCodec, interleaving their codebooks). The generating modes prepare the conditions
+and prompt with audiocraft's own steps, take the tokens from the model's token loop
+(musicgen.tokens: ours, token-exact with audiocraft's on the CPU, or audiocraft's own) and decode
+them with EnCodec, or with MultiBand Diffusion when asked.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,8 +26,8 @@ from audiocraft.models.encodec import InterleaveStereoCompressionModel
 
 from musicgen.audio import levels
 from musicgen.audio.read import WHOLE_FILE, DecodedAudio, Span
-from musicgen.limits import MAX_CONTEXT, MAX_SEED
-from musicgen.models.load import LoadedModels
+from musicgen.input_rules import MAX_CONTEXT, MAX_SEED
+from musicgen.models.load import LoadedModels, Served
 from musicgen.request import Request, continuation_bounds
 from musicgen.tokens.batching import Draws
 from musicgen.versions import ENCODE_DECODE
@@ -58,20 +62,32 @@ def set_generation_params(model: MusicGen, request: Request, duration: float) ->
     )
 
 
-def _audio(
-    models: LoadedModels, request: Request, draws: Draws | None, attributes, prompt: torch.Tensor | None, head=None
-) -> torch.Tensor:
-    """Tokens from the model's decoder (musicgen.tokens: ours, or audiocraft's loop), then audio
+@dataclass(frozen=True)
+class Generation:
+    """One prediction's model work, as a mode gets it."""
+
+    request: Request  # validated
+    input_audio: DecodedAudio | None  # decoded (only the part the mode reads), or None
+    served: Served | None  # the request's model and its token loop (None for encode-decode)
+    models: LoadedModels  # EnCodec and MultiBand Diffusion, shared by every model
+    draws: Draws | None = None  # the prediction's own generator when its windows decode in a batch
+
+    @property
+    def model(self) -> MusicGen:
+        return self.served.model
+
+
+def _audio(work: Generation, attributes, prompt: torch.Tensor | None, head=None) -> torch.Tensor:
+    """Tokens from the model's token loop (musicgen.tokens: ours, or audiocraft's), then audio
     [C, T]: EnCodec's decode, or MultiBand Diffusion's when asked. `head`: prompt frames that stay
-    in the output without being in the LM's context (a continuation's first 18 s of a full window).
-    `draws`: the prediction's own generator when its windows decode in a batch."""
-    model = models.generator(request.model_version)
-    tokens = models.decoder(request.model_version).tokens(attributes, prompt, request.negative_prompt, draws=draws)
+    in the output without being in the LM's context (a continuation's first 18 s of a full window)."""
+    request = work.request
+    tokens = work.served.loop.tokens(attributes, prompt, request.negative_prompt, draws=work.draws)
     if head is not None:
         tokens = torch.cat([head, tokens], dim=-1)
     if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
-        return diffusion_audio(models, model, tokens)
-    return model.generate_audio(tokens)[0]
+        return diffusion_audio(work.models, work.model, tokens)
+    return work.model.generate_audio(tokens)[0]
 
 
 def diffusion_audio(models: LoadedModels, model: MusicGen, tokens: torch.Tensor) -> torch.Tensor:
@@ -87,19 +103,15 @@ def diffusion_audio(models: LoadedModels, model: MusicGen, tokens: torch.Tensor)
     return models.mbd.tokens_to_wav(tokens)[0]
 
 
-def text_to_music(
-    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
-) -> torch.Tensor:
+def text_to_music(work: Generation) -> torch.Tensor:
     """Text only: `duration` seconds (the steps of audiocraft's `MusicGen.generate`)."""
-    model = models.generator(request.model_version)
+    model, request = work.model, work.request
     set_generation_params(model, request, request.duration)
     attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], None)
-    return _audio(models, request, draws, attributes, prompt)
+    return _audio(work, attributes, prompt)
 
 
-def melody_to_music(
-    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
-) -> torch.Tensor:
+def melody_to_music(work: Generation) -> torch.Tensor:
     """Text + the melody of input_audio: the steps of audiocraft's own `generate_with_chroma`.
 
     The model's ChromaStemConditioner separates the stems with HT-Demucs, keeps vocals + other
@@ -108,7 +120,7 @@ def melody_to_music(
     windows. The melody is cut to `duration` + MAX_CONTEXT seconds first: nothing later can reach
     the output, and it bounds the stem separation of a long file.
     """
-    model = models.generator(request.model_version)
+    model, request, input_audio = work.model, work.request, work.input_audio
     sample_rate = input_audio.sample_rate
     melody = input_audio.between(*_melody_seconds(request))
     melody = levels.convert(melody, sample_rate, model.sample_rate, model.audio_channels)
@@ -116,12 +128,10 @@ def melody_to_music(
     # generate_with_chroma's own conversion (a no-op at the model's rate and channels)
     melody = convert_audio(melody, model.sample_rate, model.sample_rate, model.audio_channels)
     attributes, prompt = model._prepare_tokens_and_attributes([request.prompt], None, melody_wavs=[melody])
-    return _audio(models, request, draws, attributes, prompt)
+    return _audio(work, attributes, prompt)
 
 
-def continuation(
-    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
-) -> torch.Tensor:
+def continuation(work: Generation) -> torch.Tensor:
     """The prompt window (re-decoded) followed by `duration` seconds of new audio.
 
     The window is cut to whole token frames, so the output is exactly that many frames plus
@@ -133,7 +143,7 @@ def continuation(
     `MusicGen.generate_continuation` calls (`_prepare_tokens_and_attributes`, `_generate_tokens`,
     `generate_audio`; audiocraft is pinned), so the result is bit for bit audiocraft's.
     """
-    model = models.generator(request.model_version)
+    model, request, input_audio = work.model, work.request, work.input_audio
     sample_rate = input_audio.sample_rate
     window = input_audio.between(*continuation_bounds(request, input_audio.seconds))
     window = levels.convert(window, sample_rate, model.sample_rate, model.audio_channels)
@@ -147,7 +157,7 @@ def continuation(
     new_frames = prompt.shape[-1] + request.duration * frame_rate
     # audiocraft counts frames as int(duration * frame_rate): half a frame more keeps it exact.
     set_generation_params(model, request, (new_frames + 0.5) / frame_rate)
-    return _audio(models, request, draws, attributes, prompt, head)
+    return _audio(work, attributes, prompt, head)
 
 
 def _melody_seconds(request: Request) -> tuple[float, float]:
@@ -195,9 +205,7 @@ def process_in_chunks(
         start += chunk - overlap
 
 
-def encode_decode(
-    models: LoadedModels, request: Request, input_audio: DecodedAudio | None, draws: Draws | None = None
-) -> torch.Tensor:
+def encode_decode(work: Generation) -> torch.Tensor:
     """input_audio at the codec's rate through EnCodec and back, each channel on its own.
 
     The codec is mono: every channel of the input (mono, stereo, 5.1, ...) is encoded and decoded
@@ -206,8 +214,9 @@ def encode_decode(
     cross-faded over CODEC_OVERLAP seconds, so memory stays bounded.
     Returns [C, T]: the input's channels and length at the codec's rate.
     """
+    models, request = work.models, work.request
     codec = models.codec
-    wav, sample_rate = input_audio
+    wav, sample_rate = work.input_audio
     rate = codec.sample_rate
 
     def roundtrip(chunk: torch.Tensor) -> torch.Tensor:
@@ -226,7 +235,7 @@ def encode_decode(
     return out
 
 
-Mode = Callable[[LoadedModels, Request, DecodedAudio | None, Draws | None], torch.Tensor]
+Mode = Callable[[Generation], torch.Tensor]
 MODES: dict[str, Mode] = {
     "text": text_to_music,
     "melody": melody_to_music,
@@ -253,14 +262,13 @@ def _generate(
     # (kept once loaded), then the model, evicting others to make room beside what is resident.
     if request.multi_band_diffusion:
         models.mbd  # noqa: B018
-    if request.mode != ENCODE_DECODE:
-        models.generator(request.model_version)
+    served = None if request.mode == ENCODE_DECODE else models.get(request.model_version)
     seed_everything(seed)
     draws = None
     if models.batcher is not None:
         generator = torch.Generator(device=models.device).manual_seed(seed)
         draws = Draws(generator, functools.partial(seed_everything, seed))
     with torch.inference_mode():
-        wav = MODES[request.mode](models, request, input_audio, draws)
-    model = models.codec if request.mode == ENCODE_DECODE else models.generator(request.model_version)
-    return wav.float().cpu(), model.sample_rate
+        wav = MODES[request.mode](Generation(request, input_audio, served, models, draws))
+    rate = models.codec.sample_rate if served is None else served.model.sample_rate
+    return wav.float().cpu(), rate

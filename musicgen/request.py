@@ -14,7 +14,7 @@ from pathlib import Path
 
 from musicgen.audio.channels import undefined_for_loudness
 from musicgen.errors import InputError
-from musicgen.limits import (
+from musicgen.input_rules import (
     MAX_CLASSIFIER_FREE_GUIDANCE,
     MAX_CONTEXT,
     MAX_DURATION,
@@ -27,8 +27,11 @@ from musicgen.limits import (
     NORMALIZATION_STRATEGIES,
     OUTPUT_FORMATS,
     RANDOM_SEED,
+    check_range,
+    is_url,
+    set_whole_numbers,
+    shortened,
 )
-from musicgen.rules import check_range, is_url, set_whole_numbers, shortened
 from musicgen.versions import ENCODE_DECODE, GENERATING, MODEL_VERSIONS
 
 

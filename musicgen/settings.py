@@ -11,6 +11,7 @@ oneDNN's). The README's settings table is `markdown_table()` (tests/test_setting
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from pathlib import Path
 from musicgen.errors import SettingsError
 from musicgen.versions import GENERATING, PRELOADED
 
+log = logging.getLogger(__name__)
 REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout (predict.py, cog.yaml, .cog/)
 DEFAULT_ROOT = REPOSITORY / "weights"  # the weights root when MUSICGEN_WEIGHTS is not set
 # The variables other modules write for a process they start, or hand to a library.
@@ -27,7 +29,7 @@ ROOT_ENV = "MUSICGEN_WEIGHTS"
 FINE_TUNED_ENV = "COG_WEIGHTS"  # Cog's: what its runtime hands setup() as `weights`
 SLOTS_ENV = "COG_MAX_CONCURRENCY"  # Cog's runtime's prediction slots
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"  # read by oneDNN (torch's CPU kernels) once
-DECODERS = ("musicgen", "audiocraft")  # our loop (musicgen.tokens), or audiocraft's own
+TOKEN_LOOPS = ("musicgen", "audiocraft")  # our loop (musicgen.tokens), or audiocraft's own
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes"), ("0", "false", "no")
 # Predictions of one model decoding together when MUSICGEN_MAX_BATCH is unset. On a GPU a step
 # is bound by launch overhead and reading every weight once, whatever the batch. On a CPU one at a
@@ -63,8 +65,8 @@ def _versions(text: str) -> tuple[str, ...]:
     return versions
 
 
-def _decoder(text: str) -> str:
-    if text not in DECODERS:
+def _token_loop(text: str) -> str:
+    if text not in TOKEN_LOOPS:
         raise ValueError
     return text
 
@@ -91,6 +93,7 @@ class Setting:
     default: str  # the README's words for the value when unset
     allowed: str  # what the README and the error message say is allowed
     meaning: str  # one line
+    old_names: tuple[str, ...] = ()  # earlier names of the variable, still read (with a deprecation line)
 
 
 SETTINGS = (
@@ -103,8 +106,9 @@ SETTINGS = (
             "The model versions setup() loads and keeps; every other one whose weights are present loads on first request."),
     Setting("MUSICGEN_DEVICE", "device", _device, "`cuda` when present, else `cpu`", "`cpu`, `cuda`, `cuda:N`",
             "The device the models run on (on CUDA the LM's transformer is float16)."),
-    Setting("MUSICGEN_DECODER", "decoder", _decoder, "`musicgen`", ", ".join(f"`{name}`" for name in DECODERS),
-            "The token loop: ours (faster, token-exact on CPU) or audiocraft's own."),
+    Setting("MUSICGEN_TOKEN_LOOP", "token_loop", _token_loop, "`musicgen`", ", ".join(f"`{name}`" for name in TOKEN_LOOPS),
+            "The token loop: ours (faster, token-exact on CPU) or audiocraft's own. Its old name, `MUSICGEN_DECODER`, is still read.",
+            old_names=("MUSICGEN_DECODER",)),
     Setting("MUSICGEN_GPU_MEMORY_GB", "memory_budget_gb", _positive_number, "the device's memory less 6 GB (CUDA) or 8 GB (CPU)",
             "a positive number of GB (10^9 bytes)", "The budget for resident models; the least recently used on-demand model is evicted to fit another."),
     Setting("MUSICGEN_DOWNLOAD_ON_SETUP", "download_on_setup", _switch, "`0`", "`1`/`true`/`yes` or `0`/`false`/`no`",
@@ -137,7 +141,7 @@ class Settings:
     fine_tuned: str | None = None
     model_versions: tuple[str, ...] = PRELOADED
     device: str | None = None  # None: CUDA when present, else the CPU
-    decoder: str = DECODERS[0]
+    token_loop: str = TOKEN_LOOPS[0]
     memory_budget_gb: float | None = None  # None: the device's memory less the headroom (musicgen.models.budget)
     download_on_setup: bool = False
     input_timeout: float = 120.0  # seconds: 350 MB at 25 Mbit/s
@@ -185,14 +189,19 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     values = {}
     for setting in SETTINGS:
-        text = environ.get(setting.variable, "").strip()
+        variable = setting.variable
+        text = environ.get(variable, "").strip()
+        for old in setting.old_names:
+            if not text and environ.get(old, "").strip():
+                variable, text = old, environ[old].strip()
+                log.warning("%s is deprecated: set %s instead (it takes the same values)", old, setting.variable)
         if not text:
             continue
         try:
             values[setting.field] = setting.parse(text)
         except ValueError:
             raise SettingsError(
-                f"{setting.variable}={text!r} is not allowed: use {setting.allowed}, or leave it unset "
+                f"{variable}={text!r} is not allowed: use {setting.allowed}, or leave it unset "
                 f"for the default ({setting.default.replace('`', '')})."
             ) from None
     return Settings(**values)

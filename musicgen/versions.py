@@ -3,7 +3,7 @@
 `VERSIONS` is the one table. Everything else derives from it: predict.py's and train.py's
 `model_version` choices (literal there, tied to MODEL_VERSIONS by tests/test_model_versions.py),
 the weights folders (musicgen.weights.layout), the download targets (musicgen.weights.manifest),
-the demo checkpoints (musicgen.dev.demo), the training choices and the tests. Whether a version
+the demo checkpoints (musicgen.demo), the training choices and the tests. Whether a version
 is stereo or takes a melody is fixed by its released checkpoint (and checked against a fine-tune
 that replaces it), so request validation can say it before anything is loaded. Adding a version:
 docs/architecture.md, "A new model version".

@@ -13,11 +13,11 @@ mkdir -p "$out"
 python=.venv/bin/python
 for size in melody large; do
   for duration in 8 30; do
-    "$python" -m musicgen bench --size "$size" --device cuda --duration "$duration" --repeats "$repeats" \
+    "$python" -m tooling.bench --size "$size" --device cuda --duration "$duration" --repeats "$repeats" \
       --json "$out/$size-${duration}s.json"
   done
-  "$python" -m musicgen.dev.bench.agreement --size "$size" --device cuda --duration 8 --json "$out/$size-agreement.json"
+  "$python" -m tooling.bench.agreement --size "$size" --device cuda --duration 8 --json "$out/$size-agreement.json"
   # many at once: N concurrent requests with MUSICGEN_MAX_BATCH=N vs the same N one at a time
-  "$python" -m musicgen.dev.bench.load --size "$size" --device cuda --duration 8 --batches 4,16 \
+  "$python" -m tooling.bench.load --size "$size" --device cuda --duration 8 --batches 4,16 \
     --json "$out/$size-load.json"
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command, offline: installs the kit (bash scripts/gpu-kit.sh, made beforehand
 # where the registry is reachable) with pip --no-index into a folder of its own, then runs the
-# time-boxed steps of musicgen.dev.bench.gpu_check (random-weight checkpoints of the real
+# time-boxed steps of tooling.bench.gpu_check (random-weight checkpoints of the real
 # architectures, built on first use; stock audiocraft vs ours; the agreement check) and prints one
 # summary. JSON goes to $OUT when set (the device tool brings it back), else outputs/gpu-check/.
 #   bash scripts/gpu-check.sh              # on the lent GPU machine (docs/benchmarks.md: the call)
@@ -50,5 +50,5 @@ export MUSICGEN_WEIGHTS="$work/weights"
 mkdir -p "$MUSICGEN_WEIGHTS/bench/sdist"  # where the bench looks for audiocraft's configs before downloading
 cp "$kit"/sdist/audiocraft-*.tar.gz "$MUSICGEN_WEIGHTS/bench/sdist/"
 echo "gpu-check: kit installed offline in $((SECONDS - start)) s"
-"$python" -m musicgen.dev.bench.gpu_check --profile "$profile" --out "$out"
+"$python" -m tooling.bench.gpu_check --profile "$profile" --out "$out"
 echo "gpu-check: done in $((SECONDS - start)) s"

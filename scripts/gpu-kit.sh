@@ -78,7 +78,7 @@ done
   --implementation cp "${platforms[@]}" --dest "$kit/wheels" "${binary[@]}"
 "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$kit/wheels" "${pure[@]}"  # py3-none-any (some are sdists)
 # audiocraft's source archive: its config/ tree gives the bench's random checkpoints their real
-# dimensions (musicgen.dev.bench.checkpoints), and the GPU machine cannot download it.
+# dimensions (tooling.bench.checkpoints), and the GPU machine cannot download it.
 "${pip[@]}" download --quiet --no-deps --no-binary :all: --dest "$kit/sdist" \
   "audiocraft==$audiocraft"
 

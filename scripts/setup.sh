@@ -50,6 +50,6 @@ fi
 "${PIP[@]}" install --no-deps "audiocraft==${AUDIOCRAFT_VERSION}"
 # This repository itself, editable, so `python -m musicgen` works from any folder.
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
-.venv/bin/python -c "from musicgen.logs import quiet_libraries; quiet_libraries(); import torch, torchaudio, audiocraft.models, demucs, transformers, cog"
+.venv/bin/python -c "from musicgen.boot import quiet_libraries; quiet_libraries(); import torch, torchaudio, audiocraft.models, demucs, transformers, cog"
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -1,26 +1,33 @@
 """Test set-up: one weights root of demo checkpoints per session, configured before any test module loads.
 
-The Hugging Face libraries read their cache paths once, when first imported: configure_hub() runs
-here, at collection, as the CLI's main() and predict.py's setup() do before they import them.
+The Hugging Face libraries read their cache paths once, when first imported: boot() runs here, at
+collection, as every entry point (predict.py's setup(), train.py, the CLI) does before it imports them.
+The repository is put on the path first: the tests use the tooling package beside musicgen/.
 """
 
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from musicgen.logs import quiet_libraries
-from musicgen.weights.layout import configure_hub
+REPOSITORY = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, REPOSITORY)  # tooling/, beside musicgen/, for the tests...
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])
+)  # ...and their children
 
-quiet_libraries()
-WEIGHTS_ROOT = configure_hub(Path(tempfile.mkdtemp(prefix="musicgen-test-weights-")))
+from musicgen.boot import boot  # noqa: E402
+
+WEIGHTS_ROOT = boot(Path(tempfile.mkdtemp(prefix="musicgen-test-weights-"))).weights_root
 
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
     """The session's weights root, filled with the demo checkpoints (written once)."""
-    from musicgen.dev.demo.builders import write_demo_weights
+    from musicgen.demo.builders import write_demo_weights
 
     if not (WEIGHTS_ROOT / "musicgen-melody" / "state_dict.bin").is_file():
         write_demo_weights(WEIGHTS_ROOT)
@@ -70,7 +77,7 @@ def server(demo_weights, tmp_path_factory):
 @pytest.fixture(scope="session")
 def predictor(demo_weights):
     """predict.py's Predictor after setup() on the demo weights, shared by the session."""
-    from musicgen.predictor import load_predictor_class
+    from musicgen.serving.entry_points import load_predictor_class
 
     predictor = load_predictor_class()()
     predictor.setup()

@@ -26,12 +26,12 @@ import pytest
 import requests
 import soundfile
 
-from musicgen.dev.loopback import LoopbackServer as LoopbackServer  # re-exported for the tests
-from musicgen.dev.loopback import QuietFileHandler, QuietHandler
-from musicgen.dev.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
-from musicgen.dev.server_process import ServerError, ServerProcess
 from musicgen.settings import REPOSITORY
 from musicgen.versions import MODEL_VERSIONS, PUBLISHED
+from tooling.loopback import LoopbackServer as LoopbackServer  # re-exported for the tests
+from tooling.loopback import QuietFileHandler, QuietHandler
+from tooling.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
+from tooling.server_process import ServerError, ServerProcess
 
 # ---------------------------------------------------------------------------------------------
 # The Predictor and the command line
@@ -259,7 +259,7 @@ PREDICT_TIMEOUT = 240  # s for one prediction on the demo weights
 
 
 class Server(ServerProcess):
-    """`python -m musicgen serve [args]` for a test (musicgen.dev.server_process): a server that
+    """`python -m musicgen serve [args]` for a test (tooling.server_process): a server that
     exits or does not get ready fails the test with its log; requests never retry on 409 (a client
     that waits for each answer never gets one; the tests check that)."""
 

@@ -26,11 +26,10 @@ from helpers import (
     write_scale,
 )
 
-from musicgen.dev.bench.storm import storm
 from musicgen.generate import seed_everything
 from musicgen.models.load import load_models
 from musicgen.models.sizes import lm_bytes, static_bytes
-from musicgen.runtime import PREDICTION_FOLDERS
+from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
 from musicgen.tokens.cache import CrossAttentionCache
 from musicgen.tokens.graphs import CROSS_CAPACITY
@@ -38,6 +37,7 @@ from musicgen.tokens.sampling import Sampling
 from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
 from musicgen.tokens.transformer import bind_linear
 from musicgen.weights import layout
+from tooling.bench.storm import storm
 
 SLOTS = 4
 TARGET = {"model_version": "large", "prompt": "calm piano", "duration": 12, "seed": 11, "top_k": 50}
@@ -56,7 +56,7 @@ def batched_models(settings, one_torch_thread):
 def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_models, static):
     """The same window in slot 0 beside random neighbours, then in slot 2 beside others: the
     same logits, bit for bit, in both forms of the step."""
-    model, fast = batched_models.generator("large"), batched_models.decoder("large")
+    model, fast = batched_models.get("large").model, batched_models.get("large").loop
     t = fast.transformer
     assert t.cross  # the text reaches the demo LM by cross-attention, as in the released ones
     generator = torch.Generator().manual_seed(0)
@@ -98,7 +98,7 @@ def test_the_set_up_check_catches_a_step_whose_rows_depend_on_the_occupancy(batc
     that no slot's logits change with the occupancy. A product whose rows change in their last
     bits with the row count (as MKL's F.linear does past some row counts) fails the check; the
     step then runs wide_linear, over every slot's rows unless that passes."""
-    model, fast = batched_models.generator("large"), batched_models.decoder("large")
+    model, fast = batched_models.get("large").model, batched_models.get("large").loop
 
     def row_count_dependent(weight, bias):
         linear = bind_linear(weight, bias)
@@ -119,10 +119,10 @@ def test_the_memory_budget_counts_the_batched_steps_buffers(settings, batched_mo
     holds once built (the slots' cache and, on the CPU, the packed copy of the stepped weights),
     plus the slots' texts: keys and values of up to CROSS_CAPACITY tokens each."""
     checkpoint = layout.model_dir("large", settings.weights_root) / layout.LM_FILE
-    t = batched_models.decoder("large").transformer
-    step = batched_models.batcher.step_of(batched_models.decoder("large"))
+    t = batched_models.get("large").loop.transformer
+    step = batched_models.batcher.step_of(batched_models.get("large").loop)
     assert (
-        step.packed_bytes > 0 and static_bytes(batched_models.decoder("large"), batched_models.batcher) == step.nbytes
+        step.packed_bytes > 0 and static_bytes(batched_models.get("large").loop, batched_models.batcher) == step.nbytes
     )
     texts = CROSS_CAPACITY * 2 * len(t.layers) * ROWS_PER_SLOT * SLOTS * t.dim * 4
     assert lm_bytes(checkpoint, "cpu", SLOTS) - lm_bytes(checkpoint, "cpu", 1) == step.nbytes + texts
@@ -132,9 +132,9 @@ def test_one_at_a_time_is_the_loop_as_it_was(settings, batched_models):
     """N = 1 (the CPU's default): no batcher, no turn, the window generated as before batching
     (the loop test_tokens.py compares with audiocraft's); N > 1 serves the same model batched."""
     one = load_models(settings, versions=("large",))
-    assert one.max_batch == 1 and one.batcher is None and one.decoder("large").batcher is None
-    assert batched_models.decoder("large").batcher is batched_models.batcher
-    assert batched_models.decoder("large").mode == (
+    assert one.max_batch == 1 and one.batcher is None and one.get("large").loop.batcher is None
+    assert batched_models.get("large").loop.batcher is batched_models.batcher
+    assert batched_models.get("large").loop.form == (
         f"batched, {SLOTS} slots (per slot, oneDNN's packed products over the occupied slots' rows)"
     )
 
@@ -142,7 +142,7 @@ def test_one_at_a_time_is_the_loop_as_it_was(settings, batched_models):
 def _window_tokens(models, version, prompt, seconds, seed, sampling, on_step=None):
     """One window's tokens through the batcher (in this thread), as a prediction asks for them;
     `on_step(version)` after each of its steps."""
-    model, fast = models.generator(version), models.decoder(version)
+    model, fast = models.get(version).model, models.get(version).loop
     attributes, _ = model._prepare_tokens_and_attributes([prompt], None)
     frames = int(seconds * model.frame_rate)
     generator = torch.Generator().manual_seed(seed)
@@ -186,7 +186,7 @@ def test_a_fine_tuned_model_decodes_in_the_batch(settings, batched_models, tmp_p
     same tokens alone and beside another of its windows and a base model's, and they are the
     fine-tune's, not the base's."""
     tuned = load_models(settings.replace(max_batch=SLOTS), fine_tuned=str(fine_tune("large", tmp_path / "tuned.bin")))
-    assert tuned.decoder("large").batcher is tuned.batcher
+    assert tuned.get("large").loop.batcher is tuned.batcher
     sampling = Sampling(top_k=40, temp=0.9)
     alone = _window_tokens(tuned, "large", "calm", 2, 5, sampling)
     results = {}
@@ -212,7 +212,7 @@ def test_a_window_that_cannot_join_runs_alone_from_its_prefill(settings):
     thread, from the prefill it already made (moved into a whole window's cache): the tokens of
     the one-window loop with the same generator."""
     models = load_models(settings.replace(max_batch=SLOTS), versions=("large",))
-    model, fast = models.generator("large"), models.decoder("large")
+    model, fast = models.get("large").model, models.get("large").loop
     models.batcher.forget(fast)  # nothing running: its batch goes now
     attributes, _ = model._prepare_tokens_and_attributes(["calm"], None)
     sampling, frames = Sampling(top_k=40), 2 * int(model.frame_rate)
@@ -384,7 +384,7 @@ def test_a_storm_of_cancels_leaves_the_server_serving(batch_server):
     """Three callers start async predictions of every mode and cancel each 0 to 0.6 s after it
     starts, beside a running sync prediction (issue 32: about 100 such cancels once jammed a
     batching server for good). Every prediction gets its terminal webhook, the predictions beside
-    succeed, the server is READY and serves the next one. (The long storm: musicgen.dev.bench.storm.)"""
+    succeed, the server is READY and serves the next one. (The long storm: tooling.bench.storm.)"""
     report = storm(batch_server.url, callers=3, cancels=8)
     assert report.started == 24 and report.cancels == 24, report
     assert not report.missing_webhooks, report

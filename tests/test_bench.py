@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgen.dev.bench.checkpoints import released_configs
+from tooling.bench.checkpoints import released_configs
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RECORD_FIELDS = (
@@ -45,7 +45,7 @@ RECORD_FIELDS = (
 @pytest.mark.slow
 def test_tiny_bench_end_to_end(demo_weights: Path, tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "musicgen", "bench", "--size", "tiny", "--device", "cpu", "--duration", "1"]
+    command = [sys.executable, "-m", "tooling.bench", "--size", "tiny", "--device", "cpu", "--duration", "1"]
     command += ["--repeats", "1", "--threads", "1", "--json", str(output)]
     env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights))
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -55,7 +55,7 @@ def test_tiny_bench_end_to_end(demo_weights: Path, tmp_path: Path) -> None:
     report = json.loads(output.read_text())
     records = report["records"]
     assert [record["impl"] for record in records] == ["audiocraft", "musicgen", "musicgen-stock-loop"]
-    assert [record.get("decoder") for record in records] == [None, "musicgen (eager)", "audiocraft"]
+    assert [record.get("loop") for record in records] == [None, "musicgen (eager)", "audiocraft"]
     for record in records:
         missing = [field for field in RECORD_FIELDS if field not in record]
         assert not missing, f"{record['impl']} lacks {missing}"
@@ -72,7 +72,7 @@ def test_tiny_bench_end_to_end(demo_weights: Path, tmp_path: Path) -> None:
     assert summary["ratio_ours_over_stock"]["generate_s"] > 0
     assert summary["ratio_stock_loop_over_stock"]["generate_s"] > 0
     assert "ours/stock" in result.stdout and "stock-loop/stock" in result.stdout
-    assert report["command"].startswith("python -m musicgen bench --size tiny")
+    assert report["command"].startswith("python -m tooling.bench --size tiny")
     assert (demo_weights / "bench" / "tiny" / "bench.json").is_file()  # cached under the weights root
 
 
@@ -130,7 +130,7 @@ def test_agreement_of_the_loops_on_the_cpu(demo_weights: Path, tmp_path: Path) -
     """The GPU agreement check, run on the CPU: our eager and static steps give audiocraft's
     greedy tokens, and their logits follow audiocraft's loop to float32 rounding."""
     output = tmp_path / "agreement.json"
-    command = [sys.executable, "-m", "musicgen.dev.bench.agreement", "--size", "tiny", "--duration", "2"]
+    command = [sys.executable, "-m", "tooling.bench.agreement", "--size", "tiny", "--duration", "2"]
     env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights), OMP_NUM_THREADS="1")
     result = subprocess.run(command + ["--json", str(output)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -153,7 +153,7 @@ def test_the_batched_step_bench_on_the_cpu(demo_weights: Path, tmp_path: Path) -
     command = [
         sys.executable,
         "-m",
-        "musicgen.dev.bench.batched_step",
+        "tooling.bench.batched_step",
         "--size",
         "tiny",
         "--slots",

@@ -92,20 +92,21 @@ def test_a_cancel_while_a_model_loads_leaves_it_loaded_whole(settings, monkeypat
     monkeypatch.setattr(load, "assemble", assemble_cancelled)
     try:
         with pytest.raises(PredictionCancelled):
-            models.generator("melody-large")
+            models.get("melody-large")
     finally:
         cancellation.clear(threading.get_ident())
-    assert "melody-large" in models.generators and "melody-large" in models.decoders
+    served = models.resident["melody-large"]  # the model and its token loop, both recorded
+    assert served.model is not None and served.loop is not None
     assert models.memory_report()["lm:melody-large"] > 0
     monkeypatch.setattr(load, "assemble", real_assemble)
-    assert models.generator("melody-large") is models.generators["melody-large"]
+    assert models.get("melody-large").model is models.models["melody-large"]
 
 
 def test_a_job_is_not_stopped_by_a_cancel_left_for_its_thread():
     """Thread ids are reused: a cancel meant for an earlier job (or thread) never stops the next one."""
     import contextvars
 
-    from musicgen.runner import _Job
+    from musicgen.serving.workers import _Job
 
     def load_twice(request):
         with cancellation.uninterrupted():  # as loading a model on first use
@@ -225,7 +226,7 @@ def test_a_cancel_anywhere_in_joining_the_batch_leaves_its_lock_free_and_no_wind
     from musicgen.tokens.sampling import Sampling
 
     models = load_models(settings.replace(max_batch=2), versions=("large",))
-    model, fast = models.generator("large"), models.decoder("large")
+    model, fast = models.get("large").model, models.get("large").loop
     attributes, _ = model._prepare_tokens_and_attributes(["calm"], None)
 
     def window():
@@ -255,13 +256,13 @@ def test_a_cancel_anywhere_in_loading_a_model_leaves_the_loaders_lock_free(setti
     models = load_models(settings.replace(max_batch=2), versions=("large",))
 
     def load_and_evict():
-        models.generator("melody-large")
+        models.get("melody-large")
         with models._lock:
             models.evict("melody-large")
 
     cancel_at_random_moments(load_and_evict, rounds=10, latest=1.0)
     assert is_free(models._lock)
-    assert models.generator("melody-large") is models.generators["melody-large"]
+    assert models.get("melody-large").model is models.models["melody-large"]
 
 
 def test_a_cancel_while_logging_leaves_the_log_handlers_lock_free():
@@ -270,7 +271,7 @@ def test_a_cancel_while_logging_leaves_the_log_handlers_lock_free():
     import io
     import logging
 
-    from musicgen.logs import CancelSafeStreamHandler
+    from musicgen.boot import CancelSafeStreamHandler
 
     handler = CancelSafeStreamHandler(io.StringIO())
     logger = logging.getLogger("musicgen.test-cancel-while-logging")

@@ -8,7 +8,7 @@ from helpers import run_cli, zero_bit_wav
 
 from musicgen.cli import parse_inputs
 from musicgen.errors import InputError
-from musicgen.predictor import input_fields, load_predictor_class
+from musicgen.serving.entry_points import input_fields, load_predictor_class
 
 
 def test_help_lists_the_commands(tmp_path, demo_weights):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from musicgen.cog_yaml import CogRefs, cog_refs
-from musicgen.dev.schema import inputs, openapi
+from musicgen.serving.cog_yaml import CogRefs, cog_refs
 from musicgen.settings import REPOSITORY
+from tooling.schema import inputs, openapi
 
 COG_YAML = REPOSITORY / "cog.yaml"
 # The CUDA each pinned torch's PyPI Linux wheel is built against (its Requires-Dist lists

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicgen.dev.demo.builders import write_demo_weights
+from musicgen.demo.builders import write_demo_weights
 from musicgen.models.diffusion import MBD_SAFE_GLOBALS, load_mbd
 from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
@@ -86,7 +86,7 @@ def test_writes_exactly_the_layout_weights_py_describes(demo_root: Path) -> None
 @pytest.mark.slow
 def test_is_byte_identical_across_runs_and_processes(demo_root: Path, tmp_path: Path) -> None:
     other = tmp_path / "again"
-    code = "from pathlib import Path\nfrom musicgen.dev.demo.builders import write_demo_weights\n"
+    code = "from pathlib import Path\nfrom musicgen.demo.builders import write_demo_weights\n"
     run_python(code + f"write_demo_weights(Path({str(other)!r}))", other)
     first, second = digests(demo_root), digests(other)
     assert first.keys() == second.keys()
@@ -187,9 +187,9 @@ def test_mbd_decodes_demo_tokens_through_audiocraft(demo_root: Path) -> None:
 
 CHILD = """
 import json, math, torch
-from musicgen.settings import read_settings
-from musicgen.weights.layout import configure_hub, model_dir
-root = configure_hub(read_settings().weights_root)  # caches -> $MUSICGEN_WEIGHTS, hub offline
+from musicgen.boot import boot
+from musicgen.weights.layout import model_dir
+root = boot().weights_root  # caches -> $MUSICGEN_WEIGHTS, hub offline
 
 out = {}
 from audiocraft.modules.conditioners import T5Conditioner

@@ -24,13 +24,13 @@ import pytest
 from helpers import LoopbackServer
 
 from musicgen.cli import main
-from musicgen.dev.loopback import QuietHandler
 from musicgen.errors import WeightsError
 from musicgen.settings import read_settings
 from musicgen.versions import MODEL_VERSIONS
 from musicgen.weights import layout, store
 from musicgen.weights.download import DownloadError, download
 from musicgen.weights.manifest import MANIFEST, UNPINNED_REPOS, Artifact, Manifest
+from tooling.loopback import QuietHandler
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -264,8 +264,7 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
 
     # and the real loaders load it, offline (a fresh process: the caches bind at import)
     env = {**os.environ, "MUSICGEN_WEIGHTS": str(root), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    code = "from musicgen.settings import read_settings; settings = read_settings()\n"
-    code += "from musicgen.weights.layout import configure_hub; configure_hub(settings.weights_root)\n"
+    code = "from musicgen.boot import boot; settings = boot()\n"
     code += "from musicgen.models.load import load_models; print(sorted(load_models(settings).generators))"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPOSITORY, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

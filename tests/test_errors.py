@@ -182,7 +182,7 @@ def test_output_channels_mp3_cannot_hold_are_refused_before_any_model_runs(predi
     runs: every module call is counted by forward hooks on the real models."""
     models = predictor.runner.service.models
     calls: list[str] = []
-    owners = {"codec": models.codec, **{f"lm:{version}": model.lm for version, model in models.generators.items()}}
+    owners = {"codec": models.codec, **{f"lm:{version}": model.lm for version, model in models.models.items()}}
     hooks = [
         module.register_forward_pre_hook(lambda module, args, owner=owner: calls.append(owner))
         for owner, model in owners.items()

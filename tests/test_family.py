@@ -19,7 +19,7 @@ from helpers import predict_with_defaults, write_scale
 from musicgen.audio.encode import read_metadata
 from musicgen.errors import InputError
 from musicgen.generate import seed_everything
-from musicgen.tokens.decoders import AudiocraftLoop, FastLoop
+from musicgen.tokens.loops import AudiocraftLoop, FastLoop
 from musicgen.versions import GENERATING, PRELOADED
 
 RATE = 32000
@@ -125,7 +125,7 @@ def test_negative_tokens_are_audiocrafts_with_the_negative_text_as_the_null_cond
     predictor, audio_dir, monkeypatch, case
 ):
     version, params, seconds = CASES[case]
-    model = predictor.runner.service.models.generator(version)
+    model = predictor.runner.service.models.get(version).model
     model.set_generation_params(extend_stride=18, **params)
     melody = None
     if seconds:
@@ -156,13 +156,13 @@ def test_negative_tokens_are_audiocrafts_with_the_negative_text_as_the_null_cond
 
 def test_audiocrafts_loop_refuses_a_negative_prompt_naming_the_setting(predictor):
     models = predictor.runner.service.models
-    with pytest.raises(InputError, match="MUSICGEN_DECODER=audiocraft"):
-        AudiocraftLoop(models.generator("large")).tokens([], None, NEGATIVE)
-    models.decoder_choice = "audiocraft"
+    with pytest.raises(InputError, match="MUSICGEN_TOKEN_LOOP=audiocraft"):
+        AudiocraftLoop(models.get("large").model).tokens([], None, NEGATIVE)
+    models.loop_choice = "audiocraft"
     try:
         with pytest.raises(InputError) as refused:
             predict_with_defaults(predictor, prompt="calm", duration=1, seed=1, negative_prompt=NEGATIVE)
     finally:
-        models.decoder_choice = "musicgen"
-    assert str(refused.value).startswith("negative_prompt needs this service's own decoding loop")
-    assert "MUSICGEN_DECODER=audiocraft" in str(refused.value)
+        models.loop_choice = "musicgen"
+    assert str(refused.value).startswith("negative_prompt needs this service's own token loop")
+    assert "MUSICGEN_TOKEN_LOOP=audiocraft" in str(refused.value)

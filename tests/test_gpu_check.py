@@ -1,11 +1,11 @@
-"""musicgen.dev.bench.gpu_check's time boxes and summary (the GPU check itself runs on a lent
+"""tooling.bench.gpu_check's time boxes and summary (the GPU check itself runs on a lent
 machine; `bash scripts/gpu-check.sh --cpu-proof` runs it here end to end)."""
 
 import sys
 import time
 from pathlib import Path
 
-from musicgen.dev.bench.gpu_check import Step, run, steps
+from tooling.bench.gpu_check import Step, run, steps
 
 
 def test_a_step_past_its_time_box_is_stopped_with_its_children(tmp_path):

@@ -20,7 +20,7 @@ from musicgen.errors import CapacityError, InputError
 from musicgen.generate import diffusion_audio, seed_everything, set_generation_params
 from musicgen.models.load import load_models
 from musicgen.request import Request
-from musicgen.service import MusicGenService
+from musicgen.serving.service import MusicGenService
 from musicgen.settings import REPOSITORY, read_settings
 from musicgen.versions import GENERATING, MODEL_VERSIONS, PRELOADED, PUBLISHED
 from musicgen.weights import layout, manifest
@@ -44,8 +44,8 @@ def audio_dir(tmp_path_factory):
 
 
 def test_every_model_version_is_declared_once_in_the_table_and_the_rest_derives_from_it():
-    from musicgen.dev.demo.configs import lm_config
-    from musicgen.dev.schema.inputs import PREDICT, TRAIN, read_inputs
+    from musicgen.demo.configs import lm_config
+    from tooling.schema.inputs import PREDICT, TRAIN, read_inputs
 
     # predict.py's and train.py's literal choices (as Cog reads them) are the table's versions, published ones first
     for path, target, mode in (("predict.py", "Predictor", PREDICT), ("train.py", "train", TRAIN)):
@@ -141,13 +141,13 @@ def test_multiband_diffusion_decodes_each_stereo_channel(predictor):
 def test_multiband_diffusion_of_stereo_tokens_is_mbd_of_each_stream(predictor):
     """The decode itself: left and right codebooks split apart, each decoded by MBD on its own."""
     models = predictor.runner.service.models
-    model = models.generator("stereo-large")
+    model = models.get("stereo-large").model
     request = Request(model_version="stereo-large", prompt="calm", duration=1)
     seed_everything(4)
     with torch.inference_mode():
         set_generation_params(model, request, 1)
         attributes, prompt = model._prepare_tokens_and_attributes(["calm"], None)
-        codes = models.decoder("stereo-large").tokens(attributes, prompt)
+        codes = models.get("stereo-large").loop.tokens(attributes, prompt)
         left, right = model.compression_model.get_left_right_codes(codes)
         assert codes.shape == (1, 8, RATE // FRAME) and left.shape == right.shape == (1, 4, RATE // FRAME)
         assert torch.equal(codes[:, 0::2], left) and torch.equal(codes[:, 1::2], right)
@@ -203,9 +203,9 @@ def _one_model_budget(settings):
     """A budget holding the preloaded melody, the shared modules and one more demo LM, not two."""
     probe = load_models(settings, ("melody",))
     resident = probe.resident_bytes()
-    probe.generator("stereo-large")
+    probe.get("stereo-large")
     stereo = probe.resident_bytes() - resident  # the stereo LM and the EnCodec it points to
-    probe.generator("melody-large")
+    probe.get("melody-large")
     both = probe.resident_bytes() - resident
     limit = resident + stereo + (both - stereo) // 2  # room for either one, not for both
     assert resident + stereo < limit < resident + both
@@ -230,7 +230,7 @@ def test_a_budget_for_one_model_loads_and_evicts_on_alternate_requests(settings,
         caplog.clear()
         request = Request(model_version=version, prompt="calm", duration=1, seed=21)
         assert service.predict(request).path.read_bytes() == expected[version]
-        assert set(service.models.generators) == {"melody", version}
+        assert set(service.models.models) == {"melody", version}
         assert service.models.resident_bytes() <= limit
         assert re.search(rf"loaded {version} on cpu in [0-9.]+ s \({version} [0-9.]+ MB\)", caplog.text)
         other = "melody-large" if version == "stereo-large" else "stereo-large"
@@ -242,7 +242,7 @@ def test_a_budget_for_one_model_loads_and_evicts_on_alternate_requests(settings,
     assert "loaded melody-large" not in caplog.text and "evicted" not in caplog.text
     # the preloaded model stays
     service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=21))
-    assert "melody" in service.models.generators
+    assert "melody" in service.models.models
 
 
 def test_a_model_that_cannot_fit_gets_a_clear_error(settings):
@@ -255,7 +255,7 @@ def test_a_model_that_cannot_fit_gets_a_clear_error(settings):
     assert re.match(r"model_version='stereo-large' needs [0-9.]+ MB and cannot be loaded", message), message
     assert "the memory budget is 1.0 kB (MUSICGEN_GPU_MEMORY_GB=1e-06)" in message
     assert re.search(r"the shared modules hold [0-9.]+ MB of it", message), message
-    assert "stereo-large" not in service.models.generators
+    assert "stereo-large" not in service.models.models
     # the service still answers what is resident
     assert service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=1)).path.is_file()
 
@@ -269,10 +269,10 @@ def test_versions_without_weights_are_not_served(demo_weights, settings):
         models = load_models(settings, ("melody",))
     finally:
         hidden.rename(folder)
-    assert set(models.served) == set(GENERATING) - {"stereo-large"}
+    assert set(models.servable) == set(GENERATING) - {"stereo-large"}
     with pytest.raises(Exception, match=r"model_version='stereo-large' is not loaded by this deployment; it serves"):
         MusicGenService(models).predict(Request(model_version="stereo-large", prompt="calm", duration=1))
-    assert set(models.generators) == {"melody"}
+    assert set(models.models) == {"melody"}
 
 
 def test_without_melodys_files_encode_decode_uses_a_loaded_models_codec(demo_weights, settings):
@@ -280,6 +280,6 @@ def test_without_melodys_files_encode_decode_uses_a_loaded_models_codec(demo_wei
     hidden = folder.rename(folder.with_name("hidden-melody"))
     try:
         models = load_models(settings, ("large",))
-        assert models.codec is models.generator("large").compression_model
+        assert models.codec is models.get("large").model.compression_model
     finally:
         hidden.rename(folder)

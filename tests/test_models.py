@@ -82,7 +82,7 @@ def test_loads_exactly_what_get_pretrained_loads(demo_weights, settings, device:
     ours = load_models(settings.replace(device=device))
     for version in ("melody", "large"):
         reference = MusicGen.get_pretrained(str(layout.model_dir(version, demo_weights)), device=device)
-        model = ours.generator(version)
+        model = ours.get(version).model
         assert_same_tensors(model.lm.state_dict(), reference.lm.state_dict())
         assert_same_tensors(module_tensors(model.lm), module_tensors(reference.lm))
         assert_same_tensors(module_tensors(model.compression_model), module_tensors(reference.compression_model))
@@ -138,7 +138,7 @@ def test_each_model_is_loaded_once_and_shared(settings, monkeypatch) -> None:
     assert sorted(calls["lm"]) == sorted(str(models.checkpoints[version]) for version in ("melody", "large"))
     assert len(calls["codec"]) == 1
 
-    melody, large = models.generator("melody"), models.generator("large")
+    melody, large = models.get("melody").model, models.get("large").model
     t5 = [model.lm.condition_provider.conditioners["description"] for model in (melody, large)]
     assert t5[0].t5 is t5[1].t5 and t5[0].t5_tokenizer is t5[1].t5_tokenizer
     assert "t5" not in dict(melody.lm.named_children()) and not any("t5" in k for k in melody.lm.state_dict())
@@ -151,7 +151,7 @@ def test_each_model_is_loaded_once_and_shared(settings, monkeypatch) -> None:
     assert torch.nn.init.normal_ is random_init
 
     # Models loaded on their first request share the same T5, HT-Demucs and EnCodecs.
-    stereo_melody, melody_large = models.generator("stereo-melody-large"), models.generator("melody-large")
+    stereo_melody, melody_large = models.get("stereo-melody-large").model, models.get("melody-large").model
     assert calls["t5"] == ["t5-base"] and calls["demucs"] == ["htdemucs"]
     assert len(calls["codec"]) == 2  # melody's EnCodec file, and the Hugging Face one the others point to
     chroma = [m.lm.condition_provider.conditioners["self_wav"] for m in (melody, stereo_melody, melody_large)]
@@ -246,7 +246,7 @@ def tensor_bytes(module: torch.nn.Module) -> int:
 def test_memory_report_counts_each_component_once(loaded) -> None:
     report = loaded.memory_report()
     assert set(report) == {"lm:melody", "lm:large", "codec", "t5", "demucs", "process_rss"}
-    melody, large = loaded.generator("melody"), loaded.generator("large")
+    melody, large = loaded.get("melody").model, loaded.get("large").model
     assert report["lm:melody"] == tensor_bytes(melody.lm) and report["lm:large"] == tensor_bytes(large.lm)
     assert report["codec"] == tensor_bytes(loaded.codec)
     assert report["t5"] == tensor_bytes(melody.lm.condition_provider.conditioners["description"].t5)
@@ -273,7 +273,7 @@ def test_each_lm_keeps_a_bounded_number_of_codebook_patterns(loaded) -> None:
 
     from musicgen.models.memory import PATTERN_CACHE_ENTRIES
 
-    provider = loaded.generator("melody").lm.pattern_provider
+    provider = loaded.get("melody").model.lm.pattern_provider
     reference = DelayedPatternProvider(n_q=provider.n_q, delays=provider.delays)
     for timesteps in range(10, 10 + 3 * PATTERN_CACHE_ENTRIES):  # every duration a server sees
         assert provider.get_pattern(timesteps).layout == reference.get_pattern(timesteps).layout
@@ -322,10 +322,10 @@ def test_onednn_keeps_a_bounded_primitive_cache_unless_the_operator_sets_one(dem
 def test_setup_logs_load_times_and_memory_to_stderr(demo_weights) -> None:
     """Cog's worker has no logging handler: setup() adds one on stderr (once)."""
     code = (
-        "from musicgen.predictor import load_predictor_class\n"
+        "from musicgen.serving.entry_points import load_predictor_class\n"
         "predictor = load_predictor_class()()\n"
         "predictor.setup()\n"
-        "from musicgen.logs import configure_logging\n"
+        "from musicgen.boot import configure_logging\n"
         "configure_logging()\n"
         "import logging; logging.getLogger('musicgen.test').info('once')\n"
     )
@@ -354,15 +354,15 @@ def test_fine_tuned_checkpoint_replaces_its_base(loaded, settings, tmp_path, ver
     models = load_models(settings, fine_tuned=str(path.parent))  # a folder holding state_dict.bin works too
     other = "large" if version == "melody" else "melody"
     assert models.checkpoints[version] == path.resolve() and models.checkpoints[other] == loaded.checkpoints[other]
-    assert set(models.generators) == {"melody", "large"}
+    assert set(models.models) == {"melody", "large"}
 
-    tuned, base = models.generator(version), loaded.generator(version)
+    tuned, base = models.get(version).model, loaded.get(version).model
     reference = loaders.load_lm_model(str(path), device="cpu")  # audiocraft's own loader
     assert_same_tensors(tuned.lm.state_dict(), reference.state_dict())
     assert not torch.equal(tuned.lm.state_dict()["linears.0.weight"], base.lm.state_dict()["linears.0.weight"])
     assert not torch.equal(tokens(tuned), tokens(base))
-    assert torch.equal(tokens(models.generator(other)), tokens(loaded.generator(other)))  # the other is the base
-    assert tuned.compression_model is models.generator(other).compression_model
+    assert torch.equal(tokens(models.get(other).model), tokens(loaded.get(other).model))  # the other is the base
+    assert tuned.compression_model is models.get(other).model.compression_model
     if version == "melody":
         conditioner = tuned.lm.condition_provider.conditioners["self_wav"]
         assert conditioner.match_len_on_eval and not conditioner._use_masking
@@ -382,14 +382,14 @@ def test_a_fine_tune_replaces_the_served_model_its_conditioners_and_channels_fit
     path = fine_tune(tuned_from, tmp_path / "tuned.bin")
     models = load_models(settings, fine_tuned=str(path))
     assert models.checkpoints[replaces] == path.resolve()
-    assert replaces in models.preloaded and replaces in models.generators
-    tuned = models.generator(replaces)
+    assert replaces in models.preloaded and replaces in models.models
+    tuned = models.get(replaces).model
     assert tuned.audio_channels == (2 if tuned_from.startswith("stereo") else 1)
-    assert not torch.equal(tokens(tuned), tokens(loaded.generator(tuned_from)))
+    assert not torch.equal(tokens(tuned), tokens(loaded.get(tuned_from).model))
 
 
 def test_setup_serves_the_weights_argument(demo_weights, tmp_path) -> None:
-    from musicgen.predictor import load_predictor_class
+    from musicgen.serving.entry_points import load_predictor_class
 
     path = fine_tune("large", tmp_path / "large-tuned.bin")
     predictor = load_predictor_class()()
@@ -498,16 +498,16 @@ def test_the_operator_chooses_which_versions_setup_loads(settings):
     """Setup loads what MUSICGEN_MODEL_VERSIONS names; every other version with weights in place
     loads on its first request."""
     from musicgen.request import Request
-    from musicgen.service import MusicGenService
+    from musicgen.serving.service import MusicGenService
 
     chosen = read_settings({"MUSICGEN_MODEL_VERSIONS": "large", "MUSICGEN_DEVICE": "cpu"})
     service = MusicGenService.load(settings.replace(model_versions=chosen.model_versions, device=chosen.device))
-    assert list(service.models.generators) == ["large"] and service.models.device == "cpu"
+    assert list(service.models.models) == ["large"] and service.models.device == "cpu"
     assert service.models.preloaded == ("large",)
-    assert set(service.models.served) == set(GENERATING)
+    assert set(service.models.servable) == set(GENERATING)
     assert service.predict(Request(model_version="large", prompt="calm", duration=1, seed=0)).path.is_file()
     assert service.predict(Request(model_version="melody", prompt="calm", duration=1, seed=0)).path.is_file()
-    assert list(service.models.generators) == ["large", "melody"]
+    assert list(service.models.models) == ["large", "melody"]
 
 
 def test_sizes_are_written_in_units_that_show_them() -> None:

@@ -27,7 +27,7 @@ from musicgen.audio.read import load_audio
 from musicgen.errors import InputError
 from musicgen.models.load import LoadedModels
 from musicgen.request import Request
-from musicgen.service import MusicGenService
+from musicgen.serving.service import MusicGenService
 
 RATE = 32000  # Hz, every output
 FRAME = 640  # samples per EnCodec frame (50 Hz)
@@ -96,7 +96,7 @@ def assert_continuous(samples: np.ndarray) -> None:
 
 
 def test_melody_model_has_get_pretrained_settings_and_drops_drums_and_bass(predictor):
-    conditioner = predictor.runner.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]
+    conditioner = predictor.runner.service.models.get("melody").model.lm.condition_provider.conditioners["self_wav"]
     assert type(conditioner).__name__ == "ChromaStemConditioner"
     assert conditioner.match_len_on_eval is True
     assert conditioner._use_masking is False
@@ -109,7 +109,7 @@ def test_melody_is_audiocrafts_generate_with_chroma(predictor, melody):
     models = predictor.runner.service.models
     request = Request(prompt="jazz", input_audio=melody, duration=2, top_k=50)
     ours, rate = generate.generate(request, models, seed=11, input_audio=load_audio(melody))
-    model = models.generator("melody")
+    model = models.get("melody").model
     wav, sample_rate = soundfile.read(str(melody), always_2d=True, dtype="float32")
     generate.seed_everything(11)
     model.set_generation_params(duration=2, top_k=50, cfg_coef=3, extend_stride=18)
@@ -152,7 +152,7 @@ def test_continuation_is_audiocrafts_generate_continuation(predictor, audio_dir)
     models = predictor.runner.service.models
     request = Request(prompt="go on", input_audio=song, continuation=True, continuation_end=2, duration=1)
     ours, _ = generate.generate(request, models, seed=4, input_audio=load_audio(song))
-    model = models.generator("melody")
+    model = models.get("melody").model
     wav, _ = soundfile.read(str(song), always_2d=True, dtype="float32")
     generate.seed_everything(4)
     model.set_generation_params(duration=3, extend_stride=18)
@@ -175,7 +175,7 @@ def test_a_window_of_exactly_the_context_is_continued_past_it(predictor, audio_d
     # The same as audiocraft's extend loop if its first lm.generate returned the prompt unchanged.
     request = Request(prompt="go on", input_audio=song, continuation=True, continuation_start=1, duration=2)
     ours, _ = generate.generate(request, predictor.runner.service.models, seed=2, input_audio=load_audio(song))
-    model = predictor.runner.service.models.generator("melody")
+    model = predictor.runner.service.models.get("melody").model
     lm_generate = model.lm.generate
 
     def generate_nothing_when_full(prompt, conditions, max_gen_len, **kwargs):
@@ -259,7 +259,7 @@ def test_long_text_is_windowed_to_the_exact_length(predictor):
 @pytest.mark.slow
 def test_long_melody_tiles_the_melody_over_the_windows(predictor, melody, monkeypatch):
     lengths = []
-    conditioner = predictor.runner.service.models.generator("melody").lm.condition_provider.conditioners["self_wav"]
+    conditioner = predictor.runner.service.models.get("melody").model.lm.condition_provider.conditioners["self_wav"]
     compute = conditioner._compute_wav_embedding
     monkeypatch.setattr(
         conditioner, "_compute_wav_embedding", lambda wav, rate: lengths.append(wav.shape[-1]) or compute(wav, rate)
@@ -289,7 +289,7 @@ def test_mbd_is_loaded_on_first_use_then_kept(predictor):
         LoadedModels(
             device="cpu",
             root=predictor.runner.service.models.root,
-            generators=predictor.runner.service.models.generators,
+            resident=predictor.runner.service.models.resident,
         )
     )
     service.predict(Request(prompt="calm", duration=1, seed=1))

@@ -40,7 +40,7 @@ def test_each_prediction_writes_into_a_fresh_folder(predictor):
 
 @pytest.mark.parametrize("seed", [None, -1])
 def test_random_seed_is_drawn_logged_and_stored(predictor, seed, caplog):
-    caplog.set_level("INFO", logger="musicgen.service")
+    caplog.set_level("INFO", logger="musicgen.serving.service")
     path = predict(predictor, prompt="calm piano", duration=1, seed=seed)
     logged = re.findall(r"seed (\d+) \(model_version=", caplog.text)
     assert len(logged) == 1

@@ -17,7 +17,7 @@ import pytest
 import requests
 from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, FileServer, started_server
 
-from musicgen.runtime import PREDICTION_FOLDERS
+from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 from musicgen.settings import REPOSITORY
 
 pytestmark = pytest.mark.slow  # the session's real server, and nginx

@@ -11,7 +11,7 @@ import typing
 import pytest
 from helpers import ADDED_CHOICES, ADDED_INPUTS, EXPECTED_ORDER, PUBLISHED_ORDER, SEED_TYPES, load_seeds, squash
 
-from musicgen.predictor import input_fields, load_predictor_class
+from musicgen.serving.entry_points import input_fields, load_predictor_class
 
 
 @pytest.fixture(scope="module")

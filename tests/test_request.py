@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from musicgen.dev.schema.inputs import NONE, read_inputs
 from musicgen.errors import InputError
-from musicgen.limits import MAX_DURATION, NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
+from musicgen.input_rules import MAX_DURATION, NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
 from musicgen.request import Request, continuation_bounds, validate, validate_input_audio
 from musicgen.settings import REPOSITORY
 from musicgen.versions import MODEL_VERSIONS
+from tooling.schema.inputs import NONE, read_inputs
 
 AUDIO = Path("song.wav")  # validation does not read the file
 
@@ -132,7 +132,7 @@ def test_seed_zero_is_a_seed_not_random():
     assert Request(seed=-1).wants_random_seed
 
 
-SERVED = {"melody": 2048, "large": 2048}  # version -> codebook size, as LoadedModels.served gives it
+SERVED = {"melody": 2048, "large": 2048}  # version -> codebook size, as LoadedModels.servable gives it
 
 
 @pytest.mark.parametrize(

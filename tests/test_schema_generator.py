@@ -1,4 +1,4 @@
-"""The schema generator in musicgen/dev/schema: it writes the OpenAPI document `cog build` would
+"""The schema generator in tooling/schema: it writes the OpenAPI document `cog build` would
 (the committed .cog/openapi_schema.json is current: predict.py's and train.py's documents merged),
 agrees with predict.py as Python sees it and shows the published seeds, writes JSON as Go does,
 and refuses what `cog build` would refuse.
@@ -16,9 +16,9 @@ import typing
 import pytest
 from helpers import ADDED_CHOICES, EXPECTED_ORDER, load_seeds, squash
 
-from musicgen.cog_yaml import CogRefs
-from musicgen.dev.schema import gojson, inputs, openapi
-from musicgen.predictor import load_predictor_class
+from musicgen.serving.cog_yaml import CogRefs
+from musicgen.serving.entry_points import load_predictor_class
+from tooling.schema import gojson, inputs, openapi
 
 SEED_OUTPUT = {"format": "uri", "title": "Output", "type": "string"}
 PREDICT_ONLY = CogRefs(predict="predict.py:Predictor")  # a cog.yaml without `train:`
@@ -43,11 +43,9 @@ def properties_of(source: str) -> tuple[dict, dict]:
 
 def test_committed_schema_file_is_current():
     """.cog/openapi_schema.json is what the container (and `serve`) hands the runtime."""
-    assert openapi.SCHEMA_FILE.is_file(), (
-        "run `python -m musicgen.dev.schema.openapi` to write .cog/openapi_schema.json"
-    )
+    assert openapi.SCHEMA_FILE.is_file(), "run `python -m tooling.schema.openapi` to write .cog/openapi_schema.json"
     assert openapi.SCHEMA_FILE.read_text() == openapi.generate(), (
-        "predict.py, train.py and .cog/openapi_schema.json disagree: run `python -m musicgen.dev.schema.openapi`"
+        "predict.py, train.py and .cog/openapi_schema.json disagree: run `python -m tooling.schema.openapi`"
     )
 
 

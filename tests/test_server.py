@@ -26,8 +26,8 @@ from helpers import (
     write_scale,
 )
 
-from musicgen.dev.schema import openapi
-from musicgen.server import server_command, server_environment
+from musicgen.serving.launch import server_command, server_environment
+from tooling.schema import openapi
 
 pytestmark = pytest.mark.slow  # the real server, started once per session
 

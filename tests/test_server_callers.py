@@ -34,7 +34,7 @@ from helpers import (
 
 from musicgen.audio.channels import bs1770_weights
 from musicgen.audio.loudness import integrated_loudness
-from musicgen.runtime import PREDICTION_FOLDERS
+from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 
 pytestmark = pytest.mark.slow  # the real server, started once per session
 

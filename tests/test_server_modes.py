@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from musicgen.cog_yaml import CogRefs, cog_refs
-from musicgen.server import serve, server_command, server_environment
+from musicgen.serving.cog_yaml import CogRefs, cog_refs
+from musicgen.serving.launch import serve, server_command, server_environment
 
 REFS = CogRefs("predict.py:Predictor", "train.py:train")
 

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from musicgen.dev.readme import README, with_table
 from musicgen.errors import SettingsError
 from musicgen.settings import REPOSITORY, SETTINGS, Settings, read_settings
 from musicgen.versions import GENERATING, PRELOADED
+from tooling.readme import README, with_table
 
 BAD_VALUES = {
     "MUSICGEN_MODEL_VERSIONS": ["melody, xl", "encode-decode", ",,"],
     "MUSICGEN_DEVICE": ["gpu", "cuda:x", "mps"],
-    "MUSICGEN_DECODER": ["fast", "Audiocraft"],
+    "MUSICGEN_TOKEN_LOOP": ["fast", "Audiocraft"],
     "MUSICGEN_GPU_MEMORY_GB": ["lots", "-3", "0", "inf", "nan"],
     "MUSICGEN_DOWNLOAD_ON_SETUP": ["maybe", "2"],
     "MUSICGEN_INPUT_TIMEOUT": ["0", "soon", "-1", "inf"],
@@ -52,7 +52,7 @@ def test_good_values_are_read():
             "COG_WEIGHTS": "https://example.com/tuned.bin",
             "MUSICGEN_MODEL_VERSIONS": " stereo-large, melody ,stereo-large",
             "MUSICGEN_DEVICE": "cuda:1",
-            "MUSICGEN_DECODER": "audiocraft",
+            "MUSICGEN_TOKEN_LOOP": "audiocraft",
             "MUSICGEN_GPU_MEMORY_GB": "70.5",
             "MUSICGEN_DOWNLOAD_ON_SETUP": "Yes",
             "MUSICGEN_INPUT_TIMEOUT": "30",
@@ -68,7 +68,7 @@ def test_good_values_are_read():
         fine_tuned="https://example.com/tuned.bin",
         model_versions=("stereo-large", "melody"),
         device="cuda:1",
-        decoder="audiocraft",
+        token_loop="audiocraft",
         memory_budget_gb=70.5,
         download_on_setup=True,
         input_timeout=30.0,
@@ -100,7 +100,7 @@ def test_every_generating_version_may_be_preloaded():
 
 def test_the_readme_table_is_the_modules():
     text = README.read_text()
-    assert with_table(text) == text, "README.md's settings table is stale: run `python -m musicgen.dev.readme`"
+    assert with_table(text) == text, "README.md's settings table is stale: run `python -m tooling.readme`"
     for setting in SETTINGS:
         assert f"| `{setting.variable}` |" in text
 
@@ -133,12 +133,12 @@ def test_only_the_settings_module_reads_the_environment():
 
 @pytest.mark.slow
 def test_a_bad_setting_stops_setup_and_the_command_line_before_any_model_loads(demo_weights, tmp_path, monkeypatch):
-    from musicgen.predictor import load_predictor_class
+    from musicgen.serving.entry_points import load_predictor_class
 
-    monkeypatch.setenv("MUSICGEN_DECODER", "fast")
-    with pytest.raises(SettingsError, match="MUSICGEN_DECODER='fast' is not allowed: use `musicgen`, `audiocraft`"):
+    monkeypatch.setenv("MUSICGEN_TOKEN_LOOP", "fast")
+    with pytest.raises(SettingsError, match="MUSICGEN_TOKEN_LOOP='fast' is not allowed: use `musicgen`, `audiocraft`"):
         load_predictor_class()().setup()
-    monkeypatch.delenv("MUSICGEN_DECODER")
+    monkeypatch.delenv("MUSICGEN_TOKEN_LOOP")
 
     monkeypatch.setenv("MUSICGEN_INPUT_TIMEOUT", "soon")
     done = run_cli("predict", "-i", "prompt=calm", "-o", "out.wav", cwd=tmp_path, weights=demo_weights)
@@ -146,3 +146,14 @@ def test_a_bad_setting_stops_setup_and_the_command_line_before_any_model_loads(d
     assert "error: MUSICGEN_INPUT_TIMEOUT='soon' is not allowed: use a positive number of seconds" in done.stderr
     assert "Traceback" not in done.stderr and "loaded" not in done.stderr
     assert not (tmp_path / "out.wav").exists()
+
+
+def test_the_token_loops_old_name_is_still_read_with_a_deprecation_line(caplog):
+    """MUSICGEN_DECODER was the token loop's setting; it is read as MUSICGEN_TOKEN_LOOP, saying so."""
+    with caplog.at_level("WARNING", logger="musicgen.settings"):
+        assert read_settings({"MUSICGEN_DECODER": "audiocraft"}).token_loop == "audiocraft"
+    assert "MUSICGEN_DECODER is deprecated: set MUSICGEN_TOKEN_LOOP instead" in caplog.text
+    both = {"MUSICGEN_DECODER": "audiocraft", "MUSICGEN_TOKEN_LOOP": "musicgen"}
+    assert read_settings(both).token_loop == "musicgen"  # the new name wins
+    with pytest.raises(SettingsError, match=r"^MUSICGEN_DECODER='ours' is not allowed: use `musicgen`, `audiocraft`"):
+        read_settings({"MUSICGEN_DECODER": "ours"})

@@ -27,11 +27,12 @@ from audiocraft.utils.autocast import TorchAutocast
 from helpers import predict_with_defaults, write_scale
 
 from musicgen.generate import seed_everything
-from musicgen.tokens.decoders import AudiocraftLoop, FastLoop, plan_windows
+from musicgen.models.load import Served
+from musicgen.tokens.choose import Tolerance, choose_loop
 from musicgen.tokens.graphs import GraphedStep, static_cache_bytes
 from musicgen.tokens.loop import steps_in_window
+from musicgen.tokens.loops import AudiocraftLoop, FastLoop, plan_windows
 from musicgen.tokens.progress import Progress
-from musicgen.tokens.select import Tolerance, load_decoder
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RATE = 32000
@@ -104,7 +105,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_tokens_are_audiocrafts(predictor, audio_dir, case):
     version, kind, params, seconds = CASES[case]
-    model = predictor.runner.service.models.generator(version)
+    model = predictor.runner.service.models.get(version).model
     model.set_generation_params(extend_stride=18, **params)
     audio = tone(audio_dir, seconds, model.audio_channels) if seconds else None
     reference = stock_tokens(model, kind, seed=17, audio=audio)
@@ -116,19 +117,20 @@ def test_tokens_are_audiocrafts(predictor, audio_dir, case):
 
 
 def test_the_service_serves_our_loop_and_both_loops_write_the_same_bytes(predictor):
-    """The default decoder is ours; MUSICGEN_DECODER=audiocraft serves audiocraft's loop, same file."""
+    """The default token loop is ours; MUSICGEN_TOKEN_LOOP=audiocraft serves audiocraft's loop, same file."""
     models = predictor.runner.service.models
-    assert {"melody", "large"} <= set(models.decoders)  # and any version a test loaded since
-    assert {type(decoder) for decoder in models.decoders.values()} == {FastLoop}
+    assert {"melody", "large"} <= set(models.resident)  # and any version a test loaded since
+    assert {type(served.loop) for served in models.resident.values()} == {FastLoop}
     ours = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9).read_bytes()
-    saved = dict(models.decoders)
+    saved = dict(models.resident)
     try:
-        models.decoders["large"] = load_decoder(models.generator("large"), "large", "audiocraft")
-        assert isinstance(models.decoder("large"), AudiocraftLoop)
+        model = models.get("large").model
+        models.resident["large"] = Served(model, choose_loop(model, "large", "audiocraft"))
+        assert isinstance(models.get("large").loop, AudiocraftLoop)
         stock = predict_with_defaults(predictor, model_version="large", prompt="jazz", duration=2, seed=9)
         assert stock.read_bytes() == ours
     finally:
-        models.decoders.update(saved)
+        models.resident.update(saved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,11 +141,11 @@ def test_the_checked_static_step_gives_audiocrafts_tokens_on_the_cpu(predictor, 
     """Attention over the whole window's cache with a mask, padded cross-attention, positions as a
     tensor: on the CPU in float32 the same tokens as audiocraft's loop, greedy and sampled."""
     for version in ("large", "melody"):
-        model = predictor.runner.service.models.generator(version)
-        with caplog.at_level(logging.INFO, logger="musicgen.tokens.select"):
-            decoder = load_decoder(model, version, check=True)
+        model = predictor.runner.service.models.get(version).model
+        with caplog.at_level(logging.INFO, logger="musicgen.tokens.choose"):
+            decoder = choose_loop(model, version, check=True)
         assert isinstance(decoder, FastLoop) and decoder.graph is not None
-        assert decoder.mode == "static steps (no graph)"
+        assert decoder.form == "static steps (no graph)"
         assert f"{version}: decoding with our loop, static steps (no graph)" in caplog.text
         assert decoder.why == "both checks passed"  # what the GPU check reports of setup()
         assert list(decoder.checks) == ["our eager step vs the LM's forward pass", "the static step vs the eager step"]
@@ -157,15 +159,15 @@ def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
     """A GPU serves the transformer in float16 under autocast while the embeddings and output heads
     stay float32; the keys and values are float16. The same layout in bfloat16 on the CPU (norms in
     float32, as a GPU's autocast computes them): both checks pass and both loops generate."""
-    model = copy.copy(predictor.runner.service.models.generator("melody"))
+    model = copy.copy(predictor.runner.service.models.get("melody").model)
     model.lm = copy.deepcopy(model.lm)
     model.lm.transformer.to(torch.bfloat16)
     for module in model.lm.transformer.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.float()
     model.autocast = TorchAutocast(enabled=True, device_type="cpu", dtype=torch.bfloat16)
-    with caplog.at_level(logging.INFO, logger="musicgen.tokens.select"):
-        decoder = load_decoder(model, "melody-bf16", check=True)
+    with caplog.at_level(logging.INFO, logger="musicgen.tokens.choose"):
+        decoder = choose_loop(model, "melody-bf16", check=True)
     assert "melody-bf16: decoding with our loop, static steps (no graph)" in caplog.text
     assert decoder.transformer.kv_dtype(model.autocast) == torch.bfloat16
     assert model.lm.emb[0].weight.dtype == torch.float32
@@ -179,16 +181,16 @@ def test_mixed_precision_as_on_a_gpu_passes_the_checks(predictor, caplog):
 def test_the_static_buffers_are_known_before_the_lm_loads(predictor, version):
     """The memory budget's estimate of a CUDA graph's buffers, from the LM's config alone, is what
     a GraphedStep allocates (here in float32, as on the CPU)."""
-    model = predictor.runner.service.models.generator(version)
+    model = predictor.runner.service.models.get(version).model
     graph = GraphedStep(FastLoop(model).transformer, model, capture=False)
     assert static_cache_bytes(model.lm.cfg, element_bytes=4) == graph.nbytes
 
 
 def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
-    model = predictor.runner.service.models.generator("large")
-    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.select"):
-        decoder = load_decoder(model, "large", check=True, graph_tolerance=Tolerance(-1.0, 0.0))
-    assert isinstance(decoder, FastLoop) and decoder.graph is None and decoder.mode == "eager"
+    model = predictor.runner.service.models.get("large").model
+    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.choose"):
+        decoder = choose_loop(model, "large", check=True, graph_tolerance=Tolerance(-1.0, 0.0))
+    assert isinstance(decoder, FastLoop) and decoder.graph is None and decoder.form == "eager"
     assert "large: decoding with our eager loop; the CUDA-graph step failed its check: the static step " in caplog.text
     assert "differs from the eager step by" in caplog.text and "(allowed -1)" in caplog.text
     assert decoder.why.startswith("the CUDA-graph step failed its check: the static step differs from the eager step")
@@ -198,9 +200,9 @@ def test_a_failed_graph_check_serves_the_eager_loop(predictor, caplog):
 
 
 def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
-    model = predictor.runner.service.models.generator("melody")
-    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.select"):
-        decoder = load_decoder(model, "melody", check=True, tolerance=Tolerance(-1.0, 0.0))
+    model = predictor.runner.service.models.get("melody").model
+    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.choose"):
+        decoder = choose_loop(model, "melody", check=True, tolerance=Tolerance(-1.0, 0.0))
     assert isinstance(decoder, AudiocraftLoop)
     assert "melody: decoding with audiocraft's loop; our loop failed its check: our eager step differs from " in (
         caplog.text
@@ -214,11 +216,11 @@ def test_a_failed_eager_check_serves_audiocrafts_loop(predictor, caplog):
 
 
 def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, caplog):
-    model = copy.copy(predictor.runner.service.models.generator("large"))
+    model = copy.copy(predictor.runner.service.models.get("large").model)
     model.lm = copy.deepcopy(model.lm)
     model.lm.two_step_cfg = True
-    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.select"):
-        decoder = load_decoder(model, "large")
+    with caplog.at_level(logging.WARNING, logger="musicgen.tokens.choose"):
+        decoder = choose_loop(model, "large")
     assert isinstance(decoder, AudiocraftLoop)
     assert "large: decoding with audiocraft's loop; ours does not handle this LM: two_step_cfg" in caplog.text
 
@@ -228,7 +230,7 @@ def test_an_lm_our_loop_does_not_handle_is_served_by_audiocrafts(predictor, capl
 
 
 def test_windows_past_30_s_are_audiocrafts(predictor):
-    model = predictor.runner.service.models.generator("large")
+    model = predictor.runner.service.models.get("large").model
     model.set_generation_params(duration=60, extend_stride=18)
     windows = plan_windows(model, 0)
     assert [(w.time_offset, w.max_gen_len, w.prompt_len) for w in windows] == [

@@ -101,7 +101,7 @@ def test_the_checkpoint_records_its_training(trained, dataset):
 def test_a_fine_tune_of_small_serves_in_smalls_slot(settings, dataset, predictor, tmp_path):
     """small is text-only and mono like the preloaded large: its training record, not the first
     fitting slot, decides where a fine-tune of it serves."""
-    from musicgen.service import MusicGenService
+    from musicgen.serving.service import MusicGenService
 
     request = TrainRequest(dataset_path=dataset, model_version="small", **{**LEARNING, "epochs": 1})
     tuned = fine_tune(request, settings, output_dir=tmp_path / "small").checkpoint
@@ -116,7 +116,7 @@ def test_a_fine_tune_of_small_serves_in_smalls_slot(settings, dataset, predictor
 
 def test_the_checkpoint_serves_with_tokens_of_its_own(trained, predictor, demo_weights):
     """Predictor.setup(weights=...) serves it in melody's slot; same prompt and seed, other audio."""
-    from musicgen.predictor import load_predictor_class
+    from musicgen.serving.entry_points import load_predictor_class
 
     fine = load_predictor_class()()
     fine.setup(weights=str(trained[0].checkpoint))
@@ -336,8 +336,8 @@ def test_training_mistakes_are_named_before_anything_loads(dataset, inputs, mess
 def test_a_community_checkpoint_serves_the_same_audio_as_the_weights_it_holds(
     predictor, demo_weights, tmp_path, version
 ):
-    from musicgen.dev.demo.builders import write_community_checkpoint
-    from musicgen.predictor import load_predictor_class
+    from musicgen.demo.builders import write_community_checkpoint
+    from musicgen.serving.entry_points import load_predictor_class
 
     source = demo_weights / f"musicgen-{version}" / LM_FILE
     community = write_community_checkpoint(source, tmp_path / "trained_model.tar")

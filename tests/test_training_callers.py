@@ -19,7 +19,7 @@ import pytest
 import requests
 from helpers import HTTP_TIMEOUT, HostileSenders, cancel_while_downloading, data_uri, started_server, write_scale
 
-from musicgen.runtime import PREDICTION_FOLDERS
+from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 
 pytestmark = pytest.mark.slow  # a training server, started once for the module
 

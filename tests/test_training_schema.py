@@ -1,4 +1,4 @@
-"""train.py's document and the merge `cog build` makes when cog.yaml has `train:` (musicgen/dev/schema).
+"""train.py's document and the merge `cog build` makes when cog.yaml has `train:` (tooling/schema).
 
 The committed file is the merge (test_schema_generator.py checks it is current and written as Go
 writes it); here: TrainingInput agrees with train.py as Python sees it, the training parts carry
@@ -13,10 +13,10 @@ import typing
 
 import pytest
 
-from musicgen.cog_yaml import CogRefs
-from musicgen.dev.schema import inputs, openapi
 from musicgen.errors import InputError
-from musicgen.predictor import load_predictor_class, load_train_function
+from musicgen.serving.cog_yaml import CogRefs
+from musicgen.serving.entry_points import load_predictor_class, load_train_function
+from tooling.schema import inputs, openapi
 
 REF = "#/components/schemas/"
 TRAINING_OUTPUT = {  # train.py's TrainingOutput(BaseModel): weights: Path; titled "Output" by cog

@@ -13,7 +13,7 @@ import threading
 import pytest
 from helpers import START_TIMEOUT, LoopbackServer, Server
 
-from musicgen.dev.loopback import QuietHandler
+from tooling.loopback import QuietHandler
 
 pytestmark = pytest.mark.slow  # a server of its own
 

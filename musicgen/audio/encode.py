@@ -12,10 +12,10 @@ import numpy as np
 import soundfile
 import torch
 
-from musicgen import files
+from musicgen import atomic_files
 from musicgen.audio.read import OPEN_OPTIONS
 from musicgen.errors import InputError
-from musicgen.limits import MAX_MP3_CHANNELS, OUTPUT_FORMATS
+from musicgen.input_rules import MAX_MP3_CHANNELS, OUTPUT_FORMATS
 
 MP3_BITRATE = "320k"  # audiocraft's own MP3 bitrate
 FFMPEG_TIMEOUT = 600  # seconds; encoding a minute of audio takes well under one
@@ -54,7 +54,7 @@ def write_output(
     comment = metadata_comment(metadata)
     pcm = _pcm16(wav)
     path = Path(directory) / f"{stem}.{output_format}"
-    with files.atomic_path(path) as partial:
+    with atomic_files.atomic_path(path) as partial:
         if output_format == "wav":
             _write_wav(pcm, sample_rate, partial, comment)
         else:

@@ -1,6 +1,6 @@
 """input_audio given as a URL: http(s) fetched under a deadline and a size cap, data: URIs decoded.
 
-Over HTTP every file input is a URL (musicgen.runtime keeps Cog from downloading it first), so a
+Over HTTP every file input is a URL (musicgen.serving.runtime_patches keeps Cog from downloading it first), so a
 caller cannot make the server read its own files, hold the one prediction slot with a slow sender,
 or fill the disk with an endless body. The transfer runs in a helper thread while the calling
 thread waits in short steps: the deadline holds whatever the sender does, and a cancel (Cog's
@@ -28,8 +28,7 @@ import requests
 
 from musicgen import cancellation
 from musicgen.errors import InputError
-from musicgen.limits import URL_SCHEMES
-from musicgen.rules import shortened
+from musicgen.input_rules import URL_SCHEMES, shortened
 from musicgen.settings import Settings
 
 log = logging.getLogger(__name__)

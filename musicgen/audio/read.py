@@ -12,7 +12,7 @@ import torch
 
 from musicgen.audio.channels import default_layout, with_default_positions
 from musicgen.errors import InputError
-from musicgen.limits import MIN_INPUT_SECONDS
+from musicgen.input_rules import MIN_INPUT_SECONDS
 
 MAX_INPUT_SECONDS = 20 * 60  # 20 minutes; checked from the container metadata before decoding
 MAX_INPUT_CHANNELS = 8  # 7.1 surround; more is refused (memory grows with channels)

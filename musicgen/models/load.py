@@ -57,8 +57,8 @@ from musicgen.models.memory import (
 from musicgen.models.sizes import lm_bytes, lm_card, static_bytes
 from musicgen.settings import Settings, best_device
 from musicgen.tokens.batching import Batcher
-from musicgen.tokens.decoders import Decoder
-from musicgen.tokens.select import load_decoder
+from musicgen.tokens.choose import choose_loop
+from musicgen.tokens.loops import TokenLoop
 from musicgen.versions import GENERATING
 from musicgen.weights import layout, store
 
@@ -66,22 +66,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Served:
+    """A resident model version: its MusicGen (LM, EnCodec, conditioners) and the token loop that
+    serves it, chosen and checked when it loaded (musicgen.tokens.choose)."""
+
+    model: MusicGen
+    loop: TokenLoop
+
+
 @dataclass
 class LoadedModels:
-    """Everything resident for serving, on one device: one MusicGen per loaded model_version.
+    """Everything resident for serving, on one device: one Served model per loaded model_version.
 
     `preloaded` versions are loaded by load_models() and stay; every other version in
-    `checkpoints` (its weights were present at setup) is loaded by generator() on first use and
-    evicted, least recently used first, when another needs its room in `budget`.
+    `checkpoints` (its weights were present at setup) is loaded by get() on first use and evicted,
+    least recently used first, when another needs its room in `budget`.
     """
 
     device: str
     root: Path
     preloaded: tuple[str, ...] = ()
-    decoder_choice: str = "musicgen"  # the MUSICGEN_DECODER setting
+    loop_choice: str = "musicgen"  # the MUSICGEN_TOKEN_LOOP setting
     budget: MemoryBudget | None = None  # None: no limit (models assembled by hand, tests)
-    generators: dict[str, MusicGen] = field(default_factory=dict)
-    decoders: dict[str, Decoder] = field(default_factory=dict)  # the token loop serving each version
+    resident: dict[str, Served] = field(default_factory=dict)
     checkpoints: dict[str, Path] = field(default_factory=dict)  # the LM file each servable version loads
     shared: SharedModules = field(default_factory=SharedModules)  # T5, HT-Demucs: one each, for every LM
     _codecs: dict[Path, torch.nn.Module] = field(default_factory=dict)  # loaded EnCodec files
@@ -103,40 +111,35 @@ class LoadedModels:
         as it is when predictions run one at a time anyway (N = 1). `label`: what it does (logs)."""
         return work() if self.batcher is None else self.batcher.turn.run(work, label)
 
-    def generator(self, version: str) -> MusicGen:
-        """The model for `version`, loaded now if it is not resident (request.validate refuses
-        versions not in `served`). Raises CapacityError when it cannot fit the budget."""
+    def get(self, version: str) -> Served:
+        """The one loader: `version`'s model and token loop, loaded now if not resident (request.validate
+        refuses versions not in `servable`). Raises CapacityError when it cannot fit the budget."""
         with self._lock, uninterrupted():
-            if version not in self.generators:
+            if version not in self.resident:
                 self.load([version])
             self._recent[version] = None
             self._recent.move_to_end(version)
-            return self.generators[version]
-
-    def decoder(self, version: str) -> Decoder:
-        """The loop generating `version`'s tokens (musicgen.tokens.select chooses it at load, or
-        here on first use for models assembled by hand)."""
-        with self._lock, uninterrupted():
-            if version not in self.decoders:
-                self.decoders[version] = load_decoder(
-                    self.generator(version), version, self.decoder_choice, batcher=self.batcher
-                )
-            return self.decoders[version]
+            return self.resident[version]
 
     @property
-    def served(self) -> dict[str, int]:
+    def models(self) -> dict[str, MusicGen]:
+        """The resident MusicGens by model_version."""
+        return {version: served.model for version, served in self.resident.items()}
+
+    @property
+    def servable(self) -> dict[str, int]:
         """Each generating version served (resident or loadable), with its codebook size: what
         request.validate checks against."""
         for version, path in self.checkpoints.items():
             if version not in self._cards:
                 self._cards[version] = lm_card(path)  # read once, without loading the weights
-        for version, model in self.generators.items():
-            self._cards[version] = model.lm.card
-        return {version: self._cards[version] for version in {**self.checkpoints, **self.generators}}
+        for version, served in self.resident.items():
+            self._cards[version] = served.model.lm.card
+        return {version: self._cards[version] for version in {**self.checkpoints, **self.resident}}
 
     def memory_report(self) -> dict[str, int]:
         """Bytes resident per component, then the process (musicgen.models.memory)."""
-        return memory_report(self.generators, self._mbd, self.device, codecs=list(self._codecs.values()))
+        return memory_report(self.models, self._mbd, self.device, codecs=list(self._codecs.values()))
 
     @property
     def codec(self) -> torch.nn.Module:
@@ -144,9 +147,9 @@ class LoadedModels:
         download targets fetch): encode-decode and MultiBand Diffusion run on it. The released
         melody and large checkpoints share it, so it is normally already loaded. Without
         melody's file: the mono EnCodec of the first loaded model."""
-        if (layout.model_dir("melody", self.root) / layout.CODEC_FILE).is_file() or not self.generators:
+        if (layout.model_dir("melody", self.root) / layout.CODEC_FILE).is_file() or not self.resident:
             return self.codec_for("melody")
-        return mono_codec(next(iter(self.generators.values())).compression_model)
+        return mono_codec(next(iter(self.resident.values())).model.compression_model)
 
     def codec_for(self, version: str) -> torch.nn.Module:
         """The mono EnCodec under `version`'s folder, loaded once per distinct file."""
@@ -177,25 +180,25 @@ class LoadedModels:
         release_freed_memory()
         for version, path in paths.items():
             name = str(path.parent if path.name == layout.LM_FILE else path)  # get_pretrained's name: the folder
-            self.generators[version] = assemble(name, codecs[version], lms[version])
-            bound_pattern_cache(self.generators[version].lm)
-            decoder = load_decoder(self.generators[version], version, self.decoder_choice, batcher=self.batcher)
-            self.decoders[version] = decoder  # checked now
-            # its weights, and its decoder's static buffers (the CUDA graph's cache, the batch's slots)
-            self._sizes[version] = self.memory_report()[f"lm:{version}"] + static_bytes(decoder, self.batcher)
+            model = assemble(name, codecs[version], lms[version])
+            bound_pattern_cache(model.lm)
+            loop = choose_loop(model, version, self.loop_choice, batcher=self.batcher)  # checked now
+            self.resident[version] = Served(model, loop)
+            # its weights, and its loop's static buffers (the CUDA graph's cache, the batch's slots)
+            self._sizes[version] = self.memory_report()[f"lm:{version}"] + static_bytes(loop, self.batcher)
             self._recent[version] = None
         seconds = time.perf_counter() - start
         sizes = ", ".join(f"{version} {format_bytes(self._sizes[version])}" for version in versions)
         log.info("loaded %s on %s in %.1f s (%s)", ", ".join(versions), self.device, seconds, sizes)
 
     def evict(self, version: str) -> None:
-        """Drop `version`'s model and decoder, and hand their memory back."""
+        """Drop `version`'s model and token loop, and hand their memory back."""
         start = time.perf_counter()
         size = self._sizes.pop(version, 0)
-        del self.generators[version]
-        decoder = self.decoders.pop(version, None)
-        if self.batcher is not None and decoder is not None:
-            self.batcher.forget(decoder)  # its slots go once its running windows are done
+        served = self.resident.pop(version)
+        if self.batcher is not None:
+            self.batcher.forget(served.loop)  # its slots go once its running windows are done
+        del served
         self._recent.pop(version, None)
         gc.collect()
         if self.device.startswith("cuda"):
@@ -240,7 +243,7 @@ def load_models(
     fine_tuned: str | Path | None = None,
 ) -> LoadedModels:
     """Load `versions` (default: the settings' MUSICGEN_MODEL_VERSIONS) once each, sharing EnCodec,
-    T5 and HT-Demucs, and log what is resident; the weights root, device, budget and decoder are
+    T5 and HT-Demucs, and log what is resident; the weights root, device, budget and token loop are
     the settings'.
 
     The weights are checked first (a fast, clear error, or a download when the operator allows it).
@@ -257,7 +260,7 @@ def load_models(
         device=device,
         root=root,
         preloaded=tuple(versions),
-        decoder_choice=settings.decoder,
+        loop_choice=settings.token_loop,
         budget=configured_budget(device, settings.memory_budget_gb),
         max_batch=settings.max_batch_on(device),
         stall_seconds=settings.stall_seconds,

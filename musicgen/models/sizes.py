@@ -1,6 +1,6 @@
-"""What a model takes, known before it loads: its LM's bytes on a device (with its decoder's
+"""What a model takes, known before it loads: its LM's bytes on a device (with its token loop's
 static buffers) and its codebook size, read from the checkpoint without loading its weights;
-and what a loaded decoder holds beside the weights. The memory budget plans with these."""
+and what a loaded token loop holds beside the weights. The memory budget plans with these."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import omegaconf
 
 from musicgen.models.checkpoints import read_lm_checkpoint
 from musicgen.tokens.batching import Batcher
-from musicgen.tokens.decoders import Decoder
 from musicgen.tokens.graphs import static_cache_bytes
+from musicgen.tokens.loops import TokenLoop
 from musicgen.tokens.slots import ROWS_PER_SLOT
 
 
@@ -23,7 +23,7 @@ def lm_card(path: Path) -> int:
 def lm_bytes(path: Path, device: str, max_batch: int = 1) -> int:
     """The bytes an LM checkpoint takes once loaded on `device`, read from its tensors' shapes:
     float32 on a CPU; on CUDA the transformer in float16 and the embeddings and heads in float32
-    (audiocraft's load_lm_model), plus its decoder's static cache (graphs.static_cache_bytes):
+    (audiocraft's load_lm_model), plus its token loop's static cache (graphs.static_cache_bytes):
     with `max_batch` N > 1 the batch's N slots (two rows each, float32 on a CPU), else on CUDA the
     one-window graph's. With N > 1 the cache counts the texts' padded keys and values, which on a
     CPU stand for each slot's own text; there the batched step also keeps its packed copy of the
@@ -55,11 +55,11 @@ def _stepped_weight_elements(name: str, tensor) -> int:
     return tensor.numel()
 
 
-def static_bytes(decoder: Decoder, batcher: Batcher | None) -> int:
-    """What `decoder` holds beside the LM's weights: its batched step's (slots, and on a CPU the
+def static_bytes(loop: TokenLoop, batcher: Batcher | None) -> int:
+    """What `loop` holds beside the LM's weights: its batched step's (slots, and on a CPU the
     packed weights), or its CUDA graph's cache."""
-    step = None if batcher is None else batcher.step_of(decoder)
+    step = None if batcher is None else batcher.step_of(loop)
     if step is not None:
         return step.nbytes
-    graph = getattr(decoder, "graph", None)
+    graph = getattr(loop, "graph", None)
     return 0 if graph is None else graph.nbytes

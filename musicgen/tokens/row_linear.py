@@ -4,7 +4,7 @@ A batched step computes many requests' rows in one product, and a request's toke
 depend on its neighbours. F.linear (MKL) picks its kernel by the row count, and a row's numbers
 change with it: on the small LM's shapes they are the same from 2 to 15 rows and change at 16 (and
 at 1); on the demo LM's small shapes they change at 6. The two forms here gave the same numbers
-for every row count from 2 to 2N wherever we measured (`python -m musicgen.dev.bench.batched_step`;
+for every row count from 2 to 2N wherever we measured (`python -m tooling.bench.batched_step`;
 docs/benchmarks.md has its figures), and the step checks that it holds on its machine when it is
 built (SlotStep._occupancy_leaves_rows_alone):
 

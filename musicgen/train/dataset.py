@@ -33,8 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from musicgen.errors import InputError
-from musicgen.limits import MAX_PROMPT_CHARACTERS
-from musicgen.rules import shortened
+from musicgen.input_rules import MAX_PROMPT_CHARACTERS, shortened
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import audiocraft
 import omegaconf
 import torch
 
-from musicgen import files
+from musicgen import atomic_files
 
 RECORD_KEY = "fine_tune"  # the config entry holding the training record
 
@@ -37,7 +37,7 @@ def export_package(state: dict[str, torch.Tensor], config: dict | omegaconf.Dict
 def save(obj: tp.Any, path: Path) -> Path:
     """torch.save `obj` to `path` atomically (files.atomic_path). The staged file has `path`'s own
     name, and torch names the archive inside the file after it, so the bytes do not vary."""
-    with files.atomic_path(path) as staged:
+    with atomic_files.atomic_path(path) as staged:
         torch.save(obj, staged)
     return Path(path)
 

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen.errors import InputError
-from musicgen.limits import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED
-from musicgen.rules import check_range, set_whole_numbers, shortened
+from musicgen.input_rules import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED, check_range, set_whole_numbers, shortened
 from musicgen.train.source import check_source, is_remote
 from musicgen.versions import ENCODE_DECODE, GENERATING
 

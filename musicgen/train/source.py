@@ -1,7 +1,7 @@
 """Where a training's dataset comes from: a local file, or a URL fetched under the operator's limits.
 
 From the command line and Python, `dataset_path` is a local file (a Path). Over HTTP every file
-input arrives as the caller's text (musicgen.runtime keeps Cog from resolving or downloading it):
+input arrives as the caller's text (musicgen.serving.runtime_patches keeps Cog from resolving or downloading it):
 an http(s) URL or a data: URI, fetched here like input_audio (musicgen.audio.fetch: a deadline, a
 size cap of its own, a cancel that stops it, nothing left behind). Any other text, a path on the
 server above all, is refused without being looked at.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.errors import InputError
-from musicgen.rules import is_url, shortened
+from musicgen.input_rules import is_url, shortened
 
 NAME = "dataset_path"
 

@@ -29,7 +29,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from musicgen import files
+from musicgen import atomic_files
 from musicgen.weights import layout
 from musicgen.weights.manifest import HF_ENDPOINT, MANIFEST, Artifact, Manifest
 
@@ -301,7 +301,7 @@ class _Part:
     def commit(self, dest: Path) -> None:
         """Make the complete, verified file visible under its final name in one atomic step."""
         self._file.close()
-        files.replace(self.path, dest)
+        atomic_files.replace(self.path, dest)
 
     def close(self) -> None:
         """Close after success or failure; an empty .part (nothing to resume) is removed."""
@@ -346,7 +346,7 @@ def _write_record(artifact: Artifact, root: Path, size: int, digest: str) -> Non
         "sha256": digest,
         "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    files.write_text(layout.record_path(artifact.dest, root), json.dumps(record, indent=1) + "\n")
+    atomic_files.write_text(layout.record_path(artifact.dest, root), json.dumps(record, indent=1) + "\n")
 
 
 def _write_hub_refs(artifacts: list[Artifact], results: list[Result], root: Path) -> None:
@@ -358,7 +358,7 @@ def _write_hub_refs(artifacts: list[Artifact], results: list[Result], root: Path
             refs.setdefault(artifact.hub_ref, []).append(artifact)
     for ref, snapshot in refs.items():
         if all(artifact.dest in done for artifact in snapshot):
-            files.write_text(root / ref, snapshot[0].revision)
+            atomic_files.write_text(root / ref, snapshot[0].revision)
 
 
 class _Progress:

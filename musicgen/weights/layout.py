@@ -16,7 +16,7 @@ Layout under the root (default `weights/` in the repository, `MUSICGEN_WEIGHTS` 
     fine-tuned/<key>/<file>                     fine-tuned LM checkpoints fetched from a URL (setup(weights=URL))
 
 Everything the engine reads is under the root, and loading never touches the network: every
-entry point calls configure_hub() before anything imports huggingface_hub, transformers,
+entry point calls musicgen.boot.boot() (which calls configure_hub()) before anything imports huggingface_hub, transformers,
 audiocraft or demucs. This module imports only musicgen.settings and musicgen.versions (plain data), so anything may import it.
 """
 
@@ -125,6 +125,6 @@ def check_hub(root: Path) -> None:
     if hub is not None and not (hub.HF_HUB_OFFLINE and Path(hub.HF_HOME) == hf_home(root)):
         raise RuntimeError(
             f"huggingface_hub was imported before the weights root {root} was configured (it reads "
-            f"{hub.HF_HOME}, offline={hub.HF_HUB_OFFLINE}); call musicgen.weights.layout.configure_hub() "
+            f"{hub.HF_HOME}, offline={hub.HF_HUB_OFFLINE}); call musicgen.boot.boot() "
             f"before importing audiocraft or transformers"
         )

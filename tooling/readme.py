@@ -1,4 +1,4 @@
-"""`python -m musicgen.dev.readme`: write the settings table (musicgen.settings) into README.md.
+"""`python -m tooling.readme`: write the settings table (musicgen.settings) into README.md.
 
 The table sits between two marker lines; tests/test_settings.py fails when it is stale.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from musicgen import files
+from musicgen import atomic_files
 from musicgen.settings import REPOSITORY, markdown_table
 
 README = REPOSITORY / "README.md"
@@ -26,7 +26,7 @@ def with_table(text: str) -> str:
 def main() -> int:
     text = README.read_text()
     if with_table(text) != text:
-        files.write_text(README, with_table(text))
+        atomic_files.write_text(README, with_table(text))
         print(f"{README}: settings table written")
     return 0
 

@@ -16,12 +16,12 @@ from musicgen.audio.fetch import FetchLimits, fetch
 from musicgen.audio.read import DecodedAudio
 from musicgen.errors import InputError
 from musicgen.generate import draw_seed, generate, input_span
+from musicgen.input_rules import is_url
 from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
 from musicgen.request import Request, validate, validate_input_audio
-from musicgen.rules import is_url
 from musicgen.settings import Settings
-from musicgen.tokens.decoders import NEGATIVE_REFUSED
+from musicgen.tokens.loops import NEGATIVE_REFUSED
 from musicgen.versions import ENCODE_DECODE
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class MusicGenService:
         self.fetch_limits = fetch_limits or FetchLimits.from_settings(Settings())
         # Each prediction works in a folder of its own. Its output is read after predict() returns
         # (by the caller, or Cog), so the folder stays until `outputs_kept` later predictions have
-        # started (one more per extra runtime slot: see musicgen.runner), or the service goes away.
+        # started (one more per extra runtime slot: see musicgen.serving.workers), or the service goes away.
         self._outputs_kept = outputs_kept
         self._output_dirs: list[Path] = []
         weakref.finalize(self, remove_folders, self._output_dirs)
@@ -68,8 +68,8 @@ class MusicGenService:
     def predict(self, request: Request) -> Prediction:
         """Every caller mistake is refused (InputError) before any model runs."""
         remove_folders(self._output_dirs, self._outputs_kept)  # answers already delivered
-        validate(request, self.models.served)
-        if request.negative_prompt and self.models.decoder_choice == "audiocraft":
+        validate(request, self.models.servable)
+        if request.negative_prompt and self.models.loop_choice == "audiocraft":
             raise InputError(NEGATIVE_REFUSED)
         folder = Path(tempfile.mkdtemp(prefix="musicgen-"))
         try:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import requests
 
-from musicgen.dev.loopback import LOOPBACK
 from musicgen.settings import REPOSITORY
+from tooling.loopback import LOOPBACK
 
 HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
 

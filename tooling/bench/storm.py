@@ -1,7 +1,7 @@
 """A storm of cancels against a batching server: callers start async predictions of every mode and
 cancel each one soon after, beside a running sync prediction; then the server must still serve.
 
-    python -m musicgen.dev.bench.storm [--callers 3] [--cancels 100] [--batch 4] [--json FILE]
+    python -m tooling.bench.storm [--callers 3] [--cancels 100] [--batch 4] [--json FILE]
 
 The server runs on the demo weights with MUSICGEN_MAX_BATCH=--batch (the CUDA default, 4). Each
 caller sends an async prediction (text, melody, continuation, encode-decode, a stereo model, 45 s
@@ -30,8 +30,8 @@ import numpy as np
 import requests
 import soundfile
 
-from musicgen.dev.loopback import LoopbackServer, QuietHandler
-from musicgen.dev.server_process import HTTP_TIMEOUT, ServerProcess
+from tooling.loopback import LoopbackServer, QuietHandler
+from tooling.server_process import HTTP_TIMEOUT, ServerProcess
 
 START_TIMEOUT = 600  # s: the demo weights load in seconds, on a busy 2-core machine in more
 SETTLE_TIMEOUT = 120  # s for the last cancelled predictions to end and the server to say READY
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    from musicgen.dev.demo.builders import write_demo_weights
+    from musicgen.demo.builders import write_demo_weights
 
     with tempfile.TemporaryDirectory(prefix="musicgen-storm-") as scratch:
         weights = Path(scratch) / "weights"

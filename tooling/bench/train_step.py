@@ -1,9 +1,9 @@
 """One fine-tuning step's time and peak memory on a bench checkpoint.
 
-    python -m musicgen.dev.bench.train_step --size small --seconds 30 --batch 1 --steps 3 --threads 1
+    python -m tooling.bench.train_step --size small --seconds 30 --batch 1 --steps 3 --threads 1
 
 Runs musicgen.train's own pipeline (fine_tune: data preparation, train_lm, export) on `size`'s
-random checkpoint (musicgen.dev.bench.checkpoints, served as its model_version) with a dataset of
+random checkpoint (tooling.bench.checkpoints, served as its model_version) with a dataset of
 `batch` tones of `seconds` each: `steps` optimizer steps of one batch. Reports each step's time
 (the first one also warms up the allocator and kernels), the load and preparation time, the LM's
 parameters with the bytes its weights, gradients and AdamW state take in float32, and the process's
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen.dev.bench.checkpoints import SIZES, ensure_checkpoints
+from tooling.bench.checkpoints import SIZES, ensure_checkpoints
 
 RATE = 32000  # Hz: the models' rate, so nothing is resampled
 FLOAT32_TRAINING_BYTES = 16  # per parameter: float32 weights (4), gradients (4), AdamW's two moments (8)
@@ -89,7 +89,7 @@ def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.train_step", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.train_step", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=["tiny", "small"], default="small", help="bench checkpoint (CPU sizes)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each training segment")
     parser.add_argument("--batch", type=int, default=1, help="segments per step")
@@ -100,11 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     root = ensure_checkpoints(args.size)  # built once, in a child process
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["MUSICGEN_WEIGHTS"] = str(root)
-    from musicgen.logs import configure_logging
-    from musicgen.weights.layout import configure_hub
+    from musicgen.boot import boot
 
-    configure_logging()
-    configure_hub(root)
+    boot(root)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -1,9 +1,9 @@
 """The bench's child processes: building a size's checkpoints, and one measured run of either side.
 
-    python -m musicgen.dev.bench.child build SIZE ROOT SDIST   write SIZE's checkpoints under ROOT
-    python -m musicgen.dev.bench.child measure SPEC.json       one run; its figures go to spec["result"]
+    python -m tooling.bench.child build SIZE ROOT SDIST   write SIZE's checkpoints under ROOT
+    python -m tooling.bench.child measure SPEC.json       one run; its figures go to spec["result"]
 
-The parent (musicgen.dev.bench.report) sets the environment: the caches at the size's weights
+The parent (tooling.bench.report) sets the environment: the caches at the size's weights
 root, the hub offline, the thread count. Both sides record the same probes (Probe, on the loaded
 MusicGen), so they are timed by the same code.
 
@@ -24,17 +24,17 @@ import time
 import typing as tp
 from pathlib import Path
 
-from musicgen import files
-from musicgen.dev.bench.checkpoints import DEMO_SOURCE, MARKER_FILE, SIZES, T5_BASE, released_configs
-from musicgen.dev.bench.processes import CHILD_MODULE
+from musicgen import atomic_files
 from musicgen.weights.layout import CODEC_FILE, LM_FILE, htdemucs_path, model_dir
+from tooling.bench.checkpoints import DEMO_SOURCE, MARKER_FILE, SIZES, T5_BASE, released_configs
+from tooling.bench.processes import CHILD_MODULE
 
 
 def build(size: str, root: Path, sdist: str) -> None:
     """Write `size`'s checkpoints under `root`, the marker file last (it marks the build complete)."""
     import torch
 
-    from musicgen.dev.demo import builders
+    from musicgen.demo import builders
     from musicgen.train import export
 
     root.mkdir(parents=True, exist_ok=True)
@@ -65,27 +65,27 @@ def build(size: str, root: Path, sdist: str) -> None:
             "transformer_lm": {k: lm_cfg["transformer_lm"][k] for k in ("dim", "num_heads", "num_layers")},
             "t5": T5_BASE,
         }
-    files.write_text(root / MARKER_FILE, json.dumps(summary, indent=2) + "\n")
+    atomic_files.write_text(root / MARKER_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 class Probe:
     """Hooks recording what generate() does; the same on every side.
 
     Instance attributes shadow the token generator (stock: the model's `_generate_tokens`; ours:
-    its decoder's `tokens`) and `generate_audio` (called through self by every generate_* method
+    its token loop's `tokens`) and `generate_audio` (called through self by every generate_* method
     and by our modes). LM steps: audiocraft's loop calls the LM's `_sample_next_token` once per
     step; our loop counts its own steps (FastLoop.steps).
     """
 
-    def __init__(self, model, clock: tp.Callable[[], float], decoder=None):
+    def __init__(self, model, clock: tp.Callable[[], float], loop=None):
         self.tokens = None  # [B, K, T] int64, the last generation's
         self.audio = None  # [B, C, T] float, the last EnCodec decode
         self.tokens_s = 0.0
         self.decode_s = 0.0
         self.sampled = 0
-        owner = decoder if decoder is not None else model
-        name = "tokens" if decoder is not None else "_generate_tokens"
-        self.counter = decoder if hasattr(decoder, "steps") else None
+        owner = loop if loop is not None else model
+        name = "tokens" if loop is not None else "_generate_tokens"
+        self.counter = loop if hasattr(loop, "steps") else None
         self.first_count = self.counter.steps if self.counter is not None else 0
         generate_tokens, generate_audio, sample = (
             getattr(owner, name),
@@ -154,12 +154,12 @@ def measure_stock(spec: dict, clock_start: float) -> dict:
 
 def measure_ours(spec: dict, clock_start: float) -> dict:
     """predict.py's Predictor: setup(), then one prediction through its service with predict()'s
-    defaults; spec["decoder"] is the MUSICGEN_DECODER it serves with (our loop or audiocraft's)."""
-    import torch  # the measured imports: import_s (setup() imports musicgen.service; it is counted here)
+    defaults; spec["loop"] is the MUSICGEN_TOKEN_LOOP it serves with (our loop or audiocraft's)."""
+    import torch  # the measured imports: import_s (setup() imports musicgen.serving.service; it is counted here)
 
-    import musicgen.service  # noqa: F401
-    from musicgen.predictor import input_fields, load_predictor_class
+    import musicgen.serving.service  # noqa: F401
     from musicgen.request import Request
+    from musicgen.serving.entry_points import input_fields, load_predictor_class
 
     predictor_class = load_predictor_class()
     record: dict[str, tp.Any] = {"import_s": time.perf_counter() - clock_start}
@@ -169,18 +169,18 @@ def measure_ours(spec: dict, clock_start: float) -> dict:
     # test, on the device asked (stock loads one model too).
     os.environ["MUSICGEN_MODEL_VERSIONS"] = spec["version"]
     os.environ["MUSICGEN_DEVICE"] = spec["device"]
-    os.environ["MUSICGEN_DECODER"] = spec["decoder"]
+    os.environ["MUSICGEN_TOKEN_LOOP"] = spec["loop"]
     predictor = predictor_class()
     start = clock()
     predictor.setup()
     record["setup_s"] = clock() - start
     record["setup_peak_rss_mb"], record["setup_rss_mb"] = _peak_rss_mb(), _rss_mb()
-    model = predictor.runner.service.models.generator(spec["version"])
-    decoder = predictor.runner.service.models.decoder(spec["version"])
-    record["decoder"] = f"{decoder.name} ({decoder.mode})" if hasattr(decoder, "mode") else decoder.name
-    record["decoder_why"] = getattr(decoder, "why", None)  # setup()'s reason, and its checks' figures
-    record["decoder_checks"] = getattr(decoder, "checks", {})
-    probe = Probe(model, clock, decoder)
+    model = predictor.runner.service.models.get(spec["version"]).model
+    loop = predictor.runner.service.models.get(spec["version"]).loop
+    record["loop"] = f"{loop.name} ({loop.form})" if hasattr(loop, "form") else loop.name
+    record["loop_why"] = getattr(loop, "why", None)  # setup()'s reason, and its checks' figures
+    record["loop_checks"] = getattr(loop, "checks", {})
+    probe = Probe(model, clock, loop)
 
     inputs = {name: default for name, (_, default) in input_fields(predictor_class).items()}
     inputs.update(
@@ -280,7 +280,7 @@ def main(argv: list[str]) -> int:
         return 0
     spec = json.loads(args.spec.read_text())
     record = MEASURES[spec["impl"]](spec, clock_start)
-    files.write_text(Path(spec["result"]), json.dumps(record))
+    atomic_files.write_text(Path(spec["result"]), json.dumps(record))
     return 0
 
 

@@ -1,13 +1,13 @@
 """The bench's random checkpoints: the sizes, their configs from audiocraft's sources, where they are cached.
 
-    tiny    the demo weights (musicgen.dev.demo); served as model_version "large" (text, cross attention)
+    tiny    the demo weights (musicgen.demo); served as model_version "large" (text, cross attention)
     small   facebook/musicgen-small's architecture (model_scale small, text2music) as "large"
     melody  facebook/musicgen-melody's (model_scale medium, chroma2music) as "melody": GPU only
     large   facebook/musicgen-large's (model_scale large, text2music) as "large": GPU only
 
 The dimensions come from audiocraft's own config/ tree, read from its PyPI source archive (pip
 download, cached under <weights root>/bench/sdist/); T5 is T5-base-sized. Each size is built once,
-in a child process (musicgen.dev.bench.child), into <weights root>/bench/<size>/, a weights root of
+in a child process (tooling.bench.child), into <weights root>/bench/<size>/, a weights root of
 its own. This module is light to import (no torch, no audiocraft): the CLI imports it at every start.
 """
 
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from musicgen.dev.bench.processes import child_command, child_environment, run_child
-from musicgen.dev.demo.configs import CODEC_CONFIG, lm_config
+from musicgen.demo.configs import CODEC_CONFIG, lm_config
 from musicgen.settings import read_settings
+from tooling.bench.processes import child_command, child_environment, run_child
 
 BUILD_TIMEOUT = 3 * 3600  # s; building the random large checkpoints on a CPU
 MARKER_FILE = "bench.json"  # written last into a size's root: what it was built from
-DEMO_SOURCE = "musicgen.dev.demo"  # the marker's source for the tiny size
+DEMO_SOURCE = "musicgen.demo"  # the marker's source for the tiny size
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size("large", None, None),  # musicgen.dev.demo's weights
+    "tiny": Size("large", None, None),  # musicgen.demo's weights
     "small": Size("large", "musicgen_base_32khz", "small"),  # musicgen_lm.yaml's default scale
     "melody": Size("melody", "musicgen_melody_32khz", "medium"),  # 1.5 B
     "large": Size("large", "musicgen_base_32khz", "large"),  # 3.3 B

@@ -1,8 +1,8 @@
 """The CPU's batched step, piece by piece: its linear maps per row count, then whole steps per occupancy.
 
-    python -m musicgen.dev.bench.batched_step [--size small] [--slots 4] [--threads 1]
+    python -m tooling.bench.batched_step [--size small] [--slots 4] [--threads 1]
 
-On the bench's random checkpoint of real architecture (musicgen.dev.bench.checkpoints), in one
+On the bench's random checkpoint of real architecture (tooling.bench.checkpoints), in one
 process, interleaved, medians of --repeats:
 - every linear map a step multiplies by (the LM's own weights, all layers and heads), for 2 to 2N
   rows: F.linear (the one-window step's), wide_linear and PackedLinear (tokens/row_linear.py), and
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from musicgen.dev.bench.checkpoints import SIZES, ensure_checkpoints
+from tooling.bench.checkpoints import SIZES, ensure_checkpoints
 
 POSITION = 200  # the cache position the steps run at (about 4 s into a window)
 
@@ -115,18 +115,16 @@ def step_figures(model, fast, slots: int, repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m musicgen.dev.bench.batched_step", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.batched_step", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--slots", type=int, default=4, help="N, the batch's slots (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     root = ensure_checkpoints(args.size)
-    from musicgen.weights.layout import configure_hub
+    from musicgen.boot import boot
 
-    configure_hub(root)
+    boot(root)
     from musicgen.models.load import load_models
     from musicgen.settings import read_settings
 
@@ -137,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     models = load_models(settings)
     with torch.inference_mode():
-        linear_figures(models.decoder(version).transformer, args.slots, args.repeats)
-        step_figures(models.generator(version), models.decoder(version), args.slots, args.repeats)
+        linear_figures(models.get(version).loop.transformer, args.slots, args.repeats)
+        step_figures(models.get(version).model, models.get(version).loop, args.slots, args.repeats)
     return 0
 
 

@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from musicgen.cog_yaml import COG_YAML, CogRefs, cog_refs
 from musicgen.errors import SettingsError
+from musicgen.serving.cog_yaml import COG_YAML, CogRefs, cog_refs
 from musicgen.settings import (
     FINE_TUNED_ENV,
     REPOSITORY,
@@ -35,7 +35,7 @@ DEFAULT_HOST = "127.0.0.1"  # loopback; the container binds 0.0.0.0
 DEFAULT_PORT = 5000
 # Runtime slots: twice the batch, at least 2. The runtime frees a slot just after answering, so a
 # client's next request takes another instead of a 409, and a burst of twice the batch waits
-# for a place in it (musicgen/runner.py).
+# for a place in it (musicgen/serving/workers.py).
 SLOTS_PER_BATCH_PLACE = 2
 # train() is a plain (sync) function: coglet refuses COG_MAX_CONCURRENCY > 1 for it at setup.
 TRAIN_SLOTS = "1"

@@ -1,6 +1,6 @@
 """Which loop serves a loaded model, chosen once at setup.
 
-The MUSICGEN_DECODER setting: "musicgen" (the default) serves with our loop, "audiocraft" with
+The MUSICGEN_TOKEN_LOOP setting: "musicgen" (the default) serves with our loop, "audiocraft" with
 audiocraft's own.
 On CUDA our loop is checked before it serves: the eager step's logits against the LM's own
 forward pass, then the CUDA-graph step's against the eager step's, over CHECK_STEPS steps of the
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from musicgen.tokens.batching import Batcher
-from musicgen.tokens.decoders import AudiocraftLoop, Decoder, FastLoop
 from musicgen.tokens.graphs import GraphedStep
 from musicgen.tokens.loop import condition_tensors
+from musicgen.tokens.loops import AudiocraftLoop, FastLoop, TokenLoop
 from musicgen.tokens.slots import SlotStep
 from musicgen.tokens.transformer import Unsupported
 
@@ -52,7 +52,7 @@ class CheckFailed(Exception):
     """A loop's logits differ from the reference's by more than the tolerance."""
 
 
-def load_decoder(
+def choose_loop(
     model,
     label: str,
     choice: str = "musicgen",
@@ -60,16 +60,16 @@ def load_decoder(
     tolerance: Tolerance | None = None,
     graph_tolerance: Tolerance | None = None,
     batcher: Batcher | None = None,
-) -> Decoder:
+) -> TokenLoop:
     """The loop that serves `model` (named `label` in the logs): audiocraft's when `choice` (the
-    MUSICGEN_DECODER setting) is "audiocraft", else ours, checked. check: run the checks (default:
+    MUSICGEN_TOKEN_LOOP setting) is "audiocraft", else ours, checked. check: run the checks (default:
     on CUDA only; on the CPU the static step runs uncaptured). tolerance, graph_tolerance: for
     the eager and the graph check, instead of the dtype's TOLERANCES entry (tests force failures).
     batcher: MUSICGEN_MAX_BATCH > 1: our loop decodes in its batch, the batched step (captured
     on CUDA) taking the place of the one-window graph, and checked the same way."""
     if choice == "audiocraft":
-        log.info("%s: decoding with audiocraft's loop (MUSICGEN_DECODER=audiocraft)", label)
-        return _served(AudiocraftLoop(model), "MUSICGEN_DECODER=audiocraft")
+        log.info("%s: decoding with audiocraft's loop (MUSICGEN_TOKEN_LOOP=audiocraft)", label)
+        return _served(AudiocraftLoop(model), "MUSICGEN_TOKEN_LOOP=audiocraft")
     try:
         fast = FastLoop(model)
     except Unsupported as why:
@@ -84,7 +84,7 @@ def load_decoder(
             with torch.no_grad():
                 batcher.add_model(fast, SlotStep(fast.transformer, model, batcher.slots, static=False))
         log.info(
-            "%s: decoding with our loop (%s, on %s)", label, "eager" if batcher is None else fast.mode, model.device
+            "%s: decoding with our loop (%s, on %s)", label, "eager" if batcher is None else fast.form, model.device
         )
         return _served(fast, f"not checked on {model.device} (the checks run on CUDA)")
     checks: dict[str, str] = {}
@@ -116,7 +116,7 @@ def load_decoder(
     return _checked(fast, label, start, graph.nbytes, checks)
 
 
-def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, checks, start) -> Decoder:
+def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, checks, start) -> TokenLoop:
     """The checked batched step serving `fast` in `batcher`; the eager loop when it fails."""
     try:
         with torch.no_grad():
@@ -131,22 +131,22 @@ def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, che
     return _checked(fast, label, start, slot_step.nbytes, checks)
 
 
-def _checked(fast: FastLoop, label: str, start: float, static_bytes: int, checks: dict[str, str]) -> Decoder:
+def _checked(fast: FastLoop, label: str, start: float, static_bytes: int, checks: dict[str, str]) -> TokenLoop:
     """`fast`, its checks passed, with the log line saying how it serves."""
     log.info(
         "%s: decoding with our loop, %s (checked in %.1f s; static buffers %.0f MB)",
         label,
-        fast.mode,
+        fast.form,
         time.perf_counter() - start,
         static_bytes / 2**20,
     )
     return _served(fast, "both checks passed", checks)
 
 
-def _served(decoder: Decoder, why: str, checks: dict[str, str] | None = None) -> Decoder:
-    """`decoder`, with why it serves and the set-up checks' figures (read by the GPU check's bench)."""
-    decoder.why, decoder.checks = why, dict(checks or {})
-    return decoder
+def _served(loop: TokenLoop, why: str, checks: dict[str, str] | None = None) -> TokenLoop:
+    """`loop`, with why it serves and the set-up checks' figures (read by the GPU check's bench)."""
+    loop.why, loop.checks = why, dict(checks or {})
+    return loop
 
 
 def check_inputs(model) -> tuple[dict, torch.Tensor]:

@@ -27,7 +27,7 @@ Every file is byte-identical from run to run: each model is built under its own 
 file carries a timestamp or a random name. The audio the models make is noise.
 
 Importing this module imports audiocraft and transformers, which read the hub settings once: a
-process that will also load models calls musicgen.weights.layout.configure_hub() first.
+process that will also load models calls musicgen.boot.boot() first.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from audiocraft.utils.utils import dict_from_config
 from demucs.htdemucs import HTDemucs
 from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel, T5Tokenizer
 
-from musicgen import files
-from musicgen.dev.demo.configs import (
+from musicgen import atomic_files
+from musicgen.demo.configs import (
     CODEC_CONFIG,
     HF_ENCODEC_CONFIG,
     HF_ENCODEC_SNAPSHOT,
@@ -207,7 +207,7 @@ def write_hub_snapshot(root: Path, name: str, commit: str, *parts) -> None:
     for part in parts:
         part.save_pretrained(snapshot)
     # refs/main last: until it exists the snapshot is not found, so a crash leaves nothing half-made.
-    files.write_text(repo / "refs" / "main", commit)
+    atomic_files.write_text(repo / "refs" / "main", commit)
 
 
 def write_hf_encodec(root: Path) -> None:

@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from musicgen import cancellation, runtime
+from musicgen import cancellation
 from musicgen.errors import PredictionCancelled
 from musicgen.request import Request
-from musicgen.service import MusicGenService, Prediction
+from musicgen.serving import runtime_patches
+from musicgen.serving.service import MusicGenService, Prediction
 from musicgen.settings import Settings
 
 
@@ -40,13 +41,13 @@ class PredictionRunner:
 
     @classmethod
     def load(cls, settings: Settings, fine_tuned: str | None = None) -> PredictionRunner:
-        """Load the service; inside Cog's server, also adapt its runtime (musicgen.runtime)."""
-        if not runtime.under_cog_server():
+        """Load the service; inside Cog's server, also adapt its runtime (musicgen.serving.runtime_patches)."""
+        if not runtime_patches.under_cog_server():
             return cls(MusicGenService.load(settings, fine_tuned=fine_tuned))
-        runtime.keep_url_inputs()
+        runtime_patches.keep_url_inputs()
         # Each slot's answer is sent after its predict() returns: keep that many outputs on disk.
         service = MusicGenService.load(settings, fine_tuned=fine_tuned, outputs_kept=settings.runtime_slots - 1)
-        return cls(service, after_each=runtime.remove_prediction_folders)
+        return cls(service, after_each=runtime_patches.remove_prediction_folders)
 
     async def predict(self, request: Request) -> Prediction:
         job = _Job(self.service.predict, request, contextvars.copy_context(), self._after_each)

@@ -1,4 +1,8 @@
-"""Logging set-up for the Cog worker: our INFO lines (seed, load times, memory) go to stderr."""
+"""The start every entry point makes, in its order: logging, then the settings, then the Hugging
+Face environment, before anything imports audiocraft or transformers (they read their cache paths
+once, when first imported). predict.py's setup(), train.py, the command line, the tests and the
+tools call boot(); our INFO lines (seed, load times, memory) go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ import logging
 import re
 import sys
 import warnings
+from pathlib import Path
+
+from musicgen.settings import Settings, read_settings
+from musicgen.weights.layout import configure_hub
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Libraries whose start-up warnings tell a user nothing they can act on, and the level they log at.
@@ -18,6 +26,18 @@ QUIET_LOGGERS = {"xformers": logging.ERROR, "audiocraft": logging.WARNING}
 # audiocraft's EnCodec is built with torch.nn.utils.weight_norm, which torch deprecates: a warning
 # about audiocraft's code at every load, with nothing for the user to do.
 QUIET_WARNINGS = ("`torch.nn.utils.weight_norm` is deprecated",)
+
+
+def boot(weights_root: Path | None = None) -> Settings:
+    """Configure logging, read and check every setting (SettingsError names a bad one), point the
+    Hugging Face and torch caches at the weights root (`weights_root`, else the settings'), offline;
+    return the settings. Call it once, first, before importing anything that loads audiocraft."""
+    configure_logging()
+    settings = read_settings()
+    if weights_root is not None:
+        settings = settings.replace(weights_root=Path(weights_root).resolve())
+    configure_hub(settings.weights_root)
+    return settings
 
 
 def configure_logging(level: int = logging.INFO) -> None:

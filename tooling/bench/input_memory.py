@@ -1,6 +1,6 @@
 """The worker's peak memory for the largest inputs it accepts, through the real server.
 
-    python -m musicgen.dev.bench.input_memory [--json outputs/input-memory.json]
+    python -m tooling.bench.input_memory [--json outputs/input-memory.json]
 
 Starts `python -m musicgen serve` (and `serve --train`) on the demo weights and sends, one at a
 time, the largest requests the input bounds let through (7.1 at 192 kHz for 20 minutes, the
@@ -27,10 +27,10 @@ from pathlib import Path
 import requests
 
 from musicgen.audio.read import MAX_DECODED_BYTES, MAX_INPUT_SECONDS
-from musicgen.dev.loopback import LoopbackServer
-from musicgen.dev.server_process import ServerProcess
 from musicgen.models.memory import MB
 from musicgen.settings import read_settings
+from tooling.loopback import LoopbackServer
+from tooling.server_process import ServerProcess
 
 START_TIMEOUT = 600  # s
 REQUEST_TIMEOUT = 1800  # s
@@ -135,15 +135,13 @@ def measure(server: ServerProcess, endpoint: str, inputs: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m musicgen.dev.bench.input_memory", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.input_memory", description=__doc__.split("\n")[0])
     parser.add_argument("--weights-root", type=Path, help="default: the configured root's demo/ (written if missing)")
     parser.add_argument("--json", type=Path, help="also write the records here")
     args = parser.parse_args(argv)
     root = args.weights_root or read_settings().weights_root / "demo"
     if not (root / "musicgen-melody").is_dir():
-        from musicgen.dev.demo.builders import write_demo_weights
+        from musicgen.demo.builders import write_demo_weights
 
         write_demo_weights(root)
     records = []

@@ -1,6 +1,6 @@
 """How closely our loop follows audiocraft's on one device, on a bench size's checkpoints.
 
-    python -m musicgen.dev.bench.agreement --size S --device D [--duration SECONDS] [--json FILE]
+    python -m tooling.bench.agreement --size S --device D [--duration SECONDS] [--json FILE]
 
 1. logits, in the dtype the model is served in (float16 transformer on CUDA, float32 on a CPU):
    audiocraft's loop generates (top-k 250, seeded) while a forward hook records the logits of each
@@ -21,24 +21,24 @@ import json
 import sys
 from pathlib import Path
 
-from musicgen import files
-from musicgen.dev.bench.checkpoints import SIZES, ensure_checkpoints
-from musicgen.dev.bench.report import DEFAULT_PROMPT, DEFAULT_SEED
-from musicgen.weights.layout import configure_hub
+from musicgen import atomic_files
+from musicgen.boot import boot
+from tooling.bench.checkpoints import SIZES, ensure_checkpoints
+from tooling.bench.report import DEFAULT_PROMPT, DEFAULT_SEED
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.agreement", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.agreement", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of audio (default: 8)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
     root = ensure_checkpoints(args.size)
-    configure_hub(root)
+    boot(root)
     report = measure(args.size, root, args.device, args.duration)
     if args.json:
-        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
+        atomic_files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0 if report["greedy_float32"]["eager"]["identical"] else 1
 
@@ -50,10 +50,10 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     from musicgen.generate import seed_everything
     from musicgen.models.load import load_models
     from musicgen.settings import Settings
-    from musicgen.tokens.decoders import AudiocraftLoop, FastLoop
+    from musicgen.tokens.choose import loop_logits
     from musicgen.tokens.graphs import GraphedStep
     from musicgen.tokens.loop import condition_tensors
-    from musicgen.tokens.select import loop_logits
+    from musicgen.tokens.loops import AudiocraftLoop, FastLoop
 
     version = SIZES[size].version
     model = load_models(Settings(weights_root=root, device=device), (version,)).generator(version)
@@ -62,11 +62,11 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     if on_cuda:
         report["gpu"] = torch.cuda.get_device_name()
 
-    def tokens_of(decoder):
+    def tokens_of(loop):
         seed_everything(DEFAULT_SEED)
         attributes, prompt = model._prepare_tokens_and_attributes([DEFAULT_PROMPT], None)
         with torch.inference_mode():
-            return decoder.tokens(attributes, prompt)
+            return loop.tokens(attributes, prompt)
 
     # 1. Logits in the served dtype, teacher-forced on audiocraft's own sequence.
     model.set_generation_params(duration=duration)

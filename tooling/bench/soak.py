@@ -1,6 +1,6 @@
 """A soak: hundreds of mixed predictions through the real server, the worker's resident memory after each.
 
-    python -m musicgen.dev.bench.soak --predictions 300 --json outputs/soak.json
+    python -m tooling.bench.soak --predictions 300 --json outputs/soak.json
 
 Starts `python -m musicgen serve` on the demo weights (or --weights-root) and sends a seeded mix
 of the requests whose buffers depend on the request: every model version, durations from 1 to 60 s,
@@ -29,11 +29,11 @@ import numpy as np
 import requests
 import soundfile
 
-from musicgen.dev.loopback import LoopbackServer
-from musicgen.dev.server_process import ServerProcess
 from musicgen.models.memory import MB
 from musicgen.settings import read_settings
 from musicgen.versions import GENERATING as GENERATING_VERSIONS
+from tooling.loopback import LoopbackServer
+from tooling.server_process import ServerProcess
 
 START_TIMEOUT = 600  # s
 PREDICT_TIMEOUT = 600  # s
@@ -162,7 +162,7 @@ def _print_progress(total: int, record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--predictions", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0, help="the workload's seed")
     parser.add_argument("--weights-root", type=Path, help="default: the configured root's demo/ (written if missing)")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.weights_root or read_settings().weights_root / "demo"
     if not (root / "musicgen-melody").is_dir():
-        from musicgen.dev.demo.builders import write_demo_weights
+        from musicgen.demo.builders import write_demo_weights
 
         write_demo_weights(root)
     with tempfile.TemporaryDirectory(prefix="musicgen-soak-") as scratch:

@@ -4,7 +4,7 @@ Cog's runtime never builds a schema: it reads `.cog/openapi_schema.json` (relati
 directory) and validates every request against it (`Input`; `TrainingInput` in train mode); without
 the file nothing is validated. `cog build` writes that file by parsing predict.py and train.py
 statically (tree-sitter, Go). This module builds the same document from what
-musicgen.dev.schema.inputs reads, so that the bytes it writes are the bytes `cog build` would
+tooling.schema.inputs reads, so that the bytes it writes are the bytes `cog build` would
 write (cog 0.23.1, pkg/schema):
 
 - each input is a property with its `x-order`; a default of None on a non-nullable input is
@@ -18,9 +18,9 @@ write (cog 0.23.1, pkg/schema):
   keys sorted except where cog keeps insertion order (properties, components, paths);
 - with `predict:` and `train:`, cog merges the two documents (predict's wins on a name both have;
   train adds its paths and the components predict lacks) and writes the merge with
-  json.MarshalIndent: every key sorted, 2-space indent (musicgen.dev.schema.gojson).
+  json.MarshalIndent: every key sorted, 2-space indent (tooling.schema.gojson).
 
-Regenerate the committed file with `python -m musicgen.dev.schema.openapi` (`--check` only compares).
+Regenerate the committed file with `python -m tooling.schema.openapi` (`--check` only compares).
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from musicgen import files
-from musicgen.cog_yaml import CogRefs, cog_refs, split_ref
-from musicgen.dev.schema.gojson import Ordered, go_json, go_json_indent
-from musicgen.dev.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_inputs, title_case
+from musicgen import atomic_files
+from musicgen.serving.cog_yaml import CogRefs, cog_refs, split_ref
 from musicgen.settings import REPOSITORY
+from tooling.schema.gojson import Ordered, go_json, go_json_indent
+from tooling.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_inputs, title_case
 
 SCHEMA_FILE = REPOSITORY / ".cog" / "openapi_schema.json"  # where coglet looks (cwd-relative)
 OPENAPI_VERSION = "3.0.2"
-COMMAND = "python -m musicgen.dev.schema.openapi"
+COMMAND = "python -m tooling.schema.openapi"
 # What each mode calls its parts (cog's buildOpenAPISpec, pkg/schema/openapi_spec.go).
 NAMES = {
     PREDICT: {
@@ -288,7 +288,7 @@ def write(path: Path = SCHEMA_FILE, refs: CogRefs | None = None, root: Path = RE
     """(Re)write the schema file; untouched when already up to date."""
     text = generate(refs, root)
     if not path.is_file() or path.read_text() != text:
-        files.write_text(path, text)
+        atomic_files.write_text(path, text)
     return path
 
 

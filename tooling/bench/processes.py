@@ -10,11 +10,11 @@ from pathlib import Path
 
 from musicgen.weights.layout import set_hub_environment
 
-CHILD_MODULE = "musicgen.dev.bench.child"
+CHILD_MODULE = "tooling.bench.child"
 
 
 def child_command(*args: str) -> list[str]:
-    """`python -m musicgen.dev.bench.child ARGS...` with this interpreter."""
+    """`python -m tooling.bench.child ARGS...` with this interpreter."""
     return [sys.executable, "-m", CHILD_MODULE, *args]
 
 

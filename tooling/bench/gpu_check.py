@@ -1,7 +1,7 @@
 """The GPU check: every GPU figure in one run of time-boxed steps (scripts/gpu-check.sh runs it).
 
-    python -m musicgen.dev.bench.gpu_check --profile gpu --out DIR      # on a lent GPU machine
-    python -m musicgen.dev.bench.gpu_check --profile cpu-proof --out DIR
+    python -m tooling.bench.gpu_check --profile gpu --out DIR      # on a lent GPU machine
+    python -m tooling.bench.gpu_check --profile cpu-proof --out DIR
 
 Each step is a command of its own (the stock-vs-ours bench, the agreement check) run under a time
 box, capped by what is left of the whole run's; a step that reaches its box is stopped and the
@@ -46,23 +46,23 @@ class Step:
 
 
 def bench(size: str, device: str, duration: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "musicgen", "bench", "--size", size, "--device", device, "--duration",
+    return [sys.executable, "-m", "tooling.bench", "--size", size, "--device", device, "--duration",
             str(duration), "--repeats", "1", *extra, "--json", "{json}"]  # fmt: skip
 
 
 def agreement(size: str, device: str, duration: int) -> list[str]:
-    return [sys.executable, "-m", "musicgen.dev.bench.agreement", "--size", size, "--device", device,
+    return [sys.executable, "-m", "tooling.bench.agreement", "--size", size, "--device", device,
             "--duration", str(duration), "--json", "{json}"]  # fmt: skip
 
 
 def load(size: str, device: str, duration: int, batches: str) -> list[str]:
     """N predictions at once with batching against one at a time, through the real server."""
-    return [sys.executable, "-m", "musicgen.dev.bench.load", "--size", size, "--device", device,
+    return [sys.executable, "-m", "tooling.bench.load", "--size", size, "--device", device,
             "--duration", str(duration), "--batches", batches, "--json", "{json}"]  # fmt: skip
 
 
 def budget(device: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "musicgen.dev.bench.gpu_check", "--budget", device, "--out", str(out),
+    return [sys.executable, "-m", "tooling.bench.gpu_check", "--budget", device, "--out", str(out),
             "--json", "{json}"]  # fmt: skip
 
 
@@ -132,17 +132,17 @@ def run(step: Step, out: Path, seconds_left: float) -> None:
         step.result["figures"] = report.get("summary", report)
         ours = [record for record in report.get("records", []) if record.get("impl") == "musicgen"]
         if ours:  # which loop setup() chose for our side, why, and its set-up checks against their tolerance
-            setup = {"serving loop": ours[0]["decoder"], "why": ours[0].get("decoder_why")}
-            step.result["figures"] = {"setup": setup | ours[0].get("decoder_checks", {}), **step.result["figures"]}
+            setup = {"serving loop": ours[0]["loop"], "why": ours[0].get("loop_why")}
+            step.result["figures"] = {"setup": setup | ours[0].get("loop_checks", {}), **step.result["figures"]}
 
 
 def budget_report(device: str, out: Path) -> dict:
     """Per model measured by the steps in `out`: the memory budget's estimate for its LM
     (models.sizes.lm_bytes, what eviction plans with) next to our side's measured peak (GPU memory
     allocated on CUDA, the process's RSS on a CPU, which holds everything else too)."""
-    from musicgen.dev.bench.checkpoints import bench_root
     from musicgen.models.sizes import lm_bytes
     from musicgen.weights.layout import MODEL_DIRS
+    from tooling.bench.checkpoints import bench_root
 
     figures = {}
     for path in sorted(out.glob("*.json")):
@@ -162,7 +162,7 @@ def budget_report(device: str, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.gpu_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=list(TOTAL_SECONDS), default="gpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/gpu-check"))
     parser.add_argument("--budget", choices=["cpu", "cuda"], help="only the budget step: read --out, write --json")

@@ -1,7 +1,7 @@
 """The side-by-side benchmark: stock audiocraft and our Predictor on the same random checkpoints.
 
-`python -m musicgen bench --size S --device D --duration SECONDS` runs, interleaved (stock, ours,
-ours with the stock loop, stock, ...) and each in a fresh process (musicgen.dev.bench.child), with
+`python -m tooling.bench --size S --device D --duration SECONDS` runs, interleaved (stock, ours,
+ours with the stock loop, stock, ...) and each in a fresh process (tooling.bench.child), with
 the same prompt, seed and thread count:
 
     audiocraft           what a user of audiocraft writes: MusicGen.get_pretrained(dir),
@@ -10,12 +10,12 @@ the same prompt, seed and thread count:
     musicgen             predict.py's Predictor: setup(), then one prediction through its service
                          with predict()'s defaults and (model_version, prompt, duration, seed); our
                          decoding loop (musicgen.tokens)
-    musicgen-stock-loop  the same with MUSICGEN_DECODER=audiocraft: audiocraft's loop in our service
+    musicgen-stock-loop  the same with MUSICGEN_TOKEN_LOOP=audiocraft: audiocraft's loop in our service
 
 Both processes record the same probes (hooks on the loaded MusicGen: token generation time, decode
 time, LM steps, the tokens themselves), so the two sides are timed by the same code:
 
-    import_s     importing the libraries (stock: audiocraft; ours: predict.py and musicgen.service)
+    import_s     importing the libraries (stock: audiocraft; ours: predict.py and musicgen.serving.service)
     setup_s      get_pretrained() / Predictor.setup()
     generate_s   model.generate([prompt]) / musicgen.generate.generate() as the service times it
                  (Prediction.generate_seconds): seeding, sampling the tokens and the EnCodec
@@ -28,7 +28,7 @@ time, LM steps, the tokens themselves), so the two sides are timed by the same c
     tokens_s, decode_s, steps  inside generate: the LM sampling loop, EnCodec, LM steps
     warm_step_ms     step_ms of the second generation
 
-The checkpoints (sizes tiny, small, melody, large) are musicgen.dev.bench.checkpoints'. This module
+The checkpoints (sizes tiny, small, melody, large) are tooling.bench.checkpoints'. This module
 is light to import (no torch, no audiocraft, no numpy): the CLI imports it at every start.
 """
 
@@ -45,15 +45,15 @@ import typing as tp
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from musicgen import files
-from musicgen.dev.bench.checkpoints import SIZES, ensure_checkpoints
-from musicgen.dev.bench.processes import child_command, child_environment, run_child
+from musicgen import atomic_files
 from musicgen.errors import InputError
 from musicgen.weights.layout import MODEL_DIRS
+from tooling.bench.checkpoints import SIZES, ensure_checkpoints
+from tooling.bench.processes import child_command, child_environment, run_child
 
 IMPLS = ("audiocraft", "musicgen", "musicgen-stock-loop")  # stock first in every round
 OURS = IMPLS[1:]
-DECODER_OF_SIDE = {"musicgen": "musicgen", "musicgen-stock-loop": "audiocraft"}  # each side's MUSICGEN_DECODER
+LOOP_OF_SIDE = {"musicgen": "musicgen", "musicgen-stock-loop": "audiocraft"}  # each side's MUSICGEN_TOKEN_LOOP
 DEFAULT_PROMPT = "calm piano"
 DEFAULT_SEED = 7
 CHILD_TIMEOUT = 3 * 3600  # s; one process (load + one generation), a large model at 30 s on a CPU included
@@ -131,13 +131,13 @@ def run(
                     "seed": seed,
                     "prompt": prompt,
                     "threads": threads,
-                    "decoder": DECODER_OF_SIDE.get(impl),
+                    "loop": LOOP_OF_SIDE.get(impl),
                     "warm": warm,
                     "model_dir": str(root / MODEL_DIRS[spec.version]),
                     "out_dir": str(out),
                     "result": str(out / "result.json"),
                 }
-                files.write_text(out / "spec.json", json.dumps(child))
+                atomic_files.write_text(out / "spec.json", json.dumps(child))
                 command = child_command("measure", str(out / "spec.json"))
                 print(f"[{repeat + 1}/{repeats}] {impl} ...", flush=True)
                 load_average = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min, before the run
@@ -318,12 +318,12 @@ def main(args: argparse.Namespace) -> int:
         not args.no_warm,
     )
     report["command"] = (
-        f"python -m musicgen bench --size {args.size} --device {args.device} --duration {args.duration} "
+        f"python -m tooling.bench --size {args.size} --device {args.device} --duration {args.duration} "
         f"--repeats {args.repeats} --threads {args.threads} --seed {args.seed} --prompt {shlex.quote(args.prompt)}"
         + (f" --sides {','.join(sides)}" if sides != IMPLS else "")
         + (" --no-warm" if args.no_warm else "")
     )
     if args.json:
-        files.write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
+        atomic_files.write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
     print(table(report))
     return 0 if report["summary"]["tokens_identical"] else 1

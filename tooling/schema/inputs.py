@@ -20,8 +20,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from musicgen.dev.schema.gojson import Ordered
-from musicgen.dev.schema.literals import NONE, SchemaError, imports_of, literal, module_scope, raw_string
+from tooling.schema.gojson import Ordered
+from tooling.schema.literals import NONE, SchemaError, imports_of, literal, module_scope, raw_string
 
 PREDICT, TRAIN = "predict", "train"  # cog's schema.Mode
 # Python type name -> JSON schema fragment (cog's PrimitiveType.JSONType()).
@@ -182,7 +182,7 @@ def _input_type(node: ast.AST, imports: dict, name: str) -> InputType:
             return InputType("Any")
         if type_name in PRIMITIVES:
             return InputType(type_name)
-    raise SchemaError(f"parameter '{name}': type `{ast.unparse(node)}` is not supported by musicgen.dev.schema")
+    raise SchemaError(f"parameter '{name}': type `{ast.unparse(node)}` is not supported by tooling.schema")
 
 
 def title_case(name: str) -> str:
@@ -194,7 +194,7 @@ def _value_type(node: ast.AST, imports: dict, name: str) -> InputType:
     """An output or output-field annotation: what an input may be, less dict[K, V] (cog would write
     additionalProperties, which this generator does not)."""
     if isinstance(node, ast.Subscript) and _strip_typing(ast.unparse(node.value)) in ("Dict", "dict"):
-        raise SchemaError(f"{name}: a parametrized dict output is not supported by musicgen.dev.schema")
+        raise SchemaError(f"{name}: a parametrized dict output is not supported by tooling.schema")
     return _input_type(node, imports, name)
 
 

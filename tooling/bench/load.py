@@ -1,13 +1,13 @@
 """Many predictions at once: wall time with continuous batching against one at a time, through the real server.
 
-    python -m musicgen.dev.bench.load [--size small] [--duration 3] [--batches 4,8] [--json FILE]
+    python -m tooling.bench.load [--size small] [--duration 3] [--batches 4,8] [--json FILE]
 
 For each N of --batches, in one run: a server with MUSICGEN_MAX_BATCH=1 answers N requests one at
 a time (each timed alone); a server with MUSICGEN_MAX_BATCH=N answers one request alone, then the
 same N requests sent at once (wall time until the last answer), then each of them alone again, to
 show that every request's bytes are the same alone and in the crowd. The requests differ in prompt,
 seed and sampling (top-k, top-p, temperature, greedy). Servers run with one torch thread
-(--threads) on the bench's random checkpoints of real architecture (musicgen.dev.bench.checkpoints).
+(--threads) on the bench's random checkpoints of real architecture (tooling.bench.checkpoints).
 Prints a table and ratios; exits 1 when a request's bytes differ between alone and crowd. A
 benchmark run by command (docs/benchmarks.md has its figures), never a test.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import requests
 
-from musicgen.dev.bench.checkpoints import SIZES, ensure_checkpoints
-from musicgen.dev.server_process import ServerProcess
+from tooling.bench.checkpoints import SIZES, ensure_checkpoints
+from tooling.server_process import ServerProcess
 
 START_TIMEOUT = 1800  # s: the bench checkpoints load on a shared CPU
 REQUEST_TIMEOUT = 3600  # s
@@ -124,7 +124,7 @@ def measure(root: Path, version: str, batch: int, duration: int, env: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicgen.dev.bench.load", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tooling.bench.load", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--duration", type=int, default=3, help="seconds per request (default 3)")
     parser.add_argument("--batches", default="4,8", help="the N values, comma-separated (default 4,8)")

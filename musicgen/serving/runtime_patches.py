@@ -1,7 +1,7 @@
 """Cog's runtime (coglet 0.23.1) inside its worker: what this service changes in it, and why.
 
 Both changes apply only in the worker of Cog's HTTP server (`coglet.server.active`): for
-predictions musicgen.runner installs them at setup; a training has no setup, so train.py installs
+predictions musicgen.serving.workers installs them at setup; a training has no setup, so train.py installs
 the first when coglet imports it (`for_trainings()`) and train() calls the second when it ends.
 The command line and Python callers never go through them.
 
