@@ -32,10 +32,11 @@ from musicgen.models.sizes import lm_bytes, static_bytes
 from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
 from musicgen.tokens.cache import CrossAttentionCache
+from musicgen.tokens.choose import batched_step
 from musicgen.tokens.graphs import CROSS_CAPACITY
+from musicgen.tokens.layer import bind_linear
 from musicgen.tokens.sampling import Sampling
-from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
-from musicgen.tokens.transformer import bind_linear
+from musicgen.tokens.slots import ROWS_PER_SLOT
 from musicgen.weights import layout
 from tooling.bench.storm import storm
 
@@ -74,7 +75,7 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_model
             step.feed(slot, tokens, position)
 
     with torch.inference_mode():
-        step = SlotStep(t, model, SLOTS, static=static)
+        step = batched_step(t, model, SLOTS, masked=static)
         scramble(step, [40, 7, 300, 2])
         prefill = fast.cache(2, step.cache.length, torch.zeros(2, 1, t.dim))
         prefill.storage.copy_(step.cache.storage[:, :, 0:2])
@@ -105,13 +106,13 @@ def test_the_set_up_check_catches_a_step_whose_rows_depend_on_the_occupancy(batc
         return lambda x: linear(x) * (1 + 2**-20 * (x.shape[0] > ROWS_PER_SLOT))
 
     with torch.inference_mode():
-        step = SlotStep(fast.transformer, model, SLOTS, static=False)
+        step = batched_step(fast.transformer, model, SLOTS, masked=False)
         assert step.compact and step.packed_bytes > 0 and "oneDNN" in step.form
-        assert step._occupancy_leaves_rows_alone() and step.compact  # checked again: still compact
+        assert step.occupancy_leaves_rows_alone() and step.compact  # checked again: still compact
         step.row_layers, step.row_heads = fast.transformer.with_linear(row_count_dependent)
-        assert not step._occupancy_leaves_rows_alone()
+        assert not step.occupancy_leaves_rows_alone()
         assert not step.cache.storage.any() and step.at == [None] * SLOTS  # left as it found them
-        assert not step._per_slot_step().any()  # nothing occupied: nothing stepped, zeros
+        assert not step._run().any()  # nothing occupied: nothing stepped, zeros
 
 
 def test_the_memory_budget_counts_the_batched_steps_buffers(settings, batched_models):

@@ -265,7 +265,7 @@ def test_full_download_of_the_demo_weights_into_the_loaders_layout(demo_weights,
     # and the real loaders load it, offline (a fresh process: the caches bind at import)
     env = {**os.environ, "MUSICGEN_WEIGHTS": str(root), "HF_ENDPOINT": "http://127.0.0.1:9"}
     code = "from musicgen.boot import boot; settings = boot()\n"
-    code += "from musicgen.models.load import load_models; print(sorted(load_models(settings).generators))"
+    code += "from musicgen.models.load import load_models; print(sorted(load_models(settings).resident))"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPOSITORY, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "['large', 'melody']" in done.stdout

@@ -139,6 +139,13 @@ def test_serving_never_imports_the_tooling():
     assert not [name for name in reached_from("musicgen.serving.launch") if name.startswith("tooling")]
 
 
+def test_the_layers_arithmetic_is_written_once():
+    """Every form of the step runs musicgen.tokens.layer.run_layers: no other module of the product
+    norms a layer's input or runs its feed-forward block."""
+    text = "\n".join(path.read_text() for name, path in product().items())
+    assert text.count(".norm1(") == 1 and text.count(".linear2(") == 1
+
+
 def test_no_module_is_longer_than_one_concern_needs():
     lengths = {name: len(path.read_text().splitlines()) for name, path in sources().items() if name != "predict"}
     assert not {name: lines for name, lines in lengths.items() if lines > MAX_LINES and name not in ONE_CONCERN}

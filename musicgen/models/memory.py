@@ -23,14 +23,14 @@ MB = 1e6
 PATTERN_CACHE_ENTRIES = 4
 
 
-def resident_components(generators: Mapping, mbd=None, codecs=()) -> dict[str, list[torch.nn.Module]]:
-    """Every loaded module of `generators` (model_version -> MusicGen), `mbd` (MultiBand
+def resident_components(models: Mapping, mbd=None, codecs=()) -> dict[str, list[torch.nn.Module]]:
+    """Every loaded module of `models` (model_version -> MusicGen), `mbd` (MultiBand
     Diffusion, once loaded) and `codecs` (EnCodecs loaded on their own) by component:
     `lm:<version>`, `codec`, `t5`, `demucs`, `mbd`. A module shared by several models appears once
     (T5, EnCodec: a stereo model's interleaving wrapper counts as the mono codec it wraps); distinct
     copies get the version in their name (`codec:stereo-large`)."""
     found: dict[str, list[tuple[str, torch.nn.Module]]] = collections.defaultdict(list)
-    for version, model in generators.items():
+    for version, model in models.items():
         found[f"lm:{version}"].append((version, model.lm))
         found["codec"].append((version, mono_codec(model.compression_model)))
         for conditioner in model.lm.condition_provider.conditioners.values():
@@ -60,13 +60,13 @@ def mono_codec(codec: torch.nn.Module) -> torch.nn.Module:
     return codec.model if isinstance(codec, InterleaveStereoCompressionModel) else codec
 
 
-def memory_report(generators: Mapping, mbd=None, device: str = "cpu", codecs=()) -> dict[str, int]:
+def memory_report(models: Mapping, mbd=None, device: str = "cpu", codecs=()) -> dict[str, int]:
     """Bytes resident per component (parameters and buffers; a storage shared by several
     components is counted once, under the first), then the process as a whole: `process_rss`
     (VmRSS) and, on CUDA, `cuda_allocated`."""
     report: dict[str, int] = {}
     seen: set[tuple[str, int]] = set()
-    for name, modules in resident_components(generators, mbd, codecs).items():
+    for name, modules in resident_components(models, mbd, codecs).items():
         total = 0
         for module in modules:
             for tensor in itertools.chain(module.parameters(), module.buffers()):

@@ -1,55 +1,45 @@
-"""Which loop serves a loaded model, chosen once at setup.
+"""Which token loop serves a loaded model, and which form of its step: the choice rule, in one place.
 
 The MUSICGEN_TOKEN_LOOP setting: "musicgen" (the default) serves with our loop, "audiocraft" with
-audiocraft's own.
-On CUDA our loop is checked before it serves: the eager step's logits against the LM's own
-forward pass, then the CUDA-graph step's against the eager step's, over CHECK_STEPS steps of the
-same inputs. Any error or a difference beyond the dtype's Tolerance is logged with its reason and
-the next loop down serves instead: CUDA graph -> eager -> audiocraft. On the CPU our eager loop is
-token-exact with audiocraft's (tests/test_tokens.py), so no check runs there unless asked.
+audiocraft's own (also for an LM our loop does not handle). Then, by device (docs/batching.md
+has the table):
+- one window at a time (MUSICGEN_MAX_BATCH = 1): on CUDA the masked step captured as a CUDA graph
+  (graphs.GraphedStep), on the CPU the eager step, token-exact with audiocraft's;
+- batched (N > 1): on CUDA the masked slots captured as a graph (slots.MaskedSlots), on the CPU
+  the per-slot rows (slots.PerSlotRows) with oneDNN's packed linear maps, else MKL's wide product,
+  over the occupied slots' rows where the occupancy check passes, else over every slot's.
+On CUDA the choice is checked before it serves (musicgen.tokens.checks): the eager step against the
+LM's own forward pass, the graph or batched step against the eager step. A failed check is logged
+with its reason and the next form down serves: graph -> eager -> audiocraft's loop; batched ->
+one at a time. On the CPU no check runs unless asked (the eager loop is token-exact; the batched
+form's own occupancy check always runs).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
 from musicgen.tokens.batching import Batcher
+from musicgen.tokens.checks import (
+    TOLERANCES,
+    Tolerance,
+    check_inputs,
+    compare,
+    loop_logits,
+    reason,
+    reference_logits,
+    slot_logits,
+)
 from musicgen.tokens.graphs import GraphedStep
-from musicgen.tokens.loop import condition_tensors
 from musicgen.tokens.loops import AudiocraftLoop, FastLoop, TokenLoop
-from musicgen.tokens.slots import SlotStep
-from musicgen.tokens.transformer import Unsupported
+from musicgen.tokens.row_linear import PackedBinder, bind_wide, packing_works
+from musicgen.tokens.slots import ROWS_PER_SLOT, MaskedSlots, PerSlotRows, SlotStep
+from musicgen.tokens.transformer import CachedTransformer, Unsupported
 
 log = logging.getLogger(__name__)
-
-CHECK_STEPS = 8
-CHECK_PROMPT = "warm-up check"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Allowed max |ours - reference| over all logits: atol + rtol * max |reference|."""
-
-    atol: float
-    rtol: float
-
-    def bound(self, reference: torch.Tensor) -> float:
-        return self.atol + self.rtol * reference.abs().max().item()
-
-
-TOLERANCES = {
-    torch.float32: Tolerance(1e-3, 1e-4),
-    torch.float16: Tolerance(5e-2, 1e-2),
-    torch.bfloat16: Tolerance(1e-1, 2e-2),
-}
-
-
-class CheckFailed(Exception):
-    """A loop's logits differ from the reference's by more than the tolerance."""
 
 
 def choose_loop(
@@ -76,13 +66,13 @@ def choose_loop(
         log.warning("%s: decoding with audiocraft's loop; ours does not handle this LM: %s", label, why)
         return _served(AudiocraftLoop(model), f"ours does not handle this LM: {why}")
     except Exception as why:  # noqa: BLE001 (an LM our code cannot even read: serve it with the stock loop)
-        log.warning("%s: decoding with audiocraft's loop; ours could not be set up: %s", label, _reason(why))
-        return _served(AudiocraftLoop(model), f"ours could not be set up: {_reason(why)}")
+        log.warning("%s: decoding with audiocraft's loop; ours could not be set up: %s", label, reason(why))
+        return _served(AudiocraftLoop(model), f"ours could not be set up: {reason(why)}")
     on_cuda = torch.device(model.device).type == "cuda"
     if not (on_cuda if check is None else check):
         if batcher is not None:
             with torch.no_grad():
-                batcher.add_model(fast, SlotStep(fast.transformer, model, batcher.slots, static=False))
+                batcher.add_model(fast, batched_step(fast.transformer, model, batcher.slots, masked=False))
         log.info(
             "%s: decoding with our loop (%s, on %s)", label, "eager" if batcher is None else fast.form, model.device
         )
@@ -95,12 +85,12 @@ def choose_loop(
         inputs = check_inputs(model)
         reference = reference_logits(model, *inputs)
         eager = loop_logits(model, fast, None, *inputs)
-        checks["our eager step vs the LM's forward pass"] = _compare(
+        checks["our eager step vs the LM's forward pass"] = compare(
             "our eager step", eager, "the LM's forward pass", reference, tolerance
         )
     except Exception as why:  # noqa: BLE001 (any failure of code no GPU ran before: serve with the stock loop)
-        log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, _reason(why))
-        return _served(AudiocraftLoop(model), f"our loop failed its check: {_reason(why)}", checks)
+        log.warning("%s: decoding with audiocraft's loop; our loop failed its check: %s", label, reason(why))
+        return _served(AudiocraftLoop(model), f"our loop failed its check: {reason(why)}", checks)
     if batcher is not None:
         return _batched(fast, model, label, batcher, on_cuda, inputs, eager, graph_tolerance, checks, start)
     try:
@@ -108,10 +98,10 @@ def choose_loop(
             graph = GraphedStep(fast.transformer, model, capture=on_cuda)
         graphed = loop_logits(model, fast, graph, *inputs)
         step = "the CUDA-graph step" if on_cuda else "the static step"
-        checks[f"{step} vs the eager step"] = _compare(step, graphed, "the eager step", eager, graph_tolerance)
+        checks[f"{step} vs the eager step"] = compare(step, graphed, "the eager step", eager, graph_tolerance)
     except Exception as why:  # noqa: BLE001
-        log.warning("%s: decoding with our eager loop; the CUDA-graph step failed its check: %s", label, _reason(why))
-        return _served(fast, f"the CUDA-graph step failed its check: {_reason(why)}", checks)
+        log.warning("%s: decoding with our eager loop; the CUDA-graph step failed its check: %s", label, reason(why))
+        return _served(fast, f"the CUDA-graph step failed its check: {reason(why)}", checks)
     fast.graph = graph
     return _checked(fast, label, start, graph.nbytes, checks)
 
@@ -120,13 +110,13 @@ def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, che
     """The checked batched step serving `fast` in `batcher`; the eager loop when it fails."""
     try:
         with torch.no_grad():
-            slot_step = SlotStep(fast.transformer, model, batcher.slots, static=on_cuda, capture=on_cuda)
+            slot_step = batched_step(fast.transformer, model, batcher.slots, masked=on_cuda, capture=on_cuda)
         batched = slot_logits(model, fast, slot_step, *inputs)
         step = f"the batched step ({batcher.slots} slots{', a CUDA graph' if on_cuda else ''})"
-        checks[f"{step} vs the eager step"] = _compare(step, batched, "the eager step", eager, tolerance)
+        checks[f"{step} vs the eager step"] = compare(step, batched, "the eager step", eager, tolerance)
     except Exception as why:  # noqa: BLE001
-        log.warning("%s: decoding one prediction at a time; the batched step failed its check: %s", label, _reason(why))
-        return _served(fast, f"the batched step failed its check: {_reason(why)}", checks)
+        log.warning("%s: decoding one prediction at a time; the batched step failed its check: %s", label, reason(why))
+        return _served(fast, f"the batched step failed its check: {reason(why)}", checks)
     batcher.add_model(fast, slot_step)
     return _checked(fast, label, start, slot_step.nbytes, checks)
 
@@ -149,77 +139,23 @@ def _served(loop: TokenLoop, why: str, checks: dict[str, str] | None = None) -> 
     return loop
 
 
-def check_inputs(model) -> tuple[dict, torch.Tensor]:
-    """Conditions for a short prompt and CHECK_STEPS random tokens (a private generator: the
-    global random state is left as it was), as the guidance batch of two."""
-    lm = model.lm
-    attributes, _ = model._prepare_tokens_and_attributes([CHECK_PROMPT], None)
-    with torch.inference_mode(), model.autocast:
-        tensors = condition_tensors(lm, attributes)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    tokens = torch.randint(0, lm.card, (1, lm.num_codebooks, CHECK_STEPS), generator=generator)
-    return tensors, torch.cat([tokens, tokens]).to(model.device)
-
-
-def reference_logits(model, tensors: dict, tokens: torch.Tensor) -> torch.Tensor:
-    """audiocraft's LMModel.forward over the whole sequence: [2, K, S, card]."""
-    with torch.inference_mode(), model.autocast:
-        return model.lm(tokens, [], condition_tensors=tensors).float()
-
-
-def loop_logits(model, fast: FastLoop, graph: GraphedStep | None, tensors: dict, tokens: torch.Tensor):
-    """Our loop's logits for the same sequence, one step at a time: [2, K, S, card]."""
-    t = fast.transformer
-    with torch.inference_mode(), model.autocast:
-        embedded, cross_source = model.lm.fuser(t.embed(tokens[..., :1]), tensors)
-        prefix = embedded.shape[1] - 1
-        cross = t.cross_cache(cross_source)
-        if graph is None:
-            cache, step = fast.cache(2, prefix + tokens.shape[-1], embedded), fast.eager_step
-        else:
-            if not graph.takes(cross):
-                raise CheckFailed("the check's text does not fit the captured step")
-            cache, step = graph.cache, graph.step
-            cache.clear()
-        logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
-        for index in range(1, tokens.shape[-1]):
-            logits.append(step(tokens[..., index], prefix + index, cache, cross).clone())
-        return torch.stack(logits, dim=2).float()
-
-
-def slot_logits(model, fast: FastLoop, slot_step: SlotStep, tensors: dict, tokens: torch.Tensor):
-    """The same sequence through the batched step, in its last slot beside free ones: [2, K, S, card]."""
-    t = fast.transformer
-    slot = slot_step.slots - 1
-    with torch.inference_mode(), model.autocast:
-        embedded, cross_source = model.lm.fuser(t.embed(tokens[..., :1]), tensors)
-        prefix = embedded.shape[1] - 1
-        cross = t.cross_cache(cross_source)
-        cache = fast.cache(2, prefix + 1, embedded)
-        logits = [t.logits(t.forward(embedded, 0, cache, cross))[:, :, -1]]
-        if not slot_step.takes_text(cross):
-            raise CheckFailed("the check's text does not fit the batched step")
-        rows = slice(2 * slot, 2 * slot + 2)
-        slot_step.cache.clear()
-        slot_step.load(slot, cache, prefix + 1, cross)
-        for index in range(1, tokens.shape[-1]):
-            slot_step.feed(slot, tokens[..., index], prefix + index)
-            logits.append(slot_step.step()[rows].clone())
-        for free in range(slot_step.slots):
-            slot_step.free(free)
-        return torch.stack(logits, dim=2).float()
-
-
-def _compare(name: str, ours: torch.Tensor, reference_name: str, reference: torch.Tensor, tolerance: Tolerance) -> str:
-    """CheckFailed past the tolerance; else the measured difference against it, in words."""
-    if not torch.isfinite(ours).all():
-        raise CheckFailed(f"{name} gave non-finite logits")
-    difference, bound = (ours - reference).abs().max().item(), tolerance.bound(reference)
-    if not difference <= bound:
-        raise CheckFailed(f"{name} differs from {reference_name} by {difference:.3g} (allowed {bound:.3g})")
-    log.debug("%s vs %s: max |difference| %.3g (allowed %.3g)", name, reference_name, difference, bound)
-    return f"max |difference| {difference:.3g} (allowed {bound:.3g})"
-
-
-def _reason(error: Exception) -> str:
-    return str(error) if isinstance(error, CheckFailed) else f"{type(error).__name__}: {error}"
+def batched_step(transformer: CachedTransformer, model, slots: int, masked: bool, capture: bool = False) -> SlotStep:
+    """The batched step for `slots` windows: the masked slots (CUDA; a graph when `capture`), or
+    the per-slot rows with the first linear maps whose rows keep their numbers whatever the
+    occupancy: oneDNN's packed products, else MKL's wide product (W @ x^T)^T, each over the
+    occupied slots' rows; else the wide product over every slot's rows, a fixed shape."""
+    if masked:
+        return MaskedSlots(transformer, model, slots, capture=capture)
+    step = PerSlotRows(transformer, model, slots)
+    if packing_works(transformer.lm.transformer.layers[0].linear1.weight):
+        try:
+            binder = PackedBinder(ROWS_PER_SLOT * slots)
+            step.use(binder, True, "per slot, oneDNN's packed products over the occupied slots' rows")
+            if step.occupancy_leaves_rows_alone():
+                return step
+        except RuntimeError:  # a weight this build of oneDNN cannot pack
+            pass
+    step.use(bind_wide, True, "per slot, MKL's (W @ x^T)^T over the occupied slots' rows")  # (packed copies go)
+    if not step.occupancy_leaves_rows_alone():
+        step.use(bind_wide, False, "per slot, MKL's (W @ x^T)^T over every slot's rows")
+    return step

@@ -1,9 +1,10 @@
 """The step as a CUDA graph: captured once per model with static shapes, then replayed.
 
-Static shapes: a key/value cache for the longest window (its positions masked until written),
-cross-attention keys/values padded to CROSS_CAPACITY text tokens (masked), one token per step,
-its position a device tensor. A window that does not fit (a longer text, a longer melody prefix)
-runs eagerly instead. Capture happens under the model's own autocast (float16 on a GPU).
+The captured step is CachedTransformer.masked_step (the same one the batch's masked form captures,
+slots.MaskedSlots): a key/value cache for the longest window (its positions masked until
+written), cross-attention keys/values padded to CROSS_CAPACITY text tokens (masked), one token per
+row, the position a device tensor. A window that does not fit (a longer text, a longer melody
+prefix) runs eagerly instead. Capture happens under the model's own autocast (float16 on a GPU).
 """
 
 from __future__ import annotations
@@ -82,24 +83,21 @@ class GraphedStep:
         t = transformer
         positions = t.positions(length, device, lm.emb[0].weight.dtype)  # added to the embeddings
         dtype = t.kv_dtype(model.autocast)
-        self.cache = KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, dtype, zeroed=True)
+        self.cache = t.kv_cache(batch, length, positions, dtype, zeroed=True)
         self.cross = None
         if t.cross:
             self.cross = CrossAttentionCache.padded(
                 len(t.layers), batch, t.heads, CROSS_CAPACITY, t.head_dim, dtype, device
             )
-        self.tokens = torch.zeros(batch, lm.num_codebooks, 1, dtype=torch.long, device=device)
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(batch, lm.num_codebooks, dtype=torch.long, device=device)
+        self.positions = torch.zeros(batch, dtype=torch.long, device=device)  # every row at the window's position
         self.graph = None
         if capture:
-            self._capture(model)
+            self.graph, self.logits = capture_step(model, self.cache.storage.dtype, self._run)
+            self.cache.clear()
 
-    def _capture(self, model) -> None:
-        t = self.transformer
-        self.graph, self.logits = capture_step(
-            model, self.cache.storage.dtype, lambda: t.static_step(self.tokens, self.position, self.cache, self.cross)
-        )
-        self.cache.clear()
+    def _run(self) -> torch.Tensor:
+        return self.transformer.masked_step(self.tokens, self.positions, self.cache, self.cross)
 
     @property
     def nbytes(self) -> int:
@@ -120,9 +118,9 @@ class GraphedStep:
 
     def step(self, tokens: torch.Tensor, position: int, cache: KVCache, cross) -> torch.Tensor:
         """loop.Step: copy the inputs into the static buffers, replay, return the static logits."""
-        self.tokens[..., 0].copy_(tokens)
-        self.position.fill_(position)
+        self.tokens.copy_(tokens)
+        self.positions.fill_(position)
         if self.graph is None:
-            return self.transformer.static_step(self.tokens, self.position, self.cache, self.cross)[:, :, 0]
+            return self._run()
         self.graph.replay()
-        return self.logits[:, :, 0]
+        return self.logits

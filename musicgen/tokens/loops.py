@@ -128,7 +128,7 @@ class FastLoop:
         t = self.transformer
         positions = t.positions(length, like.device, like.dtype)
         dtype = t.kv_dtype(self.model.autocast)
-        return KVCache(len(t.layers), batch, t.heads, length, t.head_dim, positions, dtype, zeroed=False)
+        return t.kv_cache(batch, length, positions, dtype, zeroed=False)
 
     def stepper(self, cache: KVCache, cross: CrossAttentionCache | None) -> Step:
         """The graph replay when the window runs in the graph's cache and its text fits, else eager."""

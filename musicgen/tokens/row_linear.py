@@ -6,7 +6,7 @@ change with it: on the small LM's shapes they are the same from 2 to 15 rows and
 at 1); on the demo LM's small shapes they change at 6. The two forms here gave the same numbers
 for every row count from 2 to 2N wherever we measured (`python -m tooling.bench.batched_step`;
 docs/benchmarks.md has its figures), and the step checks that it holds on its machine when it is
-built (SlotStep._occupancy_leaves_rows_alone):
+built (slots.PerSlotRows.occupancy_leaves_rows_alone):
 
 - PackedLinear: oneDNN's product over a weight packed once in oneDNN's blocked layout, through
   torch's own mkldnn ops. It reads the weights at F.linear's 2-row speed and grows slowly with the
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from musicgen.tokens.transformer import Linear
+from musicgen.tokens.layer import Linear
 
 
 def wide_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -50,13 +50,13 @@ def measure(size: str, root: Path, device: str, duration: float) -> dict:
     from musicgen.generate import seed_everything
     from musicgen.models.load import load_models
     from musicgen.settings import Settings
-    from musicgen.tokens.choose import loop_logits
+    from musicgen.tokens.checks import loop_logits
     from musicgen.tokens.graphs import GraphedStep
     from musicgen.tokens.loop import condition_tensors
     from musicgen.tokens.loops import AudiocraftLoop, FastLoop
 
     version = SIZES[size].version
-    model = load_models(Settings(weights_root=root, device=device), (version,)).generator(version)
+    model = load_models(Settings(weights_root=root, device=device), (version,)).get(version).model
     on_cuda = device == "cuda"
     report: dict = {"size": size, "device": device, "duration": duration, "model_version": version}
     if on_cuda:

@@ -35,8 +35,8 @@ def _median_ms(run, repeats: int) -> float:
 
 
 def _linear_maps(transformer):
-    """(weight, bias) of every linear map a step multiplies by, as SlotStep binds them."""
-    from musicgen.tokens.transformer import bind_linear
+    """(weight, bias) of every linear map a step multiplies by, as the batched step binds them."""
+    from musicgen.tokens.layer import bind_linear
 
     bound = []
 
@@ -49,8 +49,8 @@ def _linear_maps(transformer):
 
 
 def linear_figures(transformer, slots: int, repeats: int) -> None:
+    from musicgen.tokens.layer import bind_linear
     from musicgen.tokens.row_linear import PackedBinder, bind_wide
-    from musicgen.tokens.transformer import bind_linear
 
     maps = _linear_maps(transformer)
     packed = PackedBinder(2 * slots)
@@ -85,11 +85,11 @@ def linear_figures(transformer, slots: int, repeats: int) -> None:
 
 def step_figures(model, fast, slots: int, repeats: int) -> None:
     from musicgen.tokens.cache import CrossAttentionCache
-    from musicgen.tokens.slots import SlotStep
+    from musicgen.tokens.choose import batched_step
 
     t = fast.transformer
     generator = torch.Generator().manual_seed(1)
-    step = SlotStep(t, model, slots, static=False)
+    step = batched_step(t, model, slots, masked=False)
     prefill = fast.cache(2, step.cache.length, torch.zeros(2, 1, t.dim))
     prefill.storage.copy_(torch.randn(prefill.storage.shape, generator=generator))
 
