@@ -152,3 +152,20 @@ PUBLISHED = ("melody", "large", ENCODE_DECODE)  # the published schemas' model_v
 # then every other version of the table in its order.
 MODEL_VERSIONS = (*PUBLISHED, *(name for name in GENERATING if name not in PUBLISHED))
 PRELOADED = ("melody", "large")  # setup() loads these unless MUSICGEN_MODEL_VERSIONS names others
+
+
+def markdown_table() -> str:
+    """The README's table of the model versions (tooling.readme writes it; a test keeps them equal)."""
+    rows = ["| `model_version` | model | size | channels | conditioning | loaded |", "|---|---|---|---|---|---|"]
+    for name in MODEL_VERSIONS:
+        if name == ENCODE_DECODE:
+            rows.append(f"| `{name}` | the 32 kHz EnCodec alone | – | the input's | – | at setup |")
+            continue
+        version = GENERATING[name]
+        channels = "stereo" if version.stereo else "mono"
+        loaded = "at setup" if name in PRELOADED else "on first request"
+        rows.append(
+            f"| `{name}` | [{version.repo}](https://huggingface.co/{version.repo}) | {version.parameters} | {channels} | "
+            f"{version.conditioning} | {loaded} |"
+        )
+    return "\n".join(rows)

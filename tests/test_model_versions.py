@@ -283,3 +283,14 @@ def test_without_melodys_files_encode_decode_uses_a_loaded_models_codec(demo_wei
         assert models.codec is models.get("large").model.compression_model
     finally:
         hidden.rename(folder)
+
+
+def test_the_docs_list_every_model_version_and_no_other():
+    """The README's model table is generated (tooling.readme, checked in test_settings.py); the memory
+    plan's table has one row per generating version, in the table's order."""
+    rows = [line for line in (REPOSITORY / "docs" / "memory.md").read_text().splitlines() if " LM (" in line]
+    named = [row.split("|")[1].strip().split(" LM (")[0] for row in rows]
+    assert named == list(GENERATING)
+    readme = (REPOSITORY / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150  # a newcomer's page: read in five minutes
+    assert all(f"| `{name}` |" in readme for name in MODEL_VERSIONS)

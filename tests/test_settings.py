@@ -1,7 +1,7 @@
 """The settings module: every environment variable the service reads, declared once, checked once.
 
 Bad values stop the start with one SettingsError naming the variable, the value and what is
-allowed; the README's table is the module's; no other serving module reads the environment.
+allowed; docs/settings.md's table is the module's; no other serving module reads the environment.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from helpers import run_cli
 from musicgen.errors import SettingsError
 from musicgen.settings import REPOSITORY, SETTINGS, Settings, read_settings
 from musicgen.versions import GENERATING, PRELOADED
-from tooling.readme import README, with_table
+from tooling.readme import SETTINGS_DOC, TABLES, with_table
 
 BAD_VALUES = {
     "MUSICGEN_MODEL_VERSIONS": ["melody, xl", "encode-decode", ",,"],
@@ -98,9 +98,15 @@ def test_every_generating_version_may_be_preloaded():
     assert read_settings({"MUSICGEN_MODEL_VERSIONS": text}).model_versions == tuple(GENERATING)
 
 
-def test_the_readme_table_is_the_modules():
-    text = README.read_text()
-    assert with_table(text) == text, "README.md's settings table is stale: run `python -m tooling.readme`"
+def test_the_generated_tables_are_the_modules():
+    """docs/settings.md's settings table (and the README's model table, weights/README.md's layout)
+    are what tooling.readme writes from the modules."""
+    for path, name, table in TABLES:
+        text = path.read_text()
+        assert with_table(text, name, table()) == text, (
+            f"{path}'s {name} table is stale: run `python -m tooling.readme`"
+        )
+    text = SETTINGS_DOC.read_text()
     for setting in SETTINGS:
         assert f"| `{setting.variable}` |" in text
 

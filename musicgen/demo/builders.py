@@ -3,16 +3,16 @@
 `write_demo_weights(root)` fills a weights root with every file musicgen.weights.layout lists, each in the
 format of the file it stands in for, so the real loading code runs unchanged on a CPU in seconds:
 
-    musicgen-{melody,large}/state_dict.bin      audiocraft export of the LM: {'best_state': fp16
+    musicgen-<version>/state_dict.bin           for every model version (versions.VERSIONS): an
+                                                audiocraft export of its LM: {'best_state': fp16
                                                 state dict, 'xp.cfg': YAML string, 'version',
                                                 'exported': True}; dim 64, 2 layers, delay pattern
-    musicgen-{melody,large}/compression_state_dict.bin
-                                                same export format, EnCodec 32 kHz mono, hop 640
-                                                (50 Hz), 4 codebooks of 2048, 2 filters
-    musicgen-{melody-large,stereo-large,stereo-melody-large}/state_dict.bin
-                                                the same LMs (stereo: 8 interleaved codebooks,
-                                                delays 0,0,1,1,2,2,3,3), each with its own seed
-    musicgen-{melody-large,stereo-...}/compression_state_dict.bin
+                                                (stereo: 8 interleaved codebooks, delays
+                                                0,0,1,1,2,2,3,3), each with its own seed
+    musicgen-<version>/compression_state_dict.bin
+                                                where the release ships it: the same export format,
+                                                EnCodec 32 kHz mono, hop 640 (50 Hz), 4 codebooks of
+                                                2048, 2 filters; elsewhere the release's pointer
                                                 {'pretrained': 'facebook/encodec_32khz', ...}
     huggingface/hub/models--facebook--encodec_32khz/...
                                                 transformers EncodecModel, same sizes as above

@@ -5,8 +5,8 @@ The memory plan (docs/memory.md has the sizes):
 - setup() loads the versions the MUSICGEN_MODEL_VERSIONS setting names (melody and large by default) with
   audiocraft's own loader and keeps them: on CUDA their transformer layers are float16 (what
   `load_lm_model` asks for on a GPU), on CPU everything is float32.
-- Every other version whose weights are present (melody-large, stereo-large, stereo-melody-large)
-  loads on its first request and stays while it fits the memory budget
+- Every other version whose weights are present (the model table: musicgen.versions) loads on
+  its first request and stays while it fits the memory budget
   (musicgen.models.budget); the least recently used of them is evicted to make room.
 - One 32 kHz EnCodec per distinct file: melody and large ship byte-identical copies (loaded
   once; encode-decode and MultiBand Diffusion use it too); the 3.3 B melody and stereo ones point

@@ -2,12 +2,10 @@
 
 Layout under the root (default `weights/` in the repository, `MUSICGEN_WEIGHTS` overrides):
 
-    musicgen-melody/state_dict.bin              LM, audiocraft export format (text + chroma)
-    musicgen-melody/compression_state_dict.bin  EnCodec 32 kHz
-    musicgen-large/state_dict.bin               LM, text only
-    musicgen-large/compression_state_dict.bin
-    musicgen-{melody-large,stereo-large,stereo-melody-large}/state_dict.bin
-    musicgen-{...}/compression_state_dict.bin   a pointer: {'pretrained': 'facebook/encodec_32khz'}
+    musicgen-<version>/state_dict.bin           every model version's LM (versions.VERSIONS), audiocraft export format
+    musicgen-<version>/compression_state_dict.bin
+                                                EnCodec 32 kHz, or (ModelVersion.ships_codec False) a
+                                                pointer: {'pretrained': 'facebook/encodec_32khz'}
     multiband-diffusion/mbd_musicgen_32khz.th   MultiBand Diffusion decoder (loaded lazily)
     huggingface/                                HF_HOME: hub/models--t5-base/... (T5 encoder + tokenizer),
                                                 hub/models--facebook--encodec_32khz/... (the pointed-to EnCodec)
