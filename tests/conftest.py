@@ -11,7 +11,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
+# Two workers on two cores: each computes with one thread, and so do the processes it starts
+# (set before torch is first imported). Spinning threads on a shared core make tiny models crawl.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
 
 REPOSITORY = str(Path(__file__).resolve().parent.parent)
 sys.path.insert(0, REPOSITORY)  # tooling/, beside musicgen/, for the tests...
