@@ -29,6 +29,7 @@ from musicgen.audio.read import WHOLE_FILE, DecodedAudio, Span
 from musicgen.input_rules import MAX_CONTEXT, MAX_SEED
 from musicgen.models.load import LoadedModels, Served
 from musicgen.request import Request, continuation_bounds
+from musicgen.streaming.chunks import Stream
 from musicgen.tokens.batching import Draws
 from musicgen.versions import ENCODE_DECODE
 
@@ -71,6 +72,7 @@ class Generation:
     served: Served | None  # the request's model and its token loop (None for encode-decode)
     models: LoadedModels  # EnCodec and MultiBand Diffusion, shared by every model
     draws: Draws | None = None  # the prediction's own generator when its windows decode in a batch
+    stream: Stream | None = None  # a streaming prediction's chunks, written as the tokens arrive
 
     @property
     def model(self) -> MusicGen:
@@ -81,10 +83,17 @@ def _audio(work: Generation, attributes, prompt: torch.Tensor | None, head=None)
     """Tokens from the model's token loop (musicgen.tokens: ours, or audiocraft's), then audio
     [C, T]: EnCodec's decode, or MultiBand Diffusion's when asked. `head`: prompt frames that stay
     in the output without being in the LM's context (a continuation's first 18 s of a full window)."""
-    request = work.request
-    tokens = work.served.loop.tokens(attributes, prompt, request.negative_prompt, draws=work.draws)
-    if head is not None:
-        tokens = torch.cat([head, tokens], dim=-1)
+    request, stream = work.request, work.stream
+    tap = None if stream is None else stream.begin(work.model, head, prompt)
+    try:
+        tokens = work.served.loop.tokens(attributes, prompt, request.negative_prompt, draws=work.draws, tap=tap)
+        if head is not None:
+            tokens = torch.cat([head, tokens], dim=-1)
+        if stream is not None:
+            stream.end(tokens)  # the last chunks: the previews end where the piece does
+    finally:
+        if stream is not None:
+            stream.close()  # stopped (a cancel, an error) before the prediction's folder goes
     if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
         return diffusion_audio(work.models, work.model, tokens)
     return work.model.generate_audio(tokens)[0]
@@ -245,18 +254,19 @@ MODES: dict[str, Mode] = {
 
 
 def generate(
-    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None
+    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None, stream: Stream | None = None
 ) -> tuple[torch.Tensor, int]:
     """Run the request's mode (validated; input_audio decoded, or None when the request has none);
     return (audio [C, T] float32 on CPU, its rate in Hz). With batched decoding the work runs
     under the models' turn (its tokens' steps are shared while it waits), drawing its tokens from
-    a generator of its own."""
-    work = functools.partial(_generate, request, models, seed, input_audio)
+    a generator of its own. `stream`: chunks of the audio as its tokens arrive (the generating
+    modes; encode-decode has no tokens to stream)."""
+    work = functools.partial(_generate, request, models, seed, input_audio, stream)
     return models.in_turn(work, f"{request.model_version}, {request.mode}")
 
 
 def _generate(
-    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None
+    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None, stream: Stream | None
 ) -> tuple[torch.Tensor, int]:
     # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
     # (kept once loaded), then the model, evicting others to make room beside what is resident.
@@ -269,6 +279,6 @@ def _generate(
         generator = torch.Generator(device=models.device).manual_seed(seed)
         draws = Draws(generator, functools.partial(seed_everything, seed))
     with torch.inference_mode():
-        wav = MODES[request.mode](Generation(request, input_audio, served, models, draws))
+        wav = MODES[request.mode](Generation(request, input_audio, served, models, draws, stream))
     rate = models.codec.sample_rate if served is None else served.model.sample_rate
     return wav.float().cpu(), rate

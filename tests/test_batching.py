@@ -35,6 +35,7 @@ from musicgen.tokens.cache import CrossAttentionCache
 from musicgen.tokens.choose import batched_step
 from musicgen.tokens.graphs import CROSS_CAPACITY
 from musicgen.tokens.layer import bind_linear
+from musicgen.tokens.loops import WindowPlan
 from musicgen.tokens.sampling import Sampling
 from musicgen.tokens.slots import ROWS_PER_SLOT
 from musicgen.weights import layout
@@ -219,7 +220,8 @@ def test_a_window_that_cannot_join_runs_alone_from_its_prefill(settings):
     sampling, frames = Sampling(top_k=40), 2 * int(model.frame_rate)
     with torch.inference_mode():
         draws = Draws(torch.Generator().manual_seed(5), lambda: None)
-        alone = fast._window(None, attributes, frames, sampling, lambda: None, None, draws, None)
+        plan = WindowPlan(0.0, frames, 0)
+        alone = fast._window(None, attributes, plan, sampling, lambda: None, None, draws, None, None)
         expected = fast.window.generate(
             None, attributes, frames, sampling, lambda: None, generator=torch.Generator().manual_seed(5)
         )
@@ -322,6 +324,33 @@ def test_a_prediction_is_the_same_alone_and_among_others(batch_server, target_al
 
 
 @pytest.mark.slow
+def test_a_burst_of_twice_the_batch_gets_no_409_and_leaves_nothing(batch_server):
+    ids = [f"burst-{index}" for index in range(2 * SLOTS)]
+    answers: dict[str, requests.Response] = {}
+
+    def send(prediction_id, seed):
+        body = {"id": prediction_id, "input": {"prompt": "burst", "duration": 2, "seed": seed}}
+        answers[prediction_id] = batch_server.post("/predictions", body)
+
+    threads = [threading.Thread(target=send, args=(pid, index % 2)) for index, pid in enumerate(ids)]
+    time.sleep(1.0)  # the runtime frees a slot a few ms after its answer (docs/operations.md): start with 2N free
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PREDICT_TIMEOUT)
+    assert sorted(answers) == sorted(ids)
+    assert [answers[pid].status_code for pid in ids] == [200] * len(ids), [answers[pid].text for pid in ids]
+    outputs = [answers[pid].json() for pid in ids]
+    assert all(output["status"] == "succeeded" for output in outputs), outputs
+    assert len({output["output"] for output in outputs}) == 2  # two seeds, two files, whatever ran beside them
+    batch_server.wait_for({"READY"}, PREDICT_TIMEOUT)
+    assert not [pid for pid in ids if (PREDICTION_FOLDERS / pid).exists()]
+    files = [path for path in batch_server.tmp.rglob("*") if path.is_file()]
+    assert all(path.parent.name.startswith("musicgen-") and path.suffix == ".wav" for path in files), files
+    assert len(files) <= 2 * 2 * SLOTS - 1  # only the answers the runtime may still be sending
+
+
+@pytest.mark.slow
 def test_a_neighbour_cancelled_midway_changes_nothing(batch_server, tmp_path):
     """Two 60 s pieces side by side (three windows each); the neighbour is cancelled while both
     decode: the other's bytes are its bytes alone."""
@@ -351,33 +380,6 @@ def test_a_neighbour_cancelled_midway_changes_nothing(batch_server, tmp_path):
     assert answers["target"]["status"] == "succeeded", answers["target"]
     assert answers["target"]["output"] == alone["output"]
     assert "its steps shared with up to" in answers["target"]["logs"], answers["target"]["logs"]
-
-
-@pytest.mark.slow
-def test_a_burst_of_twice_the_batch_gets_no_409_and_leaves_nothing(batch_server):
-    ids = [f"burst-{index}" for index in range(2 * SLOTS)]
-    answers: dict[str, requests.Response] = {}
-
-    def send(prediction_id, seed):
-        body = {"id": prediction_id, "input": {"prompt": "burst", "duration": 2, "seed": seed}}
-        answers[prediction_id] = batch_server.post("/predictions", body)
-
-    threads = [threading.Thread(target=send, args=(pid, index % 2)) for index, pid in enumerate(ids)]
-    time.sleep(1.0)  # the runtime frees a slot a few ms after its answer (docs/operations.md): start with 2N free
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(PREDICT_TIMEOUT)
-    assert sorted(answers) == sorted(ids)
-    assert [answers[pid].status_code for pid in ids] == [200] * len(ids), [answers[pid].text for pid in ids]
-    outputs = [answers[pid].json() for pid in ids]
-    assert all(output["status"] == "succeeded" for output in outputs), outputs
-    assert len({output["output"] for output in outputs}) == 2  # two seeds, two files, whatever ran beside them
-    batch_server.wait_for({"READY"}, PREDICT_TIMEOUT)
-    assert not [pid for pid in ids if (PREDICTION_FOLDERS / pid).exists()]
-    files = [path for path in batch_server.tmp.rglob("*") if path.is_file()]
-    assert all(path.parent.name.startswith("musicgen-") and path.suffix == ".wav" for path in files), files
-    assert len(files) <= 2 * 2 * SLOTS - 1  # only the answers the runtime may still be sending
 
 
 @pytest.mark.slow

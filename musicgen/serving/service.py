@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from musicgen.models.load import LoadedModels, load_models
 from musicgen.models.memory import release_freed_memory
 from musicgen.request import Request, validate, validate_input_audio
 from musicgen.settings import Settings
+from musicgen.streaming.chunks import Stream
 from musicgen.tokens.loops import NEGATIVE_REFUSED
 from musicgen.versions import ENCODE_DECODE
 
@@ -65,8 +67,10 @@ class MusicGenService:
         log.info("input_audio downloads: at most %s", limits.describe())
         return cls(models, limits, outputs_kept)
 
-    def predict(self, request: Request) -> Prediction:
-        """Every caller mistake is refused (InputError) before any model runs."""
+    def predict(self, request: Request, on_chunk: Callable[[Path], None] | None = None) -> Prediction:
+        """Every caller mistake is refused (InputError) before any model runs. `on_chunk`: a
+        streaming prediction's (musicgen.streaming): called with each chunk's file as it is
+        written, while the tokens arrive; the prediction's file is the whole piece, as without it."""
         remove_folders(self._output_dirs, self._outputs_kept)  # answers already delivered
         validate(request, self.models.servable)
         if request.negative_prompt and self.models.loop_choice == "audiocraft":
@@ -76,16 +80,15 @@ class MusicGenService:
             input_audio = self._read_input(request, folder)
             seed = draw_seed() if request.wants_random_seed else request.seed
             log.info("seed %d (model_version=%s, mode=%s)", seed, request.model_version, request.mode)
+            stream = None if on_chunk is None else self._stream(request, seed, folder, on_chunk)
             start = time.perf_counter()
-            wav, sample_rate = generate(request, self.models, seed, input_audio)
+            wav, sample_rate = generate(request, self.models, seed, input_audio, stream)
             generate_seconds = time.perf_counter() - start
             # encode-decode keeps the input's channels (and loudness weighs them by position)
             layout = input_audio.channel_names if request.mode == ENCODE_DECODE else None
             input_audio = None  # its samples (up to read.MAX_DECODED_BYTES) go before the output's steps
             wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
-            metadata = {"model_version": request.model_version, "seed": str(seed)}
-            if request.negative_prompt:
-                metadata["negative_prompt"] = request.negative_prompt
+            metadata = _metadata(request, seed)
             # readable, and unique per content: two callers' files never share a name (an upload
             # URL), while the same inputs and seed, the same bytes, keep theirs
             digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().data).hexdigest()[:12]  # no copy
@@ -98,6 +101,17 @@ class MusicGenService:
             release_freed_memory()  # this prediction's buffers, back to the system: RSS stays flat
         self._output_dirs.append(folder)
         return Prediction(path, seed, generate_seconds)
+
+    @staticmethod
+    def _stream(request: Request, seed: int, folder: Path, on_chunk: Callable[[Path], None]) -> Stream:
+        """The chunks of a streaming prediction: files in its folder, in the requested format."""
+
+        def write(wav, sample_rate: int, index: int) -> Path:
+            stem = f"musicgen-{request.model_version}-{seed}-part{index + 1:03d}"
+            metadata = {**_metadata(request, seed), "chunk": str(index + 1)}
+            return encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
+
+        return Stream(write, on_chunk)
 
     def _read_input(self, request: Request, folder: Path) -> DecodedAudio | None:
         """input_audio decoded (a URL first fetched into `folder`, then removed), and checked."""
@@ -113,3 +127,11 @@ class MusicGenService:
                 source.unlink(missing_ok=True)
         validate_input_audio(request, input_audio.channel_names, input_audio.seconds)
         return input_audio
+
+
+def _metadata(request: Request, seed: int) -> dict[str, str]:
+    """What an output file records: how to reproduce it."""
+    metadata = {"model_version": request.model_version, "seed": str(seed)}
+    if request.negative_prompt:
+        metadata["negative_prompt"] = request.negative_prompt
+    return metadata

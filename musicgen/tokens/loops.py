@@ -25,6 +25,7 @@ from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.loop import Step, Window, steps_in_window
 from musicgen.tokens.progress import Progress
 from musicgen.tokens.sampling import Sampling
+from musicgen.tokens.tap import PieceTap
 from musicgen.tokens.transformer import CachedTransformer
 
 NEGATIVE_REFUSED = (
@@ -37,7 +38,12 @@ class TokenLoop(tp.Protocol):
     name: str  # what the logs and the bench call it
 
     def tokens(
-        self, attributes: list[ConditioningAttributes], prompt: torch.Tensor | None, negative: str | None = None
+        self,
+        attributes: list[ConditioningAttributes],
+        prompt: torch.Tensor | None,
+        negative: str | None = None,
+        draws: Draws | None = None,
+        tap: PieceTap | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -49,11 +55,14 @@ class AudiocraftLoop:
     def __init__(self, model):
         self.model = model
 
-    def tokens(self, attributes, prompt, negative: str | None = None, progress: Progress | None = None, draws=None):
+    def tokens(
+        self, attributes, prompt, negative: str | None = None, progress: Progress | None = None, draws=None, tap=None
+    ):
         """audiocraft's `_generate_tokens`, its per-step callback reporting to `progress`. Its
         LMModel.generate builds guidance's null half itself: a negative prompt is refused. It
         draws from torch's global generator (`draws` is not used): with batched decoding it runs
-        whole under the batcher's turn, which its prediction seeded."""
+        whole under the batcher's turn, which its prediction seeded. It hands out no tokens while
+        it runs (`tap` is not used): a stream gets them when it is done."""
         if negative:
             raise InputError(NEGATIVE_REFUSED)
         model = self.model
@@ -152,8 +161,10 @@ class FastLoop:
         negative: str | None = None,
         progress: Progress | None = None,
         draws: Draws | None = None,
+        tap: PieceTap | None = None,
     ):
-        """`draws`: the prediction's own generator, with batched decoding (else torch's global one)."""
+        """`draws`: the prediction's own generator, with batched decoding (else torch's global one).
+        `tap`: told of each window as it starts and of each step, for audio as the tokens arrive."""
         model = self.model
         if model.generation_params.get("two_step_cfg"):  # asked per call: audiocraft's loop does that one
             return AudiocraftLoop(model).tokens(attributes, prompt, negative, progress)
@@ -169,23 +180,29 @@ class FastLoop:
         def on_step():
             self.steps += 1
             progress.advance()
+            if tap is not None:
+                tap.step()
 
-        def window(prompt, attributes, max_gen_len):
-            return self._window(prompt, attributes, max_gen_len, sampling, on_step, negative, draws, progress)
+        def window(prompt, attributes, plan: WindowPlan):
+            return self._window(prompt, attributes, plan, sampling, on_step, negative, draws, progress, tap)
 
         try:
             with model.autocast:
                 if len(windows) == 1:
-                    return window(prompt, attributes, windows[0].max_gen_len)
+                    return window(prompt, attributes, windows[0])
                 return self._extend(attributes, prompt, windows, window)
         finally:
             progress.close()
 
-    def _window(self, prompt, attributes, max_gen_len, sampling, on_step, negative, draws, progress) -> torch.Tensor:
+    def _window(self, prompt, attributes, plan, sampling, on_step, negative, draws, progress, tap) -> torch.Tensor:
         """One window: in the batch when batching and it fits a slot, else step by step here."""
-        if self.batcher is None or draws is None:
-            return self.window.generate(prompt, attributes, max_gen_len, sampling, on_step, negative)
-        state = self.window.start(prompt, attributes, max_gen_len, negative, cache=self._prefill_cache)
+        batched = self.batcher is not None and draws is not None
+        cache = self._prefill_cache if batched else None
+        state = self.window.start(prompt, attributes, plan.max_gen_len, negative, cache=cache)
+        if tap is not None:
+            tap.window(state, round(plan.time_offset * self.model.frame_rate))
+        if not batched:
+            return self.window.finish(state, sampling, on_step)
         batched = self.batcher.run(self, state, sampling, draws, on_step)
         if batched is None:
             # a text or prefix longer than the slots hold, or its model's batch gone (evicted): it
@@ -209,7 +226,7 @@ class FastLoop:
                 _melody_window(model, attr, melody, window_plan)
                 for attr, melody in zip(attributes, melodies, strict=True)
             ]
-            tokens = window(prompt, attributes, window_plan.max_gen_len)
+            tokens = window(prompt, attributes, window_plan)
             pieces.append(tokens if prompt is None else tokens[:, :, prompt.shape[-1] :])
             prompt = tokens[:, :, stride:]
         return torch.cat(pieces, dim=-1)
