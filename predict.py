@@ -20,13 +20,9 @@ class Predictor(BasePredictor):
         `weights` (Cog's `COG_WEIGHTS`): a fine-tuned LM checkpoint, a path or URL, served in
         place of the base model it matches (docs/fine-tuning.md).
         """
-        from musicgen.boot import boot
+        from musicgen.serving.start import start_runner
 
-        settings = boot()  # first: a bad setting stops setup here, naming it; then the service imports audiocraft
-
-        from musicgen.serving.workers import PredictionRunner
-
-        self.runner = PredictionRunner.load(settings, fine_tuned=weights)
+        self.runner = start_runner(weights)
 
     async def predict(
         self,

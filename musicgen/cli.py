@@ -7,12 +7,20 @@ import asyncio
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
+
+import soundfile
 
 from musicgen.boot import FORMAT, boot
 from musicgen.errors import CapacityError, InputError, SettingsError, TrainingError, WeightsError
 from musicgen.input_rules import is_url
-from musicgen.serving.entry_points import input_fields, load_predictor_class, load_train_function
+from musicgen.serving.entry_points import (
+    input_fields,
+    load_predictor_class,
+    load_streaming_predictor_class,
+    load_train_function,
+)
 from musicgen.serving.launch import serve
 from musicgen.settings import Settings
 from musicgen.weights.download import DownloadError, download
@@ -66,22 +74,54 @@ def weights_source(args: argparse.Namespace) -> str | None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    predictor_class = load_predictor_class()
+    predictor_class = load_streaming_predictor_class() if args.stream else load_predictor_class()
     values = parse_inputs(args.input, input_fields(predictor_class))
     predictor = predictor_class()
     predictor.setup(weights=weights_source(args))
-    result = Path(asyncio.run(predictor.predict(**values)))
-    output = Path(args.output).resolve() if args.output else Path.cwd() / result.name
-    if output.suffix.lower() != result.suffix.lower():
-        raise InputError(f"-o {args.output}: the output is {result.suffix} audio; name the file *{result.suffix}.")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result, output)
+    if args.stream:
+        output = write_stream(asyncio.run(predictor.predict(**values)), args.output)
+    else:
+        result = Path(asyncio.run(predictor.predict(**values)))
+        output = output_path(args.output, result.suffix, result.name)
+        shutil.copyfile(result, output)
     print(f"output: {output}")
     # Imported here, not at the top: it loads torch, which no other command needs at start.
     from musicgen.audio.encode import read_metadata
 
     print(f"seed: {read_metadata(output)['seed']}")  # as the file records it
     return 0
+
+
+def output_path(requested: str | None, suffix: str, default_name: str) -> Path:
+    """Where -o puts the output (default: ./<its name>); InputError when its suffix is not the audio's."""
+    output = Path(requested).resolve() if requested else Path.cwd() / default_name
+    if output.suffix.lower() != suffix.lower():
+        raise InputError(f"-o {requested}: the output is {suffix} audio; name the file *{suffix}.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def write_stream(items, requested: str | None) -> Path:
+    """predict --stream: each item of the streaming predictor's iterator copied as it comes to
+    <output>.partNNN<suffix>, a line for each; the last item is the whole piece, moved to -o."""
+    start, parts, output = time.monotonic(), [], None
+    for item in items:
+        item = Path(item)
+        output = output or output_path(requested, item.suffix, item.name.replace("-part001", ""))
+        part = output.with_name(f"{output.stem}.part{len(parts) + 1:03d}{output.suffix}")
+        shutil.copyfile(item, part)
+        parts.append(part)
+        print(f"part {len(parts)}: {part.name}, {_seconds(part)} of audio, {time.monotonic() - start:.1f} s after the start",
+              flush=True)  # fmt: skip
+    parts[-1].replace(output)  # the last is the whole piece (the others are the chunks that made it)
+    return output
+
+
+def _seconds(path: Path) -> str:
+    try:
+        return f"{soundfile.info(str(path)).duration:.2f} s"
+    except RuntimeError:  # a format this libsndfile cannot read
+        return "some"
 
 
 def run_demo_weights(args: argparse.Namespace) -> int:
@@ -119,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     # replaces this process with the server
-    serve(args.host, args.port, args.upload_url, train=args.train, weights=weights_source(args))
+    serve(args.host, args.port, args.upload_url, train=args.train, weights=weights_source(args), stream=args.stream)
     return 0
 
 
@@ -164,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("-o", "--output", help="where to copy the output file (default: ./<output name>)")
     predict.add_argument("--weights", help=WEIGHTS_HELP)
+    predict.add_argument(
+        "--stream",
+        action="store_true",
+        help="the streaming model: write each chunk as it is made (<output>.part001.wav, ...), then the whole piece",
+    )
     predict.set_defaults(run=run_predict)
 
     training = commands.add_parser(
@@ -205,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights", help=WEIGHTS_HELP)
     serve.add_argument(
         "--train", action="store_true", help="serve trainings (POST /trainings, train.py) instead of predictions"
+    )
+    serve.add_argument(
+        "--stream",
+        action="store_true",
+        help="serve the streaming model (streaming/predict.py): the audio as it is made, over server-sent events",
     )
     serve.set_defaults(run=run_serve)
 

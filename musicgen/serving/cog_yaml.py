@@ -14,6 +14,9 @@ import yaml
 from musicgen.settings import REPOSITORY
 
 COG_YAML = REPOSITORY / "cog.yaml"
+# The streaming model (streaming/predict.py): its own cog.yaml and committed .cog/, built from the
+# repository's root (`cog build -f streaming/cog.yaml`), served from its folder by `serve --stream`.
+STREAMING_DIR = REPOSITORY / "streaming"
 
 
 @dataclass(frozen=True)
@@ -48,3 +51,10 @@ def split_ref(ref: str) -> tuple[str, str]:
     if not file_name.endswith(".py") or not name:
         raise ValueError(f"reference {ref!r} must look like 'predict.py:Predictor'")
     return file_name, name
+
+
+def ref_from(folder: Path, ref: str, root: Path = REPOSITORY) -> str:
+    """`ref` (relative to `root`, cog's project folder) as seen from `folder`: coglet resolves a
+    predictor's file against its working directory."""
+    file_name, name = split_ref(ref)
+    return f"{(root / file_name).relative_to(folder).as_posix()}:{name}"

@@ -1,4 +1,5 @@
-"""predict.py and train.py as Cog loads them: the Predictor class, the train function, and their inputs in order."""
+"""predict.py, streaming/predict.py and train.py as Cog loads them: the Predictor classes, the train
+function, and their inputs in order."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from musicgen.settings import REPOSITORY
 
 PREDICT_FILE = REPOSITORY / "predict.py"
+STREAMING_FILE = REPOSITORY / "streaming" / "predict.py"
 TRAIN_FILE = REPOSITORY / "train.py"
 
 
@@ -27,6 +29,11 @@ def _load_module(path: Path, name: str) -> types.ModuleType:
 def load_predictor_class(path: Path = PREDICT_FILE) -> type:
     """predict.py's Predictor class."""
     return _load_module(path, "predict").Predictor
+
+
+def load_streaming_predictor_class(path: Path = STREAMING_FILE) -> type:
+    """streaming/predict.py's Predictor class (its predict() yields the audio as it is made)."""
+    return _load_module(path, "streaming_predict").Predictor
 
 
 def load_train_function(path: Path = TRAIN_FILE) -> typing.Callable:

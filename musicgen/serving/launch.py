@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from musicgen.errors import SettingsError
-from musicgen.serving.cog_yaml import COG_YAML, CogRefs, cog_refs
+from musicgen.serving.cog_yaml import COG_YAML, STREAMING_DIR, CogRefs, cog_refs, ref_from
 from musicgen.settings import (
     FINE_TUNED_ENV,
     REPOSITORY,
@@ -103,6 +103,7 @@ def serve(
     upload_url: str | None = None,
     train: bool = False,
     weights: str | None = None,
+    stream: bool = False,
 ) -> None:
     """Exec the Cog server in the repository folder, on the committed schema. Does not return.
 
@@ -111,9 +112,16 @@ def serve(
     weights: a fine-tuned checkpoint (local path or http(s) URL, e.g. a training's output) that
         predict.py's setup() serves, as Replicate does for a trained version (COG_WEIGHTS).
         Predict mode only: train() is a function without setup().
+    stream: serve the streaming model (streaming/cog.yaml's predictor, from its folder, on its
+        own committed schema): the audio as it is made, over server-sent events.
     ValueError when cog.yaml names no target for the mode, or for `weights` with `train`.
     """
-    refs = cog_refs()
+    if stream and train:
+        raise ValueError("the streaming model serves predictions only: --stream or --train, not both")
+    folder = STREAMING_DIR if stream else REPOSITORY
+    refs = cog_refs(folder / "cog.yaml")
+    if stream:
+        refs = CogRefs(predict=ref_from(folder, refs.predict))
     if train and refs.train is None:
         raise ValueError(f"{COG_YAML} has no `train:` target to serve")
     if not train and refs.predict is None:
@@ -122,7 +130,7 @@ def serve(
         raise ValueError("weights are loaded by predict.py's setup(); a training server has no setup()")
     ref = refs.train if train else refs.predict
     log.info("starting Cog server for %s on http://%s:%d", ref, host, port)
-    os.chdir(REPOSITORY)  # coglet resolves the refs and .cog/ against its working directory
+    os.chdir(folder)  # coglet resolves the refs and .cog/ against its working directory
     sys.stdout.flush()
     sys.stderr.flush()
     env = server_environment(port, refs, train=train, weights=weights)

@@ -12,12 +12,20 @@ The command line and Python callers never go through them.
    unchanged; musicgen.audio.fetch downloads it inside the prediction, under its limits.
 2. coglet creates /tmp/coglet/predictions/<id>/{inputs,outputs} for every prediction and never
    removes them. `remove_prediction_folders()` removes the empty ones once their prediction is over.
+3. The streaming predictor's predict() is a coroutine that returns a generator (coglet streams the
+   items of a returned generator as they come, but collects an async generator's whole before
+   sending any). coglet cancels such a prediction (a cancel, a client gone) by calling cancel() on
+   the future of the coroutine, which has already returned: the generator runs on. With
+   `observe_stream_cancels()`, that cancel() stops the prediction behind the generator
+   (musicgen.serving.workers.cancel_stream) before doing what it does.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,24 @@ def keep_url_inputs() -> None:
 
     types.Path.validate = classmethod(keep_text)
     log.info("input files arrive as URLs; musicgen fetches them under its own limits")
+
+
+def observe_stream_cancels(cancel_stream: Callable[[object], bool]) -> None:
+    """Make Future.cancel() on a finished future whose result is a stream also stop the stream's
+    prediction (`cancel_stream(result)`; a no-op for anything else). Idempotent."""
+    future_class = concurrent.futures.Future
+    if getattr(future_class.cancel, "stops_streams", False):
+        return
+    original = future_class.cancel
+
+    def cancel(future: concurrent.futures.Future) -> bool:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            cancel_stream(future.result())
+        return original(future)
+
+    cancel.stops_streams = True
+    future_class.cancel = cancel
+    log.info("a cancel of a streaming prediction stops it (coglet only cancels the finished coroutine)")
 
 
 def for_trainings() -> None:

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import queue
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from musicgen import cancellation
 from musicgen.errors import PredictionCancelled
@@ -45,6 +49,7 @@ class PredictionRunner:
         if not runtime_patches.under_cog_server():
             return cls(MusicGenService.load(settings, fine_tuned=fine_tuned))
         runtime_patches.keep_url_inputs()
+        runtime_patches.observe_stream_cancels(cancel_stream)
         # Each slot's answer is sent after its predict() returns: keep that many outputs on disk.
         service = MusicGenService.load(settings, fine_tuned=fine_tuned, outputs_kept=settings.runtime_slots - 1)
         return cls(service, after_each=runtime_patches.remove_prediction_folders)
@@ -58,6 +63,51 @@ class PredictionRunner:
             future.cancel()  # still queued: never runs
             job.cancel()  # running: stopped at its next Python instruction
             raise
+
+    def stream(self, request: Request) -> Iterator[Path]:
+        """The streaming predictor's items: a generator of each chunk's file as the worker writes
+        it, then the prediction's own file (the whole piece). The prediction starts now, on a
+        worker thread; closing the generator, or cancel_stream(it), stops it as a cancel of
+        predict() does, and the generator then raises asyncio.CancelledError (what Cog's runtime
+        reads as a cancel)."""
+        items: queue.SimpleQueue = queue.SimpleQueue()
+        job = _Job(functools.partial(self.service.predict, on_chunk=items.put), request, contextvars.copy_context(),
+                   self._after_each)  # fmt: skip
+        future = self._executor.submit(job.run)
+        future.add_done_callback(lambda _: items.put(_DONE))
+        generator = _relay(items, future, job)
+        STREAMS[generator] = job.cancel
+        return generator
+
+
+_DONE = object()  # a stream's last item: its prediction has ended
+# The streams running, generator -> how to stop its prediction (musicgen.serving.runtime_patches
+# calls it when Cog's runtime cancels the prediction that returned the generator).
+STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cancel_stream(generator) -> bool:
+    """Stop the prediction behind a generator stream() returned; whether it was one."""
+    stop = STREAMS.get(generator)
+    if stop is not None:
+        stop()
+    return stop is not None
+
+
+def _relay(items: queue.SimpleQueue, future, job: _Job) -> Iterator[Path]:
+    """Each chunk's file as it comes, then the prediction's file (or its error; a cancel as
+    asyncio.CancelledError)."""
+    try:
+        while (item := items.get()) is not _DONE:
+            yield item
+        try:
+            yield future.result().path
+        except PredictionCancelled:
+            raise asyncio.CancelledError from None
+    finally:
+        if not future.done():  # closed early: the consumer is gone
+            future.cancel()
+            job.cancel()
 
 
 class _Job:

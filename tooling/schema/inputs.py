@@ -11,8 +11,11 @@ The rules are cog's (0.23.1, pkg/schema, which parses with tree-sitter):
 - `Optional[X]` / `X | None` makes an input nullable;
 - `choices` may be a list literal, a module constant, `list(D.keys())` / `list(D.values())` or a sum
   of those; `ge` / `le` / `min_length` / `max_length` are read from numeric literals only;
-- the output is a primitive, a list of one, or a BaseModel subclass of the same file (an object
-  whose annotated fields are its properties), titled "Output" in both modes.
+- the output is a primitive, a list of one, an `Iterator[X]` / `AsyncIterator[X]` of one (an
+  array marked `x-cog-array-type: iterator`), or a BaseModel subclass of the same file (an object
+  whose annotated fields are its properties), titled "Output" in both modes;
+- a predict target decorated `@streaming` / `@cog.streaming` (imported from cog) supports
+  server-sent events (it must return an iterator).
 """
 
 from __future__ import annotations
@@ -231,6 +234,30 @@ def _model_schema(model: ast.ClassDef, source: str, imports: dict) -> dict:
     return schema
 
 
+ITERATORS = ("Iterator", "AsyncIterator")  # cog's iterator outputs (typing's or collections.abc's names)
+
+
+def _iterator_of(node: ast.AST) -> ast.AST | None:
+    """The element annotation of `Iterator[X]` / `AsyncIterator[X]`, else None."""
+    if isinstance(node, ast.Subscript) and _strip_typing(ast.unparse(node.value)).split(".")[-1] in ITERATORS:
+        return node.slice
+    return None
+
+
+def is_streaming(function: ast.FunctionDef | ast.AsyncFunctionDef, tree: ast.Module) -> bool:
+    """cog's functionSupportsStreaming: decorated `@streaming` or `@cog.streaming` (called or not),
+    the name imported from cog."""
+    imports = imports_of(tree)
+    for decorator in function.decorator_list:
+        node = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(node, ast.Name) and imports.get(node.id) == ("cog", "streaming"):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "streaming" and isinstance(node.value, ast.Name):
+            if imports.get(node.value.id) == ("cog", "cog"):
+                return True
+    return False
+
+
 def _output_schema(function: ast.FunctionDef | ast.AsyncFunctionDef, tree: ast.Module, source: str) -> dict:
     """The return annotation -> the output component, titled "Output" in both modes (cog rejects a
     missing or Optional one). A BaseModel subclass of the same file becomes an object."""
@@ -246,6 +273,12 @@ def _output_schema(function: ast.FunctionDef | ast.AsyncFunctionDef, tree: ast.M
     }
     if isinstance(node, ast.Name) and node.id in models:
         return {**_model_schema(models[node.id], source, imports), "title": "Output"}
+    element = _iterator_of(node)
+    if element is not None:
+        items = _value_type(element, imports, "return")
+        return {"type": "array", "items": items.json(), "x-cog-array-type": "iterator", "title": "Output"}
+    if is_streaming(function, tree):
+        raise SchemaError("@streaming requires Iterator[...] or AsyncIterator[...] return type")
     output = _value_type(node, imports, "return")
     if output.nullable:
         raise SchemaError(f"{function.name}() must not return Optional[...]")
@@ -278,6 +311,12 @@ def _target(tree: ast.Module, name: str, mode: str) -> ast.FunctionDef | ast.Asy
 
 def read_inputs(source: str, target: str = "Predictor", mode: str = PREDICT) -> tuple[list[InputField], dict]:
     """Every input of the predict (or train) target named `target` in `source`, and its output schema."""
+    fields, output, _ = read_target(source, target, mode)
+    return fields, output
+
+
+def read_target(source: str, target: str = "Predictor", mode: str = PREDICT) -> tuple[list[InputField], dict, bool]:
+    """read_inputs(), and whether the target supports streaming (a predict target's @streaming)."""
     if mode not in (PREDICT, TRAIN):
         raise ValueError(f"mode must be {PREDICT!r} or {TRAIN!r}, got {mode!r}")
     tree = ast.parse(source)
@@ -305,4 +344,4 @@ def read_inputs(source: str, target: str = "Predictor", mode: str = PREDICT) -> 
         if "accept" in field_.keywords and field_.type.primitive not in ("Path", "File"):
             raise SchemaError(f"accept is only valid on Path or File inputs (parameter '{name}')")
         fields.append(field_)
-    return fields, _output_schema(method, tree, source)
+    return fields, _output_schema(method, tree, source), mode == PREDICT and is_streaming(method, tree)

@@ -20,7 +20,13 @@ write (cog 0.23.1, pkg/schema):
   train adds its paths and the components predict lacks) and writes the merge with
   json.MarshalIndent: every key sorted, 2-space indent (tooling.schema.gojson).
 
-Regenerate the committed file with `python -m tooling.schema.openapi` (`--check` only compares).
+- a predict target decorated `@streaming` gets `"x-cog-streaming": true` in its operation (the
+  runtime then answers `Accept: text/event-stream` with server-sent events).
+
+Two models are committed: the published one (cog.yaml -> .cog/openapi_schema.json) and the
+streaming one (streaming/cog.yaml -> streaming/.cog/openapi_schema.json, which `serve --stream`
+serves from that folder). Regenerate both with `python -m tooling.schema.openapi` (`--check` only
+compares).
 """
 
 from __future__ import annotations
@@ -35,9 +41,12 @@ from musicgen import atomic_files
 from musicgen.serving.cog_yaml import CogRefs, cog_refs, split_ref
 from musicgen.settings import REPOSITORY
 from tooling.schema.gojson import Ordered, go_json, go_json_indent
-from tooling.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_inputs, title_case
+from tooling.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_target, title_case
 
 SCHEMA_FILE = REPOSITORY / ".cog" / "openapi_schema.json"  # where coglet looks (cwd-relative)
+STREAMING = REPOSITORY / "streaming"  # the streaming model's folder: its cog.yaml, its .cog/
+# (cog.yaml, the schema file written for it): the published model, then the streaming one
+MODELS = ((REPOSITORY / "cog.yaml", SCHEMA_FILE), (STREAMING / "cog.yaml", STREAMING / ".cog" / "openapi_schema.json"))
 OPENAPI_VERSION = "3.0.2"
 COMMAND = "python -m tooling.schema.openapi"
 # What each mode calls its parts (cog's buildOpenAPISpec, pkg/schema/openapi_spec.go).
@@ -151,8 +160,11 @@ def _plain_get(summary: str, operation_id: str) -> dict:
     }
 
 
-def openapi_document(fields: list[InputField], output: dict, cog_version: str, mode: str = PREDICT) -> dict:
-    """The OpenAPI 3.0.2 document cog builds from one target's inputs and output (buildOpenAPISpec)."""
+def openapi_document(
+    fields: list[InputField], output: dict, cog_version: str, mode: str = PREDICT, streaming: bool = False
+) -> dict:
+    """The OpenAPI 3.0.2 document cog builds from one target's inputs and output (buildOpenAPISpec);
+    `streaming`: the predict target is decorated @streaming."""
     names = NAMES[mode]
     input_schema, enums = _input_schema(fields, names["input"])
     components = Ordered({names["input"]: input_schema, names["output"]: output})
@@ -215,6 +227,7 @@ def openapi_document(fields: list[InputField], output: dict, cog_version: str, m
                 "200": {"description": "Successful Response", **_json_response({"$ref": ref + names["response"]})},
                 "422": _validation_error(),
             },
+            **({"x-cog-streaming": True} if streaming and mode == PREDICT else {}),
         }
     }
     paths[f"{names['endpoint']}/{{{names['id']}}}/cancel"] = {
@@ -265,12 +278,13 @@ def merge(predict: dict, train: dict) -> dict:
 def target_document(ref: str, mode: str, root: Path = REPOSITORY) -> str:
     """The compact document `cog build` generates for one target ("file.py:Name", relative to root)."""
     file_name, name = split_ref(ref)
-    fields, output = read_inputs((root / file_name).read_text(), name, mode)
-    return go_json(openapi_document(fields, output, cog_version(), mode))
+    fields, output, streaming = read_target((root / file_name).read_text(), name, mode)
+    return go_json(openapi_document(fields, output, cog_version(), mode, streaming))
 
 
 def generate(refs: CogRefs | None = None, root: Path = REPOSITORY) -> str:
-    """The schema JSON for `refs` (default: root/cog.yaml's), as cog build writes it (GenerateCombined).
+    """The schema JSON for `refs` (default: root/cog.yaml's; refs are relative to `root`, cog's
+    project folder), as cog build writes it (GenerateCombined).
 
     One target: its compact document. Both: each document is generated, decoded as json.Unmarshal
     decodes into map[string]any (every number a float64: "-0" stays -0), merged and written again
@@ -292,16 +306,21 @@ def write(path: Path = SCHEMA_FILE, refs: CogRefs | None = None, root: Path = RE
     return path
 
 
+def stale() -> list[Path]:
+    """The committed schema files that differ from what their cog.yaml's targets give."""
+    return [path for config, path in MODELS if not path.is_file() or path.read_text() != generate(cog_refs(config))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file is stale")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is stale")
     args = parser.parse_args(argv)
     if args.check:
-        if SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text() == generate():
-            return 0
-        print(f"{SCHEMA_FILE} is stale: run `{COMMAND}`", file=sys.stderr)
-        return 1
-    print(f"schema written to {write()}")
+        for path in stale():
+            print(f"{path} is stale: run `{COMMAND}`", file=sys.stderr)
+        return 1 if stale() else 0
+    for config, path in MODELS:
+        print(f"schema written to {write(path, cog_refs(config))}")
     return 0
 
 
