@@ -11,11 +11,12 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 # Debian packages: ffmpeg (audio), nginx with its JavaScript module (deploy/nginx/, the proxy the
-# tests start in front of the server; its service is not started).
+# tests start in front of the server; its service is not started), chromium (the listening page's
+# test drives it headless).
 NGINX_JS=/usr/lib/nginx/modules/ngx_http_js_module.so
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v nginx >/dev/null \
-  || [ ! -f "$NGINX_JS" ]; then
-  echo "setup: installing ffmpeg and nginx (Debian packages)"
+  || [ ! -f "$NGINX_JS" ] || [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing ffmpeg, nginx and chromium (Debian packages)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   policy=""
@@ -23,7 +24,7 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! comman
     policy=/usr/sbin/policy-rc.d
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
   fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg nginx-light libnginx-mod-http-js >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg nginx-light libnginx-mod-http-js chromium >/dev/null
   [ -z "$policy" ] || $SUDO rm -f "$policy"
 fi
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from musicgen.versions import MODEL_VERSIONS, PUBLISHED
 from tooling.loopback import LoopbackServer as LoopbackServer  # re-exported for the tests
 from tooling.loopback import QuietFileHandler, QuietHandler
 from tooling.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
-from tooling.server_process import ServerError, ServerProcess
+from tooling.server_process import ServerError, ServerProcess, free_port
 
 # ---------------------------------------------------------------------------------------------
 # The Predictor and the command line
@@ -310,6 +311,44 @@ def cancel_while_downloading(
         return final, time.monotonic() - cancelled_at
     finally:
         hooks.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/nginx/ in front of a server
+
+NGINX_CONFIG = REPOSITORY / "deploy" / "nginx"
+
+
+def start_proxy(upstream: str, serves: str, folder) -> tuple[str, subprocess.Popen]:
+    """nginx with deploy/nginx/nginx.conf filled in for the server at `upstream` (serving
+    `serves`: predictions or trainings), on a free port: (its URL, its process)."""
+    shutil.copy(NGINX_CONFIG / "prediction_ids.js", folder)
+    shutil.copytree(NGINX_CONFIG / "listen", folder / "listen")
+    listen = f"127.0.0.1:{free_port()}"
+    values = {
+        "${COG_UPSTREAM}": upstream.removeprefix("http://"),
+        "${PROXY_LISTEN}": listen,
+        "${PROXY_DIR}": str(folder),
+        "${COG_SERVES}": serves,
+    }
+    text = (NGINX_CONFIG / "nginx.conf").read_text()
+    for name, value in values.items():
+        text = text.replace(name, value)
+    (folder / "nginx.conf").write_text(text)
+    with open(folder / "nginx.log", "w") as log:
+        process = subprocess.Popen(["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=log)
+    url = f"http://{listen}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/health-check", timeout=2).status_code == 200:
+                return url, process
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail((folder / "nginx.log").read_text())
+        time.sleep(0.1)
 
 
 def data_uri(path: Path, mime: str = "audio/wav") -> str:

@@ -7,60 +7,18 @@ write) and takes a slot for good when it cannot (test_training_callers.py shows 
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 import urllib.parse
 
 import pytest
 import requests
-from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, FileServer, started_server
+from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, FileServer, start_proxy, started_server
 
 from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
-from musicgen.settings import REPOSITORY
 
 pytestmark = pytest.mark.slow  # the session's real server, and nginx
 
-CONFIG = REPOSITORY / "deploy" / "nginx"
 UNSAFE_IDS = ["x" * 300, "a\u0000b", "/etc/hostname/x", "../../proxy-escape", "", "has space", 7]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_proxy(upstream: str, serves: str, folder) -> tuple[str, subprocess.Popen]:
-    """nginx with deploy/nginx/nginx.conf filled in for the server at `upstream` (serving
-    `serves`: predictions or trainings), on a free port: (its URL, its process)."""
-    shutil.copy(CONFIG / "prediction_ids.js", folder)
-    listen = f"127.0.0.1:{free_port()}"
-    values = {
-        "${COG_UPSTREAM}": upstream.removeprefix("http://"),
-        "${PROXY_LISTEN}": listen,
-        "${PROXY_DIR}": str(folder),
-        "${COG_SERVES}": serves,
-    }
-    text = (CONFIG / "nginx.conf").read_text()
-    for name, value in values.items():
-        text = text.replace(name, value)
-    (folder / "nginx.conf").write_text(text)
-    with open(folder / "nginx.log", "w") as log:
-        process = subprocess.Popen(["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=log)
-    url = f"http://{listen}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{url}/health-check", timeout=2).status_code == 200:
-                return url, process
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail((folder / "nginx.log").read_text())
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +122,9 @@ def test_only_the_api_passes(proxy, server, method, path):
     """POST /shutdown once stopped the server through the proxy (200, then 502 for everyone)."""
     answer = requests.request(method, f"{proxy}{path}", timeout=HTTP_TIMEOUT)
     assert answer.status_code == 404, answer.text
-    assert "/health-check, /openapi.json, /predictions and /trainings" in answer.json()["detail"]
+    assert (
+        "/health-check, /openapi.json, /predictions and /trainings (and the page /listen/)" in answer.json()["detail"]
+    )
     assert ready(server.url) and ready(proxy)
 
 
