@@ -23,6 +23,7 @@ from helpers import (
     data_uri,
     fine_tune,
     started_server,
+    train_adapter,
     write_scale,
 )
 
@@ -32,6 +33,7 @@ from musicgen.models.sizes import lm_bytes, static_bytes
 from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 from musicgen.tokens.batching import Draws
 from musicgen.tokens.cache import CrossAttentionCache
+from musicgen.tokens.checks import Tolerance, check_adapter, check_inputs, compare, loop_logits, slot_logits
 from musicgen.tokens.choose import batched_step
 from musicgen.tokens.graphs import CROSS_CAPACITY
 from musicgen.tokens.layer import bind_linear
@@ -56,12 +58,15 @@ def batched_models(settings, one_torch_thread):
 
 @pytest.mark.parametrize("static", [True, False], ids=["static (the CUDA graph's form)", "per slot (the CPU's)"])
 def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_models, static):
-    """The same window in slot 0 beside random neighbours, then in slot 2 beside others: the
-    same logits, bit for bit, in both forms of the step."""
+    """The same window (with its adapter) in slot 0 beside random neighbours (with other adapters,
+    or none), then in slot 2 beside others: the same logits, bit for bit, in both forms of the
+    step; the static form holds the adapters in buffers it reads (a graph is not captured again)."""
     model, fast = batched_models.get("large").model, batched_models.get("large").loop
     t = fast.transformer
     assert t.cross  # the text reaches the demo LM by cross-attention, as in the released ones
     generator = torch.Generator().manual_seed(0)
+    adapters = [check_adapter(model.lm, rank, seed, scale) for rank, seed, scale in ((4, 1, 1.0), (8, 2, -0.5))]
+    mine = check_adapter(model.lm, 2, 3, 0.7)
 
     def random_cross():
         keys = [torch.randn(2, t.heads, 7, t.head_dim, generator=generator) for _ in t.layers]
@@ -71,28 +76,50 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(batched_model
         prefill = fast.cache(2, step.cache.length, torch.zeros(2, 1, t.dim))
         for slot, position in enumerate(positions):
             prefill.storage.copy_(torch.randn(prefill.storage.shape, generator=generator))
-            step.load(slot, prefill, position, random_cross())
+            step.load(slot, prefill, position, random_cross(), [*adapters, None][slot % 3])
             tokens = torch.randint(0, model.lm.card, (2, model.lm.num_codebooks), generator=generator)
             step.feed(slot, tokens, position)
 
     with torch.inference_mode():
-        step = batched_step(t, model, SLOTS, masked=static)
+        step = batched_step(t, model, SLOTS, masked=static, adapter_rank=8)
         scramble(step, [40, 7, 300, 2])
         prefill = fast.cache(2, step.cache.length, torch.zeros(2, 1, t.dim))
         prefill.storage.copy_(step.cache.storage[:, :, 0:2])
         cross, tokens = random_cross(), step.tokens[0:2].clone()
         step.load(0, prefill, 40, cross)
+        plain = step.step()[0:2].clone()
+        step.load(0, prefill, 40, cross, mine)
         first = step.step()[0:2].clone()
         scramble(step, [9, 1000, 40, 5])
-        step.load(2, prefill, 40, cross)
+        step.load(2, prefill, 40, cross, mine)
         step.feed(2, tokens, 40)
         moved = step.step()[4:6]
         for slot in (0, 1, 3):  # now alone: the per-slot form steps its two rows only (compact)
             step.free(slot)
-        alone = step.step()[4:6]
+        alone = step.step()[4:6].clone()
+        step.load(2, prefill, 40, cross)
+        step.feed(2, tokens, 40)
+        plain_alone = step.step()[4:6]
     assert torch.equal(first, moved), (first - moved).abs().max()
     assert torch.equal(first, alone), (first - alone).abs().max()
+    assert torch.equal(plain, plain_alone), (plain - plain_alone).abs().max()  # no adapter: no trace of one
+    assert (first - plain).abs().max() > 0.01  # the adapter moves this slot's logits
     assert step.compact == (not static)
+
+
+def test_the_static_step_with_an_adapter_agrees_with_the_eager_step_with_it(batched_models):
+    """The check setup() runs on CUDA before the captured batch serves: the static slots (their
+    adapter buffers holding a random rank-4 adapter, padded to rank 8) against the eager step
+    with the same adapter, on the same sequence; here uncaptured, on the CPU, in float32."""
+    model, fast = batched_models.get("large").model, batched_models.get("large").loop
+    inputs = check_inputs(model)
+    adapted = check_adapter(model.lm, 4, seed=5)
+    with torch.inference_mode():
+        step = batched_step(fast.transformer, model, SLOTS, masked=True, adapter_rank=8)
+        static = slot_logits(model, fast, step, *inputs, adapted)
+    eager, plain = loop_logits(model, fast, None, *inputs, adapted), loop_logits(model, fast, None, *inputs)
+    assert "allowed" in compare("static", static, "eager", eager, Tolerance(atol=1e-4, rtol=1e-4))
+    assert (eager - plain).abs().max() > 0.01  # the adapter is there to agree about
 
 
 def test_the_set_up_check_catches_a_step_whose_rows_depend_on_the_occupancy(batched_models):
@@ -321,6 +348,36 @@ def test_a_prediction_is_the_same_alone_and_among_others(batch_server, target_al
         assert answers[name]["status"] == "succeeded", answers[name]
     assert answers["target"]["output"] == target_alone
     assert "its steps shared with up to" in answers["target"]["logs"], answers["target"]["logs"]
+
+
+@pytest.fixture(scope="module")
+def adapters(settings, tmp_path_factory) -> tuple[str, str]:
+    """Two LoRA adapters of large (ranks 4 and 8, other seeds), trained here, as data URIs."""
+    folder = tmp_path_factory.mktemp("adapters")
+    first = train_adapter(settings, folder / "first", rank=4, seed=3)
+    second = train_adapter(settings, folder / "second", rank=8, seed=5)
+    return data_uri(first, "application/octet-stream"), data_uri(second, "application/octet-stream")
+
+
+@pytest.mark.slow
+def test_requests_with_different_adapters_decode_together_with_their_bytes_alone(batch_server, adapters):
+    """Two adapters, one at half scale, and none: each request's bytes alone are its bytes among
+    the other three, their steps shared (each slot's rows get their own adapter's update)."""
+    first, second = adapters
+    crowd = {
+        "first": {"model_version": "large", "prompt": "calm", "duration": 3, "seed": 1, "lora_weights": first},
+        "second": {"model_version": "large", "prompt": "rock", "duration": 2, "seed": 2, "lora_weights": second},
+        "half": {"model_version": "large", "prompt": "calm", "duration": 3, "seed": 1, "lora_weights": first,
+                 "lora_scale": 0.5},
+        "none": {"model_version": "large", "prompt": "calm", "duration": 3, "seed": 1},
+    }  # fmt: skip
+    alone = {name: batch_server.predict(**inputs) for name, inputs in crowd.items()}
+    together = _in_threads(batch_server, crowd, gap=0.0)
+    for name in crowd:
+        assert alone[name]["status"] == together[name]["status"] == "succeeded", (alone[name], together[name])
+        assert together[name]["output"] == alone[name]["output"], name
+    assert len({answer["output"] for answer in alone.values()}) == 4  # the adapters and the scale change the piece
+    assert "its steps shared with up to 3" in together["none"]["logs"], together["none"]["logs"]
 
 
 @pytest.mark.slow

@@ -139,7 +139,7 @@ class ModelBatch:
             job.slot = self.jobs.index(None)
             self.jobs[job.slot] = job
             state = job.state
-            self.step.load(job.slot, state.cache, state.prefix + state.offset, state.cross)
+            self.step.load(job.slot, state.cache, state.prefix + state.offset, state.cross, state.adapted)
             job.logits = state.logits
             state.cache = state.cross = None  # copied into the slot: the prefill's buffers go now
 
@@ -163,8 +163,9 @@ class ModelBatch:
 class Batcher:
     """The one thread stepping every model's batch; `run()` is called from predictions' threads."""
 
-    def __init__(self, slots: int, stall_seconds: float):
+    def __init__(self, slots: int, stall_seconds: float, adapter_rank: int = 0):
         self.slots = slots
+        self.adapter_rank = adapter_rank  # the captured (CUDA) slots' adapter buffers (MUSICGEN_LORA_SLOT_RANK)
         self.watch = Watch(stall_seconds)
         self.turn = Turn(self.watch)
         self._batches: dict[object, ModelBatch] = {}  # the model's FastLoop -> its batch

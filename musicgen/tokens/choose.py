@@ -26,6 +26,7 @@ from musicgen.tokens.batching import Batcher
 from musicgen.tokens.checks import (
     TOLERANCES,
     Tolerance,
+    check_adapter,
     check_inputs,
     compare,
     loop_logits,
@@ -110,10 +111,24 @@ def _batched(fast, model, label, batcher, on_cuda, inputs, eager, tolerance, che
     """The checked batched step serving `fast` in `batcher`; the eager loop when it fails."""
     try:
         with torch.no_grad():
-            slot_step = batched_step(fast.transformer, model, batcher.slots, masked=on_cuda, capture=on_cuda)
+            slot_step = batched_step(
+                fast.transformer,
+                model,
+                batcher.slots,
+                masked=on_cuda,
+                capture=on_cuda,
+                adapter_rank=batcher.adapter_rank,
+            )
         batched = slot_logits(model, fast, slot_step, *inputs)
         step = f"the batched step ({batcher.slots} slots{', a CUDA graph' if on_cuda else ''})"
         checks[f"{step} vs the eager step"] = compare(step, batched, "the eager step", eager, tolerance)
+        if isinstance(slot_step, MaskedSlots) and slot_step.adapters is not None:  # buffers the graph reads
+            adapted = check_adapter(model.lm, slot_step.adapters.rank)
+            batched = slot_logits(model, fast, slot_step, *inputs, adapted)
+            eager_adapted = loop_logits(model, fast, None, *inputs, adapted)
+            checks[f"{step} with an adapter vs the eager step with it"] = compare(
+                f"{step} with an adapter", batched, "the eager step with it", eager_adapted, tolerance
+            )
     except Exception as why:  # noqa: BLE001
         log.warning("%s: decoding one prediction at a time; the batched step failed its check: %s", label, reason(why))
         return _served(fast, f"the batched step failed its check: {reason(why)}", checks)
@@ -139,13 +154,16 @@ def _served(loop: TokenLoop, why: str, checks: dict[str, str] | None = None) -> 
     return loop
 
 
-def batched_step(transformer: CachedTransformer, model, slots: int, masked: bool, capture: bool = False) -> SlotStep:
-    """The batched step for `slots` windows: the masked slots (CUDA; a graph when `capture`), or
+def batched_step(
+    transformer: CachedTransformer, model, slots: int, masked: bool, capture: bool = False, adapter_rank: int = 0
+) -> SlotStep:
+    """The batched step for `slots` windows: the masked slots (CUDA; a graph when `capture`;
+    holding adapters up to `adapter_rank`), or
     the per-slot rows with the first linear maps whose rows keep their numbers whatever the
     occupancy: oneDNN's packed products, else MKL's wide product (W @ x^T)^T, each over the
     occupied slots' rows; else the wide product over every slot's rows, a fixed shape."""
     if masked:
-        return MaskedSlots(transformer, model, slots, capture=capture)
+        return MaskedSlots(transformer, model, slots, capture=capture, adapter_rank=adapter_rank)
     step = PerSlotRows(transformer, model, slots)
     if packing_works(transformer.lm.transformer.layers[0].linear1.weight):
         try:

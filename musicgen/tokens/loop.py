@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
 
+from musicgen.tokens.adapters import Adapted, whole
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.sampling import Sampling, guided, next_token
 from musicgen.tokens.transformer import CachedTransformer
@@ -28,7 +29,7 @@ class Engine(Protocol):
 
     def cache(self, batch: int, length: int, like: torch.Tensor) -> KVCache: ...
 
-    def stepper(self, cache: KVCache, cross: CrossAttentionCache | None) -> Step: ...
+    def stepper(self, cache: KVCache, cross: CrossAttentionCache | None, layers: list | None) -> Step: ...
 
 
 NEGATIVE_CONDITION = "description"  # the text attribute a negative prompt fills in the null half
@@ -58,9 +59,12 @@ class WindowState:
     of the next step. `take()` writes a sampled token and says what the next step reads."""
 
     def __init__(
-        self, lm, sequence, mask, pattern, max_gen_len, first, batch, guided_rows, prefix, cache, cross, logits
-    ):
+        self, lm, sequence, mask, pattern, max_gen_len, first, batch, guided_rows, prefix, cache, cross, logits,
+        adapted: Adapted | None = None, layers: list | None = None,
+    ):  # fmt: skip
         self.lm = lm
+        self.adapted = adapted  # the request's low-rank adapter, at its scale (None: the base model)
+        self.layers = layers  # the bound layers adapted by it, for the steps run here (None: the LM's own)
         self.max_gen_len = max_gen_len
         self.sequence, self.mask, self.pattern = sequence, mask, pattern
         self.batch = batch  # the window's own rows (guidance doubles them in the cache)
@@ -122,10 +126,12 @@ class Window:
         max_gen_len: int,
         negative: str | None = None,
         cache: Callable[[int, int, torch.Tensor], KVCache] | None = None,
+        adapted: Adapted | None = None,
     ) -> WindowState:
         """The prefill: every known step at once, conditions fused (a prefix is prepended here),
-        into `cache(batch, length, like)` (default: the engine's)."""
+        into `cache(batch, length, like)` (default: the engine's); every row adapted by `adapted`."""
         lm = self.lm
+        layers = None if adapted is None else whole(self.transformer.layers, adapted)
         device = next(iter(lm.parameters())).device
         tensors = condition_tensors(lm, conditions, negative)
         batch = len(conditions) or 1
@@ -146,10 +152,11 @@ class Window:
         length = embedded.shape[1] + sequence.shape[-1] - first - 1  # positions the window writes
         kv = (cache or self.engine.cache)(embedded.shape[0], length, embedded)
         cross = self.transformer.cross_cache(cross_source)
-        logits = self.transformer.logits(self.transformer.forward(embedded, 0, kv, cross))[:, :, -1]
+        logits = self.transformer.logits(self.transformer.forward(embedded, 0, kv, cross, layers))[:, :, -1]
         return WindowState(
-            lm, sequence, mask, pattern, max_gen_len, first, batch, bool(tensors), prefix, kv, cross, logits
-        )
+            lm, sequence, mask, pattern, max_gen_len, first, batch, bool(tensors), prefix, kv, cross, logits,
+            adapted, layers,
+        )  # fmt: skip
 
     def generate(
         self,
@@ -160,8 +167,9 @@ class Window:
         on_step: Callable[[], None],
         negative: str | None = None,
         generator: torch.Generator | None = None,
+        adapted: Adapted | None = None,
     ) -> torch.Tensor:
-        state = self.start(prompt, conditions, max_gen_len, negative)
+        state = self.start(prompt, conditions, max_gen_len, negative, adapted=adapted)
         return self.finish(state, sampling, on_step, generator)
 
     def finish(
@@ -169,7 +177,7 @@ class Window:
     ) -> torch.Tensor:
         """Every step of a started window, one at a time (the engine's step): its tokens."""
         cfg_coef = sampling.cfg_coef if state.guided else None
-        step = self.engine.stepper(state.cache, state.cross)
+        step = self.engine.stepper(state.cache, state.cross, state.layers)
         logits = state.logits
         while True:
             following = state.take(next_token(guided(logits, state.batch, cfg_coef), sampling, generator))

@@ -7,18 +7,21 @@ docs/batching.md's table says which runs where):
 - MaskedSlots (CUDA, captured once as a graph and replayed): the same shapes at every step. The
   linear maps run over all 2S rows (a free slot steps a dummy token); each row at a position of
   its own, attention over the whole window with a mask, the text padded to CROSS_CAPACITY tokens
-  with a per-row mask (CachedTransformer.masked_step).
+  with a per-row mask (CachedTransformer.masked_step). A slot's adapter (tokens/adapters.py) is
+  copied into static buffers the step reads (SlotAdapters): the graph is not captured again.
 - PerSlotRows (the CPU): the linear maps are row_linear's, whose rows do not depend on the other
   rows or on their count, so only the occupied slots' rows run (`compact`: one request alone
   costs about what it costs with S = 1); each slot's attention runs over exactly its own
-  positions and text. Whether its rows keep their numbers whatever the occupancy is checked
-  when it is built (occupancy_leaves_rows_alone); where it does not hold, every slot's rows run.
+  positions and text, and its adapter's update over its own two rows (adapters.per_slot). Whether
+  its rows keep their numbers whatever the occupancy is checked when it is built
+  (occupancy_leaves_rows_alone); where it does not hold, every slot's rows run.
 """
 
 from __future__ import annotations
 
 import torch
 
+from musicgen.tokens.adapters import Adapted, SlotAdapters, per_slot
 from musicgen.tokens.attention import PerSlotAttention, PerSlotText, Slot
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.graphs import CROSS_CAPACITY, capture_step, window_positions
@@ -56,19 +59,25 @@ class SlotStep:
         return self.cache.storage.numel() * self.cache.storage.element_size()
 
     def fits(self, state: WindowState) -> bool:
-        """Whether a started window can run in a slot: one guided request whose positions and
-        text fit the static buffers (else it runs on its own, eagerly)."""
+        """Whether a started window can run in a slot: one guided request whose positions, text
+        and adapter fit the static buffers (else it runs on its own, eagerly)."""
         if not state.guided or state.batch != 1 or state.positions > self.cache.length:
             return False
-        return self.takes_text(state.cross)
+        return self.takes_text(state.cross) and self.takes_adapter(state.adapted)
+
+    def takes_adapter(self, adapted: Adapted | None) -> bool:
+        """Whether a window's adapter can run in a slot."""
+        return True
 
     def takes_text(self, cross: CrossAttentionCache | None) -> bool:
         """Whether a window's text (its cross-attention keys) fits the slots."""
         return (cross is None) == (not self.transformer.cross)
 
-    def load(self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None) -> None:
+    def load(
+        self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None, adapted: Adapted | None = None
+    ) -> None:
         """Put a started window in `slot`: the first `written` positions of its prefill's `cache`
-        (WindowState: prefix + offset), and its text's `cross` keys and values."""
+        (WindowState: prefix + offset), its text's `cross` keys and values, and its adapter."""
         cache.copy_into(self.cache, written, self._rows(slot))
 
     def free(self, slot: int) -> None:
@@ -102,9 +111,16 @@ class MaskedSlots(SlotStep):
     """Every slot's rows at every step, masked: the same shapes whatever the rows hold, so a row's
     result never depends on the others and a CUDA graph replays it (captured when `capture`)."""
 
-    def __init__(self, transformer: CachedTransformer, model, slots: int, capture: bool = False):
+    def __init__(self, transformer: CachedTransformer, model, slots: int, capture: bool = False, adapter_rank: int = 0):
+        """`adapter_rank`: the highest adapter rank the slots hold (static buffers the step reads;
+        0: none, and a window with an adapter runs on its own)."""
         super().__init__(transformer, model, slots)
         t, rows = transformer, ROWS_PER_SLOT * slots
+        self.adapters = None
+        self.layers = None  # the LM's own
+        if adapter_rank:
+            self.adapters = SlotAdapters(t.lm, slots, ROWS_PER_SLOT, adapter_rank, self.dtype, self.device)
+            self.layers = self.adapters.layers(t.layers)
         self.cross = None
         if t.cross:
             keys = [torch.zeros(rows, t.heads, CROSS_CAPACITY, t.head_dim, dtype=self.dtype, device=self.device)
@@ -121,14 +137,22 @@ class MaskedSlots(SlotStep):
     @property
     def nbytes(self) -> int:
         cross = 0 if self.cross is None else sum(k.numel() * k.element_size() for k in self.cross.keys) * 2
-        return super().nbytes + cross
+        return super().nbytes + cross + (0 if self.adapters is None else self.adapters.nbytes)
+
+    def takes_adapter(self, adapted: Adapted | None) -> bool:
+        """Up to its buffers' rank (none without them)."""
+        return adapted is None or (self.adapters is not None and self.adapters.takes(adapted))
 
     def takes_text(self, cross: CrossAttentionCache | None) -> bool:
         """Up to CROSS_CAPACITY text tokens (the padded buffers)."""
         return super().takes_text(cross) and (cross is None or cross.keys[0].shape[2] <= CROSS_CAPACITY)
 
-    def load(self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None) -> None:
+    def load(
+        self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None, adapted: Adapted | None = None
+    ) -> None:
         super().load(slot, cache, written, cross)
+        if self.adapters is not None:
+            self.adapters.set(slot, adapted)
         if self.cross is not None:
             rows, length = self._rows(slot), cross.keys[0].shape[2]
             for mine, theirs in zip(self.cross.keys + self.cross.values, cross.keys + cross.values, strict=True):
@@ -138,6 +162,8 @@ class MaskedSlots(SlotStep):
 
     def free(self, slot: int) -> None:
         super().free(slot)
+        if self.adapters is not None:
+            self.adapters.set(slot, None)
         if self.cross is not None:
             rows = self._rows(slot)
             self.cross.mask[rows] = False
@@ -150,7 +176,7 @@ class MaskedSlots(SlotStep):
         return self.logits
 
     def _run(self) -> torch.Tensor:
-        return self.transformer.masked_step(self.tokens, self.positions, self.cache, self.cross)
+        return self.transformer.masked_step(self.tokens, self.positions, self.cache, self.cross, self.layers)
 
 
 class PerSlotRows(SlotStep):
@@ -160,25 +186,42 @@ class PerSlotRows(SlotStep):
     def __init__(self, transformer: CachedTransformer, model, slots: int):
         super().__init__(transformer, model, slots)
         self.texts: list[CrossAttentionCache | None] = [None] * slots  # each slot's text keys
+        self.adapted: list[Adapted | None] = [None] * slots  # each slot's adapter
+        self._adapted_layers: list | None = None  # the row layers as the slots' adapters make them (None: to build)
         self.packed_bytes = 0  # the packed copies of the weights its linear maps keep
 
     def use(self, bind: Binder, compact: bool, form: str) -> None:
         """Step with the linear maps `bind` binds (the packed copies of a previous binding go; a
         binder that packs counts its copies' bytes in `nbytes`)."""
         self.row_layers, self.row_heads = self.transformer.with_linear(bind)
+        self._adapted_layers = None
         self.compact, self.form, self.packed_bytes = compact, form, getattr(bind, "nbytes", 0)
 
     @property
     def nbytes(self) -> int:
         return super().nbytes + self.packed_bytes
 
-    def load(self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None) -> None:
+    def load(
+        self, slot: int, cache: KVCache, written: int, cross: CrossAttentionCache | None, adapted: Adapted | None = None
+    ) -> None:
         super().load(slot, cache, written, cross)
         self.texts[slot] = cross
+        self.adapted[slot] = adapted
+        self._adapted_layers = None  # the slots' rows may have moved
 
     def free(self, slot: int) -> None:
         super().free(slot)
         self.texts[slot] = None
+        self.adapted[slot] = None
+        self._adapted_layers = None
+
+    def _layers(self, occupied: list[tuple[Slot, int]]) -> list:
+        """The row layers, each occupied slot's rows adapted by its adapter (built again only
+        after a slot is loaded or freed)."""
+        if self._adapted_layers is None:
+            parts = [(slot.step_rows, self.adapted[index]) for slot, index in occupied if self.adapted[index]]
+            self._adapted_layers = per_slot(self.row_layers, parts)
+        return self._adapted_layers
 
     def _run(self) -> torch.Tensor:
         """Logits [2S, K, card] of the stepped rows (the occupied slots' when `compact`, else
@@ -191,13 +234,15 @@ class PerSlotRows(SlotStep):
             self.tokens.device
         )
         occupied = [
-            Slot(self._rows(here), self._rows(slot), self.at[slot], self.texts[slot])
+            (Slot(self._rows(here), self._rows(slot), self.at[slot], self.texts[slot]), slot)
             for here, slot in enumerate(stepped)
             if self.at[slot] is not None
         ]
+        layers = self._layers(occupied)
+        occupied = [slot for slot, _ in occupied]
         x = t.embed(self.tokens[index][..., None])[:, 0] + cache.positions.index_select(0, self.positions[index])
         text = PerSlotText(t.geometry, occupied) if t.cross else None
-        x = run_layers(self.row_layers, x, PerSlotAttention(t.geometry, cache, occupied), text)
+        x = run_layers(layers, x, PerSlotAttention(t.geometry, cache, occupied), text)
         logits = t.logits(x, self.row_heads)
         if len(index) == self.tokens.shape[0]:
             return logits

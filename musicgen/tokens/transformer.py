@@ -155,16 +155,19 @@ class CachedTransformer:
 
     # ---------------------------------------------------------------- the forms of the pass
 
-    def forward(self, x: torch.Tensor, start: int, cache: KVCache, cross: CrossAttentionCache | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, start: int, cache: KVCache, cross: CrossAttentionCache | None, layers=None
+    ) -> torch.Tensor:
         """A window's prefill: x [B, T, dim] (embedded, positions not yet added) at positions
         start..start+T-1 -> the transformer's output [B, T, dim]; writes the keys/values of those
         positions. T > 1 only for a window's first call (start 0): causal attention within it, as
-        audiocraft does when its cache is empty."""
+        audiocraft does when its cache is empty. `layers`: bound layers to run instead of the LM's
+        own (a request's adapter: musicgen.tokens.adapters)."""
         x = x + cache.positions[start : start + x.shape[1]]
         text = None if cross is None else WholeText(self.geometry, cross)
-        return run_layers(self.layers, x, WindowAttention(self.geometry, cache, start), text)
+        return run_layers(layers or self.layers, x, WindowAttention(self.geometry, cache, start), text)
 
-    def step(self, tokens: torch.Tensor, position: int, cache: KVCache, cross: CrossAttentionCache | None):
+    def step(self, tokens: torch.Tensor, position: int, cache: KVCache, cross: CrossAttentionCache | None, layers=None):
         """The eager step: one token per row, tokens [B, K] at `position` -> logits [B, K, card].
 
         forward() for T = 1 with [B, dim] activations instead of [B, 1, dim]: the same kernels on
@@ -172,10 +175,15 @@ class CachedTransformer:
         """
         x = self.embed(tokens[..., None])[:, 0] + cache.positions[position]
         text = None if cross is None else TokenText(self.geometry, cross)
-        return self.logits(run_layers(self.layers, x, TokenAttention(self.geometry, cache, position), text))
+        return self.logits(run_layers(layers or self.layers, x, TokenAttention(self.geometry, cache, position), text))
 
     def masked_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, cross: CrossAttentionCache | None
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        cross: CrossAttentionCache | None,
+        layers=None,
     ) -> torch.Tensor:
         """The static step (capturable as a CUDA graph): tokens [R, K], row r at positions[r] (a
         device tensor) -> logits [R, K, card]. Attention reads each row's whole cache and masks the
@@ -183,4 +191,5 @@ class CachedTransformer:
         (cross.mask). The same shapes whatever the rows hold."""
         x = self.embed(tokens[..., None])[:, 0] + cache.positions.index_select(0, positions)
         text = None if cross is None else TokenText(self.geometry, cross, masked=True)
-        return self.logits(run_layers(self.layers, x, MaskedAttention.of(self.geometry, cache, positions), text))
+        attention = MaskedAttention.of(self.geometry, cache, positions)
+        return self.logits(run_layers(layers or self.layers, x, attention, text))
