@@ -106,6 +106,16 @@ class Predictor(BasePredictor):
             description="What the music should not have, e.g. 'drums, vocals': classifier-free guidance steers away from it (it takes the place of the unconditional prompt). Left out or empty: no negative prompt.",
             default=None,
         ),
+        lora_weights: Optional[str] = Input(
+            description="A low-rank adapter (LoRA) to decode with: an http(s) URL or a data: URI of the adapter.safetensors a training with lora_rank above 0 made. Its base model_version must be the one chosen. Left out: the served weights as they are.",
+            default=None,
+        ),
+        lora_scale: float = Input(
+            description="How strongly the adapter applies: 1 as trained, 0 not at all (the base model's output), negative to steer away from its style.",
+            default=1.0,
+            ge=-1.0,
+            le=2.0,
+        ),
     ) -> Path:
         request = Request(
             model_version=model_version,
@@ -124,5 +134,7 @@ class Predictor(BasePredictor):
             output_format=output_format,
             seed=seed,
             negative_prompt=negative_prompt,
+            lora_weights=lora_weights,
+            lora_scale=lora_scale,
         )
         return Path((await self.runner.predict(request)).path)

@@ -24,7 +24,7 @@ from musicgen.serving.entry_points import (
 from musicgen.serving.launch import serve
 from musicgen.settings import Settings
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.layout import LM_FILE
+from musicgen.weights.layout import ADAPTER_FILE
 from musicgen.weights.manifest import MANIFEST
 
 WEIGHTS_HELP = "a fine-tuned LM checkpoint (file, folder or URL) served in place of its base (default: $COG_WEIGHTS)"
@@ -32,8 +32,14 @@ TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 
 
+# Text inputs that name a file (a URL over HTTP): from the command line also a local file, as a file input.
+FILE_TEXT_INPUTS = ("lora_weights",)
+
+
 def parse_value(name: str, text: str, value_type: type) -> object:
     """Turn `-i name=text` into the schema's type, as `cog predict` does."""
+    if name in FILE_TEXT_INPUTS:
+        value_type = Path
     try:
         if value_type is bool:
             if text.lower() not in TRUE_WORDS + FALSE_WORDS:
@@ -144,15 +150,16 @@ def run_train(args: argparse.Namespace) -> int:
             f"dataset_path={values['dataset_path']!r}: the command line trains on a local file; download it first "
             f"(the HTTP server's POST /trainings takes URLs)."
         )
-    dest = Path(args.output).resolve() / LM_FILE
+    folder = Path(args.output).resolve()
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)  # before training: a bad -o must not cost a whole run
+        folder.mkdir(parents=True, exist_ok=True)  # before training: a bad -o must not cost a whole run
     except OSError as error:
         raise InputError(f"-o {args.output}: cannot make this folder ({error.strerror}).") from None
     result = Path(train(**values).weights)
+    dest = folder / result.name  # state_dict.bin, or a LoRA training's adapter.safetensors
     shutil.move(result, dest)
     shutil.rmtree(result.parent, ignore_errors=True)  # train.py's own folder, now empty
-    print(f"checkpoint: {dest}")
+    print(f"{'adapter' if dest.name == ADAPTER_FILE else 'checkpoint'}: {dest}")
     print(f"serve it with: python -m musicgen predict --weights {dest} -i prompt=...")
     return 0
 

@@ -27,9 +27,11 @@ from audiocraft.models.encodec import InterleaveStereoCompressionModel
 from musicgen.audio import levels
 from musicgen.audio.read import WHOLE_FILE, DecodedAudio, Span
 from musicgen.input_rules import MAX_CONTEXT, MAX_SEED
+from musicgen.lora.adapter import Adapter
 from musicgen.models.load import LoadedModels, Served
 from musicgen.request import Request, continuation_bounds
 from musicgen.streaming.chunks import Stream
+from musicgen.tokens.adapters import Adapted
 from musicgen.tokens.batching import Draws
 from musicgen.versions import ENCODE_DECODE
 
@@ -73,6 +75,7 @@ class Generation:
     models: LoadedModels  # EnCodec and MultiBand Diffusion, shared by every model
     draws: Draws | None = None  # the prediction's own generator when its windows decode in a batch
     stream: Stream | None = None  # a streaming prediction's chunks, written as the tokens arrive
+    adapted: Adapted | None = None  # the LM's low-rank adapter at the request's scale (musicgen.lora)
 
     @property
     def model(self) -> MusicGen:
@@ -86,7 +89,8 @@ def _audio(work: Generation, attributes, prompt: torch.Tensor | None, head=None)
     request, stream = work.request, work.stream
     tap = None if stream is None else stream.begin(work.model, head, prompt)
     try:
-        tokens = work.served.loop.tokens(attributes, prompt, request.negative_prompt, draws=work.draws, tap=tap)
+        negative, draws, adapted = request.negative_prompt, work.draws, work.adapted
+        tokens = work.served.loop.tokens(attributes, prompt, negative, draws=draws, tap=tap, adapted=adapted)
         if head is not None:
             tokens = torch.cat([head, tokens], dim=-1)
         if stream is not None:
@@ -254,31 +258,45 @@ MODES: dict[str, Mode] = {
 
 
 def generate(
-    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None, stream: Stream | None = None
+    request: Request,
+    models: LoadedModels,
+    seed: int,
+    input_audio: DecodedAudio | None,
+    stream: Stream | None = None,
+    adapter: Adapter | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Run the request's mode (validated; input_audio decoded, or None when the request has none);
     return (audio [C, T] float32 on CPU, its rate in Hz). With batched decoding the work runs
     under the models' turn (its tokens' steps are shared while it waits), drawing its tokens from
     a generator of its own. `stream`: chunks of the audio as its tokens arrive (the generating
-    modes; encode-decode has no tokens to stream)."""
-    work = functools.partial(_generate, request, models, seed, input_audio, stream)
+    modes; encode-decode has no tokens to stream). `adapter`: the request's lora_weights, read and
+    checked (None: the adapter served as the weights, if any)."""
+    work = functools.partial(_generate, request, models, seed, input_audio, stream, adapter)
     return models.in_turn(work, f"{request.model_version}, {request.mode}")
 
 
 def _generate(
-    request: Request, models: LoadedModels, seed: int, input_audio: DecodedAudio | None, stream: Stream | None
+    request: Request,
+    models: LoadedModels,
+    seed: int,
+    input_audio: DecodedAudio | None,
+    stream: Stream | None,
+    adapter: Adapter | None,
 ) -> tuple[torch.Tensor, int]:
     # Loaded on first use, before seeding (loading may draw random numbers): MultiBand Diffusion
     # (kept once loaded), then the model, evicting others to make room beside what is resident.
     if request.multi_band_diffusion:
         models.mbd  # noqa: B018
     served = None if request.mode == ENCODE_DECODE else models.get(request.model_version)
+    adapted = None
+    if served is not None:
+        adapted = models.adapters.for_request(request.model_version, adapter, request.lora_scale, served.model.lm)
     seed_everything(seed)
     draws = None
     if models.batcher is not None:
         generator = torch.Generator(device=models.device).manual_seed(seed)
         draws = Draws(generator, functools.partial(seed_everything, seed))
     with torch.inference_mode():
-        wav = MODES[request.mode](Generation(request, input_audio, served, models, draws, stream))
+        wav = MODES[request.mode](Generation(request, input_audio, served, models, draws, stream, adapted))
     rate = models.codec.sample_rate if served is None else served.model.sample_rate
     return wav.float().cpu(), rate

@@ -24,6 +24,8 @@ MAX_CONTEXT = 30  # seconds the LM attends to; a continuation window may not be 
 MIN_INPUT_SECONDS = 0.1  # shorter inputs carry no usable melody or prompt
 MAX_MP3_CHANNELS = 2  # MP3 holds mono or stereo
 URL_SCHEMES = ("http", "https", "data")  # what a file input given as text may be
+MIN_LORA_SCALE, MAX_LORA_SCALE = -1.0, 2.0  # 1: the adapter as trained; 0: the base model; < 0: steered away
+MIN_LORA_RANK, MAX_LORA_RANK = 1, 128  # a training's lora_rank (0: full fine-tuning)
 
 
 def set_whole_numbers(inputs: object, names: tuple[str, ...]) -> None:

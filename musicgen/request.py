@@ -18,11 +18,13 @@ from musicgen.input_rules import (
     MAX_CLASSIFIER_FREE_GUIDANCE,
     MAX_CONTEXT,
     MAX_DURATION,
+    MAX_LORA_SCALE,
     MAX_MP3_CHANNELS,
     MAX_PROMPT_CHARACTERS,
     MAX_SEED,
     MIN_DURATION,
     MIN_INPUT_SECONDS,
+    MIN_LORA_SCALE,
     MIN_SAMPLING_TEMPERATURE,
     NORMALIZATION_STRATEGIES,
     OUTPUT_FORMATS,
@@ -57,6 +59,10 @@ class Request:
     output_format: str = "wav"
     seed: int | None = None  # None or -1: random
     negative_prompt: str | None = None  # the unconditional half of guidance; whitespace only counts as empty
+    # A low-rank adapter (musicgen.lora): an http(s) / data: URL as text, or a local file as a Path
+    # (the command line, Python), as input_audio.
+    lora_weights: Path | str | None = None
+    lora_scale: float = 1.0  # the adapter's strength: 1 as trained, 0 the base model
 
     def __post_init__(self) -> None:
         """JSON and the command line may send a whole number as 7.0: it is 7; 7.5 is refused."""
@@ -65,6 +71,8 @@ class Request:
             object.__setattr__(self, "prompt", "")  # like "": no text condition
         if self.negative_prompt is not None and not self.negative_prompt.strip():
             object.__setattr__(self, "negative_prompt", None)  # like leaving it out
+        if isinstance(self.lora_weights, str) and not self.lora_weights.strip():
+            object.__setattr__(self, "lora_weights", None)  # like leaving it out
 
     @property
     def mode(self) -> str:
@@ -126,14 +134,19 @@ def validate(request: Request, served: Mapping[str, int] | None = None) -> None:
             )
         check_range("seed", request.seed, 0, MAX_SEED)
 
-    if isinstance(request.input_audio, str) and not is_url(request.input_audio):
-        raise InputError(
-            f"input_audio={shortened(request.input_audio)!r} is not a URL; give an http(s) URL or a data: URI "
-            f"(a local file only from the command line, -i input_audio=song.wav, or as a pathlib.Path from Python)."
-        )
+    for name, example in (("input_audio", "song.wav"), ("lora_weights", "adapter.safetensors")):
+        value = getattr(request, name)
+        if isinstance(value, str) and not is_url(value):
+            raise InputError(
+                f"{name}={shortened(value)!r} is not a URL; give an http(s) URL or a data: URI "
+                f"(a local file only from the command line, -i {name}={example}, or as a pathlib.Path from Python)."
+            )
+    check_range("lora_scale", request.lora_scale, MIN_LORA_SCALE, MAX_LORA_SCALE)
     if request.model_version == ENCODE_DECODE:
         if request.input_audio is None:
             raise InputError("input_audio is required when model_version='encode-decode'.")
+        if request.lora_weights is not None:
+            raise InputError("lora_weights adapts a language model; model_version='encode-decode' has none.")
         return
     if request.continuation:
         _validate_continuation_window(request)

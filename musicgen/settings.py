@@ -52,6 +52,12 @@ def _positive_integer(text: str) -> int:
     return int(text)
 
 
+def _adapter_rank(text: str) -> int:
+    if not text.isdigit() or int(text) > 128:
+        raise ValueError
+    return int(text)
+
+
 def _switch(text: str) -> bool:
     if text.lower() not in TRUE_WORDS + FALSE_WORDS:
         raise ValueError
@@ -125,6 +131,14 @@ SETTINGS = (
             "With `MUSICGEN_MAX_BATCH` > 1: a prediction waiting while batched decoding makes no progress this long fails, and the stall is logged (docs/batching.md)."),
     Setting(SLOTS_ENV, "runtime_slots", _positive_integer, "`1` (`serve`: twice `MUSICGEN_MAX_BATCH`, at least `2`)",
             "a positive integer", "Cog's runtime slots: requests beyond the batch wait for a place instead of a 409 (docs/operations.md)."),
+    Setting("MUSICGEN_LORA_MAX_MB", "lora_max_mb", _positive_number, "`512`", "a positive number of MB (10^6 bytes)",
+            "The largest `lora_weights` adapter a URL may deliver (within `MUSICGEN_INPUT_TIMEOUT`)."),
+    Setting("MUSICGEN_LORA_CACHE_MB", "lora_cache_mb", _positive_number, "`1024`", "a positive number of MB (10^6 bytes)",
+            "Adapters kept ready on the device by content, the least recently used dropped first; counted by the memory budget (docs/lora.md)."),
+    Setting("MUSICGEN_LORA_SLOT_RANK", "lora_slot_rank", _adapter_rank, "`16`", "a whole number from 0 to 128",
+            "With batching on CUDA: the highest adapter rank the captured step's slots hold; a window with a higher rank decodes on its own (0: none)."),
+    Setting("MUSICGEN_TRAIN_MEMORY_GB", "train_memory_gb", _positive_number, "the GPU's memory, or the CPU memory available when training starts",
+            "a positive number of GB (10^9 bytes)", "The memory a fine-tune plans with; one that needs more is refused before the model loads."),
     Setting(ONEDNN_CACHE_ENV, "onednn_cache_entries", _positive_integer, "`64`", "a positive integer",
             "oneDNN's compiled-kernel cache on CPU (its own default, 1024, grows the worker's memory)."),
     Setting("HF_ENDPOINT", "hub_endpoint", _url, "`https://huggingface.co`", "an http(s) URL",
@@ -153,6 +167,10 @@ class Settings:
     # longer than any legitimate pause of the batched path: loading the largest model on first use
     stall_seconds: float = 300.0
     runtime_slots: int = 1  # Cog's own default
+    lora_max_mb: float = 512.0  # rank 128 on the 3.3 B LMs, float16: 400 MB
+    lora_cache_mb: float = 1024.0
+    lora_slot_rank: int = 16  # per slot on large: 50 MB of float16 buffers
+    train_memory_gb: float | None = None  # None: the device's (musicgen.train.memory)
     # oneDNN's primitive cache on CPU (a convolution compiled for each input shape, with its
     # buffers): EnCodec, the resampler and MultiBand Diffusion meet a new length with almost every
     # request, and oneDNN keeps the last 1024 by default: 100 MB more RSS after a soak of 200 mixed

@@ -60,6 +60,7 @@ def one_torch_thread():
 # The session server's input limits: small, so the tests of slow and endless senders end quickly.
 SERVER_INPUT_TIMEOUT = 5  # seconds
 SERVER_INPUT_MAX_MB = 16
+SERVER_LORA_MAX_MB = 0.2  # a demo adapter of rank 4 is 18 kB
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,11 @@ def server(demo_weights, tmp_path_factory):
     `server.tmp` (empty at start), so what the worker leaves behind can be inspected."""
     from helpers import checkout_files, started_server
 
-    env = {"MUSICGEN_INPUT_TIMEOUT": str(SERVER_INPUT_TIMEOUT), "MUSICGEN_INPUT_MAX_MB": str(SERVER_INPUT_MAX_MB)}
+    env = {
+        "MUSICGEN_INPUT_TIMEOUT": str(SERVER_INPUT_TIMEOUT),
+        "MUSICGEN_INPUT_MAX_MB": str(SERVER_INPUT_MAX_MB),
+        "MUSICGEN_LORA_MAX_MB": str(SERVER_LORA_MAX_MB),
+    }
     before = checkout_files()
     server = started_server(demo_weights, tmp_path_factory.mktemp("server"), env)
     try:

@@ -387,7 +387,10 @@ SEED_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
 # published ones (every version of musicgen.versions' table the published schemas do not name), and
 # optional inputs after the published inputs.
 ADDED_CHOICES = {"model_version": [name for name in MODEL_VERSIONS if name not in PUBLISHED]}
-ADDED_INPUTS = ["negative_prompt"]  # optional (default None), after every published input
+# Optional inputs after every published one, each with the default that leaves a request as it was
+# (no negative prompt, no adapter, an adapter's own strength: nothing to scale without one).
+ADDED_DEFAULTS = {"negative_prompt": None, "lora_weights": None, "lora_scale": 1.0}
+ADDED_INPUTS = list(ADDED_DEFAULTS)
 PUBLISHED_ORDER = [
     "model_version",
     "prompt",
@@ -500,3 +503,26 @@ def fine_tune(version: str, destination: Path, edit=None) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save(package, destination)
     return destination
+
+
+def train_adapter(
+    settings, folder: Path, version: str = "large", rank: int = 4, seed: int = 3, epochs: int = 2
+) -> Path:
+    """A LoRA adapter of the demo `version` trained by musicgen.train on two captioned scales (a
+    high learning rate: a few steps move the output), written as `folder`/adapter.safetensors."""
+    import zipfile
+
+    from musicgen.train.options import TrainRequest
+    from musicgen.train.run import fine_tune as run_fine_tune
+
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / "scales.zip"
+    with zipfile.ZipFile(archive, "w") as members:
+        for name, base in (("low", 220.0), ("high", 440.0)):
+            members.write(write_scale(folder / f"{name}.wav", 3, rate=32000, channels=1, base=base), f"{name}.wav")
+            members.writestr(f"{name}.txt", f"a {name} rising scale")
+    request = TrainRequest(
+        dataset_path=archive, model_version=version, epochs=epochs, batch_size=2, lr=1e-2, warmup_steps=0,
+        drop_vocals=False, seed=seed, lora_rank=rank,
+    )  # fmt: skip
+    return run_fine_tune(request, settings, output_dir=folder).checkpoint

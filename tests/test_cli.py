@@ -69,6 +69,12 @@ def test_values_are_parsed_by_the_schema_types(tmp_path):
     assert values["model_version"] == "melody" and values["seed"] is None  # untouched defaults
     url = "https://example.com/melody.mp3"  # fetched by the prediction, as over HTTP
     assert parse_inputs([f"input_audio={url}"], fields)["input_audio"] == url
+    # lora_weights is text in the schema (a URL over HTTP); the command line also takes a local file
+    adapter = tmp_path / "adapter.safetensors"
+    adapter.write_bytes(b"{}")
+    assert parse_inputs([f"lora_weights={adapter}"], fields)["lora_weights"] == adapter
+    assert parse_inputs(["lora_weights=data:,x"], fields)["lora_weights"] == "data:,x"
+    assert parse_inputs(["lora_scale=0.5"], fields)["lora_scale"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -78,6 +84,7 @@ def test_values_are_parsed_by_the_schema_types(tmp_path):
         ("continuation=maybe", "continuation='maybe' is not a valid bool"),
         ("tempo=120", "unknown input 'tempo'; the inputs are: model_version, prompt"),
         ("input_audio=/no/such/file.wav", "input_audio='/no/such/file.wav': no such file"),
+        ("lora_weights=/no/such/adapter", "lora_weights='/no/such/adapter': no such file"),
         ("duration", "-i 'duration' must be written key=value"),
     ],
 )

@@ -9,7 +9,16 @@ import inspect
 import typing
 
 import pytest
-from helpers import ADDED_CHOICES, ADDED_INPUTS, EXPECTED_ORDER, PUBLISHED_ORDER, SEED_TYPES, load_seeds, squash
+from helpers import (
+    ADDED_CHOICES,
+    ADDED_DEFAULTS,
+    ADDED_INPUTS,
+    EXPECTED_ORDER,
+    PUBLISHED_ORDER,
+    SEED_TYPES,
+    load_seeds,
+    squash,
+)
 
 from musicgen.serving.entry_points import input_fields, load_predictor_class
 
@@ -37,10 +46,13 @@ def test_names_and_order_are_the_union_of_the_seeds_then_the_additions(declared)
 
 
 def test_every_added_input_is_optional_and_changes_nothing_when_left_out(declared):
-    for name in ADDED_INPUTS:
+    for name, neutral in ADDED_DEFAULTS.items():
         value_type, info, annotation = declared[name]
-        assert info.default is None and typing.get_origin(annotation) in (typing.Union, type(int | None)), name
-        assert info.choices is None and info.le is None and info.ge is None, name
+        assert info.default == neutral and info.choices is None, name
+        if neutral is None:
+            assert typing.get_origin(annotation) in (typing.Union, type(int | None)), name
+            assert info.le is None and info.ge is None, name
+    assert (declared["lora_scale"][1].ge, declared["lora_scale"][1].le) == (-1.0, 2.0)  # docs/lora.md
 
 
 def test_types_defaults_and_descriptions_match_every_seed(declared):
@@ -66,11 +78,11 @@ def test_types_defaults_and_descriptions_match_every_seed(declared):
 
 
 def test_bounds_are_only_those_the_seeds_show(declared):
+    """The published inputs' bounds are the seeds'; of the added ones only lora_scale has any."""
     maxima = {field["name"]: field["maximum"] for seed in load_seeds() for field in seed if field["maximum"]}
     assert maxima == {"duration": 60}
-    for name, (_, info, _) in declared.items():
-        assert info.le == maxima.get(name), name
-        assert info.ge is None, name
+    bounds = {name: (info.ge, info.le) for name, (_, info, _) in declared.items() if (info.ge, info.le) != (None, None)}
+    assert bounds == {"duration": (None, 60), "lora_scale": (-1.0, 2.0)}
 
 
 def test_model_version_choices(declared):

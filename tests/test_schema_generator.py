@@ -92,8 +92,11 @@ def test_schema_shows_the_seeds(document):
                 assert str(prop["default"]).lower() == field["default"].lower(), field["name"]
             if field["choices"]:
                 assert components[field["name"]]["enum"] == field["choices"] + ADDED_CHOICES.get(field["name"], [])
-    assert {name: prop["maximum"] for name, prop in properties.items() if "maximum" in prop} == {"duration": 60}
-    assert not any("minimum" in prop for prop in properties.values())
+    assert {name: prop["maximum"] for name, prop in properties.items() if "maximum" in prop} == {
+        "duration": 60,
+        "lora_scale": 2,
+    }
+    assert {name: prop["minimum"] for name, prop in properties.items() if "minimum" in prop} == {"lora_scale": -1}
     assert components["model_version"]["enum"] == [
         *("melody", "large", "encode-decode"),  # published
         *("melody-large", "stereo-large", "stereo-melody-large"),  # added (helpers.ADDED_CHOICES)
@@ -105,6 +108,23 @@ def test_schema_shows_the_seeds(document):
         "nullable": True,
         "title": "Negative Prompt",
         "type": "string",
+        "x-order": len(EXPECTED_ORDER) - 3,
+    }
+    assert properties["lora_weights"] == {  # added: an optional string (a URL: Cog does not fetch it)
+        "default": None,
+        "description": properties["lora_weights"]["description"],
+        "nullable": True,
+        "title": "Lora Weights",
+        "type": "string",
+        "x-order": len(EXPECTED_ORDER) - 2,
+    }
+    assert properties["lora_scale"] == {  # added: a number whose default changes nothing, last
+        "default": 1,
+        "description": properties["lora_scale"]["description"],
+        "maximum": 2,
+        "minimum": -1,
+        "title": "Lora Scale",
+        "type": "number",
         "x-order": len(EXPECTED_ORDER) - 1,
     }
     assert properties["input_audio"]["format"] == "uri"

@@ -17,7 +17,7 @@ import pytest
 import requests
 import soundfile
 import torch
-from conftest import SERVER_INPUT_MAX_MB, SERVER_INPUT_TIMEOUT
+from conftest import SERVER_INPUT_MAX_MB, SERVER_INPUT_TIMEOUT, SERVER_LORA_MAX_MB
 from helpers import (
     HTTP_TIMEOUT,
     PREDICT_TIMEOUT,
@@ -29,6 +29,7 @@ from helpers import (
     ffmpeg,
     header_declaring,
     run_cli,
+    train_adapter,
     write_scale,
 )
 
@@ -325,3 +326,37 @@ def test_a_5_1_file_round_trips_with_the_default_loudness(server, tmp_path):
     wav = torch.from_numpy(samples.T.astype(np.float32))
     weights = bs1770_weights(("FL", "FR", "FC", "LFE", "BL", "BR"))
     assert integrated_loudness(wav, rate, weights).item() == pytest.approx(-14, abs=0.2)
+
+
+@pytest.fixture(scope="module")
+def adapter(settings, tmp_path_factory) -> Path:
+    return train_adapter(settings, tmp_path_factory.mktemp("adapter"), rank=4)
+
+
+def test_a_bad_adapter_is_refused_naming_lora_weights_and_the_server_stays_ready(server, adapter, tmp_path):
+    """A corrupt file, another model's adapter and a download over MUSICGEN_LORA_MAX_MB: each
+    prediction fails with a message naming lora_weights, leaves no file, and the next one succeeds."""
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])  # cut in the middle of its tensors
+    oversized = tmp_path / "large.safetensors"
+    oversized.write_bytes(np.random.default_rng(0).bytes(int(SERVER_LORA_MAX_MB * 1e6) + 1000))
+    files = FileServer(tmp_path)
+    try:
+        refusals = {
+            "corrupt": failed_with(server, model_version="large", prompt="x", duration=1,
+                                   lora_weights=data_uri(corrupt, "application/octet-stream")),
+            "another model's": failed_with(server, model_version="melody", prompt="x", duration=1,
+                                           lora_weights=data_uri(adapter, "application/octet-stream")),
+            "oversized": failed_with(server, model_version="large", prompt="x", duration=1,
+                                     lora_weights=f"{files.url}/large.safetensors"),
+        }  # fmt: skip
+    finally:
+        files.close()
+    assert all("InputError: lora_weights" in message for message in refusals.values()), refusals
+    assert "not a readable safetensors file" in refusals["corrupt"]
+    assert "adapter of model_version='large', not of 'melody'" in refusals["another model's"]
+    assert "MUSICGEN_LORA_MAX_MB). Train the adapter with a lower lora_rank." in refusals["oversized"]
+    assert not [path for path in server.tmp.rglob("*.safetensors")]  # nothing fetched is left
+    adapted = server.predict(model_version="large", prompt="x", duration=1, seed=1,
+                             lora_weights=data_uri(adapter, "application/octet-stream"))  # fmt: skip
+    assert adapted["status"] == "succeeded", adapted

@@ -1,13 +1,13 @@
-"""input_audio given as a URL: http(s) fetched under a deadline and a size cap, data: URIs decoded.
+"""A file input given as a URL (input_audio, lora_weights, a training's dataset): http(s) fetched
+under a deadline and a size cap, data: URIs decoded.
 
-Over HTTP every file input is a URL (musicgen.serving.runtime_patches keeps Cog from downloading it first), so a
-caller cannot make the server read its own files, hold the one prediction slot with a slow sender,
-or fill the disk with an endless body. The transfer runs in a helper thread while the calling
-thread waits in short steps: the deadline holds whatever the sender does, and a cancel (Cog's
-runtime raises CancelationException in the predicting thread) stops the wait at once, closes the
-connection and removes the partial file. A watchdog timer ends the transfer at the deadline even
-when nobody waits for it any more. Every failure is an InputError naming input_audio, the
-host and what to do; no library text reaches the caller.
+Over HTTP every file input is a URL (musicgen.serving.runtime_patches keeps Cog from downloading it
+first), so a caller cannot make the server read its own files, hold a prediction slot with a slow
+sender, or fill the disk with an endless body. The transfer runs in a helper thread while the
+calling thread waits in short steps: the deadline holds whatever the sender does, and a cancel
+stops the wait at once, closes the connection and removes the partial file. A watchdog timer ends
+the transfer at the deadline even when nobody waits for it. Every failure is an InputError naming
+the input, the host and what to do; no library text reaches the caller.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ class FetchLimits:
 
     timeout: float
     max_bytes: int
-
     cap_setting: str = "MUSICGEN_INPUT_MAX_MB"  # the setting `max_bytes` comes from, for messages
+    advice: str = "Send a compressed format (FLAC, MP3, ...) or a shorter file."  # what a caller over it can do
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchLimits:
@@ -65,15 +65,19 @@ class FetchLimits:
         return cls(timeout=settings.input_timeout, max_bytes=int(settings.input_max_mb * MEGABYTE))
 
     @classmethod
+    def for_adapters(cls, settings: Settings) -> FetchLimits:
+        """A request's lora_weights: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_LORA_MAX_MB (10^6 bytes)."""
+        advice = "Train the adapter with a lower lora_rank."
+        return cls(settings.input_timeout, int(settings.lora_max_mb * MEGABYTE), "MUSICGEN_LORA_MAX_MB", advice)
+
+    @classmethod
     def for_datasets(cls, settings: Settings) -> FetchLimits:
         """A training's dataset: MUSICGEN_INPUT_TIMEOUT (s) and MUSICGEN_DATASET_MAX_MB (10^6 bytes)."""
-        return cls(settings.input_timeout, int(settings.dataset_max_mb * MEGABYTE), "MUSICGEN_DATASET_MAX_MB")
+        advice = "Send a smaller archive, or compressed audio in it (FLAC, MP3, ...)."
+        return cls(settings.input_timeout, int(settings.dataset_max_mb * MEGABYTE), "MUSICGEN_DATASET_MAX_MB", advice)
 
     def describe(self) -> str:
-        return (
-            f"{self.timeout:g} s and {self.max_bytes / MEGABYTE:g} MB per input "
-            f"(MUSICGEN_INPUT_TIMEOUT, {self.cap_setting})"
-        )
+        return f"{self.timeout:g} s and {self.max_bytes / MEGABYTE:g} MB per input (MUSICGEN_INPUT_TIMEOUT, {self.cap_setting})"
 
 
 def fetch(url: str, folder: Path, limits: FetchLimits, name: str = "input_audio") -> Path:
@@ -316,8 +320,7 @@ class _Transfer:
     def _too_large(self, size: str) -> str:
         return (
             f"{self.name} from {self.host} {size}; this server accepts at most "
-            f"{self.limits.max_bytes / MEGABYTE:g} MB per input ({self.limits.cap_setting}). Send a compressed format "
-            f"(FLAC, MP3, ...) or a shorter file."
+            f"{self.limits.max_bytes / MEGABYTE:g} MB per input ({self.limits.cap_setting}). {self.limits.advice}"
         )
 
     def _describe(self, error: requests.RequestException) -> str:
@@ -342,7 +345,4 @@ class _Transfer:
 
 def _standard_reason(status: int) -> str:
     """The standard phrase of an HTTP status (not the remote server's own text, which it chooses)."""
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "(an unknown status)"
+    return {known.value: known.phrase for known in http.HTTPStatus}.get(status, "(an unknown status)")

@@ -16,6 +16,8 @@ The memory plan (docs/memory.md has the sizes):
   loaded once and handed to every LM that needs them (cold_start.SharedModules).
 - MultiBand Diffusion is loaded on first use, over melody's EnCodec, and then kept.
 - A fine-tuned LM checkpoint replaces the served version it fits; that base is never loaded.
+- A LoRA adapter given as the weights is served on its base version, which loads as released;
+  adapters given per request are kept ready by content (musicgen.lora.cache), counted by the budget.
 
 Cold start (musicgen.models.cold_start): checkpoints memory-mapped, random initialisation skipped,
 the LMs loaded in parallel threads. The result is the very model `MusicGen.get_pretrained` returns.
@@ -40,12 +42,16 @@ from audiocraft.models import MultiBandDiffusion, MusicGen, loaders
 
 from musicgen.cancellation import uninterrupted
 from musicgen.errors import WeightsError
+from musicgen.lora.adapter import is_adapter_file
+from musicgen.lora.cache import AdapterCache
+from musicgen.models.adapters import ServedAdapters
 from musicgen.models.budget import MemoryBudget, configured_budget, evictions
 from musicgen.models.codecs import same_codec
 from musicgen.models.cold_start import SharedModules, fast_loading, skipping_random_init
 from musicgen.models.diffusion import load_mbd
 from musicgen.models.fine_tuned import check_fine_tuned
 from musicgen.models.memory import (
+    MB,
     bound_onednn_cache,
     bound_pattern_cache,
     format_bytes,
@@ -98,12 +104,15 @@ class LoadedModels:
     _recent: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # least recent first
     max_batch: int = 1  # the MUSICGEN_MAX_BATCH setting, resolved for the device
     stall_seconds: float = Settings.stall_seconds  # the MUSICGEN_STALL_SECONDS setting
+    adapter_rank: int = Settings.lora_slot_rank  # the MUSICGEN_LORA_SLOT_RANK setting
+    adapter_cache_bytes: int = int(Settings.lora_cache_mb * MB)  # the MUSICGEN_LORA_CACHE_MB setting
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _mbd: MultiBandDiffusion | None = None
 
     def __post_init__(self):
         # N > 1: concurrent predictions of one model decode together (musicgen.tokens.batching)
-        self.batcher = Batcher(self.max_batch, self.stall_seconds) if self.max_batch > 1 else None
+        self.batcher = Batcher(self.max_batch, self.stall_seconds, self.adapter_rank) if self.max_batch > 1 else None
+        self.adapters = ServedAdapters(AdapterCache(self.adapter_cache_bytes), self.checkpoints)
 
     def in_turn(self, work: Callable[[], T], label: str) -> T:
         """work(), as a prediction does its work with the models outside the batched steps: under
@@ -211,7 +220,8 @@ class LoadedModels:
         if self.device.startswith("cuda"):
             return torch.cuda.memory_allocated(torch.device(self.device))
         report = self.memory_report()
-        return sum(size for name, size in report.items() if name not in ("process_rss", "cuda_allocated"))
+        models = sum(size for name, size in report.items() if name not in ("process_rss", "cuda_allocated"))
+        return models + self.adapters.nbytes  # the adapters ready on the device
 
     def _make_room(self, version: str) -> None:
         if self.budget is None:
@@ -264,16 +274,23 @@ def load_models(
         budget=configured_budget(device, settings.memory_budget_gb),
         max_batch=settings.max_batch_on(device),
         stall_seconds=settings.stall_seconds,
+        adapter_rank=settings.lora_slot_rank,
+        adapter_cache_bytes=int(settings.lora_cache_mb * MB),
     )
     for version in GENERATING:
         if version in versions or store.is_present([version], root):
             models.checkpoints[version] = layout.model_dir(version, root) / layout.LM_FILE
     if fine_tuned is not None:
         path = store.fine_tuned_checkpoint(fine_tuned, root)
-        version = check_fine_tuned(path, models.preloaded, list(models.checkpoints), models.codec_for)
-        log.info("serving the fine-tuned checkpoint %s as %s (the base %s is not loaded)", path, version, version)
-        models.checkpoints[version] = path
-        models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))
+        if is_adapter_file(path):
+            version = models.adapters.serve(path)
+            models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))
+            log.info("serving the adapter %s (rank %d) on %s", path, models.adapters.weights.rank, version)
+        else:
+            version = check_fine_tuned(path, models.preloaded, list(models.checkpoints), models.codec_for)
+            log.info("serving the fine-tuned checkpoint %s as %s (the base %s is not loaded)", path, version, version)
+            models.checkpoints[version] = path
+            models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))
     models.load(list(models.preloaded))
     on_demand = [version for version in models.checkpoints if version not in models.preloaded]
     log.info(

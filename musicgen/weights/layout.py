@@ -31,6 +31,7 @@ from musicgen.versions import GENERATING
 
 MODEL_DIRS = {name: version.folder for name, version in GENERATING.items()}  # model_version -> its folder
 LM_FILE = "state_dict.bin"
+ADAPTER_FILE = "adapter.safetensors"  # a LoRA training's output (musicgen.lora.adapter)
 CODEC_FILE = "compression_state_dict.bin"
 MBD_DIR = "multiband-diffusion"
 MBD_FILE = "mbd_musicgen_32khz.th"

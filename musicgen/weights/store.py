@@ -18,7 +18,7 @@ from pathlib import Path
 from musicgen.errors import WeightsError
 from musicgen.settings import DEFAULT_ROOT
 from musicgen.weights.download import DownloadError, download
-from musicgen.weights.layout import FINE_TUNED_DIR, LM_FILE, PARTIAL_SUFFIX, read_record, record_path
+from musicgen.weights.layout import ADAPTER_FILE, FINE_TUNED_DIR, LM_FILE, PARTIAL_SUFFIX, read_record, record_path
 from musicgen.weights.manifest import MANIFEST, Artifact, Manifest
 
 URL_SCHEMES = ("http://", "https://")
@@ -133,7 +133,7 @@ def fine_tuned_checkpoint(source: str | os.PathLike, root: Path) -> Path:
     """The local file of a fine-tuned LM checkpoint given as a path or an http(s) URL.
 
     A path names the checkpoint file, or a folder holding `state_dict.bin` (the layout of the
-    released models). A URL is downloaded once into `<root>/fine-tuned/<key>/<its file name>`
+    released models) or `adapter.safetensors` (a LoRA training's output). A URL is downloaded once into `<root>/fine-tuned/<key>/<its file name>`
     (`<key>`: the first 16 hex digits of the URL's SHA-256) by musicgen.weights.download: resumable,
     verified, renamed into place only when complete; later setups reuse it without the network.
     """
@@ -141,10 +141,11 @@ def fine_tuned_checkpoint(source: str | os.PathLike, root: Path) -> Path:
     if not text.startswith(URL_SCHEMES):
         path = Path(text).expanduser()
         if path.is_dir():
-            path = path / LM_FILE
+            path = path / (ADAPTER_FILE if (path / ADAPTER_FILE).is_file() else LM_FILE)
         if not path.is_file():
             raise WeightsError(
-                f"fine-tuned checkpoint {text!r}: no such file (a checkpoint file, or a folder holding {LM_FILE})"
+                f"fine-tuned checkpoint {text!r}: no such file (a checkpoint or adapter file, or a folder holding "
+                f"{LM_FILE} or {ADAPTER_FILE})"
             )
         return path.resolve()
 
