@@ -1,8 +1,10 @@
 """Cog training entry (`cog train`, POST /trainings): fine-tune a served MusicGen LM on your own audio.
 
 Cog builds the training schema by statically parsing this file, so every Input(...) stays literal.
-The result is a checkpoint in audiocraft's LM export format that predict.py serves as its `weights`
-(COG_WEIGHTS, `python -m musicgen predict --weights`). The pipeline is musicgen/train/.
+The result is a checkpoint in audiocraft's LM export format (lora_rank 0), or a LoRA adapter file
+(lora_rank > 0, musicgen.lora), that predict.py serves as its `weights` (COG_WEIGHTS,
+`python -m musicgen predict --weights`); an adapter also serves per request (lora_weights). The
+pipeline is musicgen/train/.
 """
 
 import time
@@ -84,6 +86,12 @@ def train(
         description="Seed of the shuffling and the dropouts: the same dataset, inputs and seed give the same checkpoint on the same CPU machine (a GPU's kernels may round differently). If None or -1, a random seed is used (and recorded in the checkpoint).",
         default=None,
     ),
+    lora_rank: int = Input(
+        description="0: fine-tune every weight of the LM (the output is a whole LM checkpoint). 1 to 128: train low-rank adapters (LoRA) of that rank on the transformer's attention and feed-forward projections, the LM frozen: far less memory, and the output is a small adapter file that predict serves as its weights or per request (lora_weights). 8 to 32 suit most styles.",
+        default=0,
+        ge=0,
+        le=128,
+    ),
 ) -> TrainingOutput:
     from musicgen.boot import boot
 
@@ -103,6 +111,7 @@ def train(
         cfg_p=cfg_p,
         drop_vocals=drop_vocals,
         seed=seed,
+        lora_rank=lora_rank,
     )
     started = time.time()
     try:

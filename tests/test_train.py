@@ -19,12 +19,13 @@ import torch
 from helpers import START_TIMEOUT, Server, data_uri, predict_with_defaults, run_cli, zero_bit_wav
 
 from musicgen.errors import InputError
+from musicgen.lora.adapter import read_adapter
 from musicgen.request import Request
 from musicgen.settings import Settings, read_settings
 from musicgen.train.export import read_record
 from musicgen.train.options import TrainRequest
 from musicgen.train.run import fine_tune
-from musicgen.weights.layout import LM_FILE
+from musicgen.weights.layout import ADAPTER_FILE, LM_FILE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,7 +93,7 @@ def test_the_checkpoint_records_its_training(trained, dataset):
     package = torch.load(first.checkpoint, weights_only=True)
     assert all(tensor.dtype == torch.float16 for tensor in package["best_state"].values() if tensor.is_floating_point())
     record = read_record(package)
-    assert record["inputs"] == {**{k: v for k, v in LEARNING.items()}, "one_same_description": None, "cfg_p": 0.3}
+    assert record["inputs"] == {**LEARNING, "one_same_description": None, "cfg_p": 0.3, "lora_rank": 0}
     assert record["dataset"]["file"] == dataset.name and record["dataset"]["segments"] == 4
     assert record["base"]["model_version"] == "melody" and record["steps"] == 12
     assert record["loss_last_epoch"] == pytest.approx(first.epoch_losses[-1])
@@ -182,31 +183,35 @@ def test_the_cli_refuses_a_url_dataset_or_an_output_it_cannot_make_before_traini
 @pytest.mark.slow
 def test_the_real_server_trains_and_then_serves_the_result(tmp_path, demo_weights, dataset):
     """`serve --train` (coglet in training mode, as `cog train` runs the image): POST /trainings with
-    the dataset as a data: URI; then `serve --weights` with the checkpoint it returned is READY."""
+    the dataset as a data: URI and lora_rank 4; then `serve --weights` with the adapter it returned
+    is READY and serves it on its base (the CLI's test trains every weight)."""
     training = Server(demo_weights, tmp_path / "train.log", args=("--train",))
     try:
         training.wait_for({"READY"}, START_TIMEOUT)
-        body = {"input": {"dataset_path": data_uri(dataset, "application/zip"), "epochs": 1, "drop_vocals": False}}
+        body = {
+            "input": {"dataset_path": data_uri(dataset, "application/zip"), "epochs": 1, "drop_vocals": False,
+                      "lora_rank": 4, "model_version": "large"},
+        }  # fmt: skip
         response = training.post("/trainings", body)
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["status"] == "succeeded", answer.get("error") or training.log_tail()
         uri = answer["output"]["weights"]
         # the caller reads the training's logs: names it sent and model versions, no server paths
-        assert "fine-tuned melody in " in answer["logs"]
+        assert "fine-tuned large in " in answer["logs"] and "rank-4 adapters" in answer["logs"]
         assert "/tmp" not in answer["logs"] and str(demo_weights) not in answer["logs"], answer["logs"]
     finally:
         training.stop()
-    checkpoint = tmp_path / "from-the-server" / LM_FILE
-    checkpoint.parent.mkdir()
-    checkpoint.write_bytes(base64.b64decode(uri.partition(",")[2]))
-    assert read_record(torch.load(checkpoint, weights_only=True))["dataset"]["segments"] == 4
-    serving = Server(demo_weights, tmp_path / "serve.log", args=("--weights", str(checkpoint)))
+    adapter = tmp_path / "from-the-server" / ADAPTER_FILE
+    adapter.parent.mkdir()
+    adapter.write_bytes(base64.b64decode(uri.partition(",")[2]))
+    assert read_adapter(adapter).training["dataset"]["segments"] == 4
+    serving = Server(demo_weights, tmp_path / "serve.log", args=("--weights", str(adapter)))
     try:
         health = serving.wait_for({"READY", "SETUP_FAILED"}, START_TIMEOUT)
         assert health["status"] == "READY", health
-        assert f"serving the fine-tuned checkpoint {checkpoint} as melody" in health["setup"]["logs"]
-        assert serving.predict(prompt="sines", duration=1, seed=1)["status"] == "succeeded"
+        assert f"serving the adapter {adapter} (rank 4) on large" in health["setup"]["logs"]
+        assert serving.predict(model_version="large", prompt="sines", duration=1, seed=1)["status"] == "succeeded"
     finally:
         serving.stop()
 

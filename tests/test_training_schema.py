@@ -74,7 +74,7 @@ def test_the_schemas_bounds_are_the_ones_training_enforces(document):
 
     properties = document["components"]["schemas"]["TrainingInput"]["properties"]
     bounded = {name: prop for name, prop in properties.items() if "maximum" in prop}
-    assert set(bounded) == {"epochs", "batch_size", "lr", "warmup_steps", "cfg_p"}
+    assert set(bounded) == {"epochs", "batch_size", "lr", "warmup_steps", "cfg_p", "lora_rank"}
     for name, prop in bounded.items():
         low, high = prop["minimum"], prop["maximum"]
         step = 1 if prop["type"] == "integer" else (high - low) / 1000

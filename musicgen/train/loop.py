@@ -6,7 +6,9 @@ checkpoint's attribute dropout; a melody LM's chroma comes from the segment itse
 _ChromaCache), `LMModel.compute_predictions`, cross-entropy over the valid positions averaged over
 the codebooks, AdamW (audiocraft's MusicGen settings) at a learning rate that rises linearly over
 `warmup_steps` and then decays to 0 on a cosine, gradients clipped to norm 1, autocast on CUDA.
-Only the LM's parameters train: T5 and HT-Demucs are not among them.
+Only the LM's parameters train: T5 and HT-Demucs are not among them. With lora_rank > 0 only the
+low-rank adapters train (musicgen.lora.training), the LM frozen. Activation checkpointing is on
+when the memory plan (musicgen.train.memory) needs it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import torch.nn.functional as F
 from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
 
 from musicgen.errors import TrainingError
+from musicgen.lora.training import LowRankUpdate, attach
+from musicgen.train.memory import MemoryPlan
 from musicgen.train.model import TrainingModel
 from musicgen.train.options import TrainRequest
 from musicgen.train.segments import Segment
@@ -33,13 +37,6 @@ WEIGHT_DECAY = 0.1
 EPS = 1e-8
 MAX_GRAD_NORM = 1.0
 LOG_EVERY = 10  # steps between two progress lines (and the last step)
-# Activation memory per batch item on a GPU under half-precision autocast, bytes per token, per layer
-# and per model dimension (measured on audiocraft's LM: 38 for prepended conditions, 50 with cross
-# attention; the larger is used), and the tokens of a 30 s segment with its conditions.
-ACTIVATION_BYTES_PER_TOKEN_DIM = 50
-TOKENS_PER_ITEM = 1800
-STATIC_BYTES_PER_PARAMETER = 18  # float32 weights, gradients, AdamW's two moments, half-precision copies
-GPU_HEADROOM = 0.9  # of the device's memory a fine-tune plans to use
 
 
 @dataclass
@@ -50,11 +47,15 @@ class TrainLog:
     epoch_losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step
     seconds: float = 0.0
-    checkpointing: bool = False  # activation checkpointing was on (a GPU that could not fit it otherwise)
+    checkpointing: bool = False  # activation checkpointing was on (the memory plan needed it)
+    adapters: dict[tuple[int, str], LowRankUpdate] = field(default_factory=dict)  # LoRA's, by (layer, target)
 
 
-def train_lm(model: TrainingModel, segments: list[Segment], request: TrainRequest, seed: int) -> TrainLog:
-    """Fine-tune `model.lm` in place on `segments`; the random state is `seed`'s."""
+def train_lm(
+    model: TrainingModel, segments: list[Segment], request: TrainRequest, seed: int, plan: MemoryPlan
+) -> TrainLog:
+    """Fine-tune `model.lm` in place on `segments` (with lora_rank > 0: adapters put on it, the LM
+    frozen); the random state is `seed`'s."""
     lm, device, record = model.lm, model.device, TrainLog()
     steps_per_epoch = math.ceil(len(segments) / request.batch_size)
     total = steps_per_epoch * request.epochs
@@ -64,16 +65,25 @@ def train_lm(model: TrainingModel, segments: list[Segment], request: TrainReques
     order = torch.Generator().manual_seed(seed + 2)
     if model.chroma_conditioner is not None:
         model.chroma_conditioner.cache = _ChromaCache([segment.chroma for segment in segments])
-    record.checkpointing = _plan_memory(model, request.batch_size)
+    record.checkpointing = plan.checkpointing
+    if plan.checkpointing:
+        lm.transformer.checkpointing = "torch"
+    if request.lora:
+        record.adapters = attach(lm, request.lora_rank)
+        trained = [parameter for update in record.adapters.values() for parameter in update.parameters()]
+    else:
+        trained = list(lm.parameters())
     optimizer = torch.optim.AdamW(
-        lm.parameters(), lr=request.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=device.startswith("cuda")
+        trained, lr=request.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=device.startswith("cuda")
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, request.warmup_steps, total))
     autocast, scaler = _mixed_precision(device)
     log.info(
-        "training %s on %s: %d segments, %d epochs of %d steps (batch %d), lr %g, warm-up %d, cfg_p %g, seed %d",
+        "training %s on %s: %d segments, %d epochs of %d steps (batch %d), lr %g, warm-up %d, cfg_p %g, seed %d; %s",
         model.version, device, len(segments), request.epochs, steps_per_epoch, request.batch_size, request.lr,
         request.warmup_steps, request.cfg_p, seed,
+        f"rank-{request.lora_rank} adapters ({sum(p.numel() for p in trained) / 1e6:.1f} M parameters)"
+        if request.lora else f"every LM weight ({sum(p.numel() for p in trained) / 1e6:.1f} M parameters)",
     )  # fmt: skip
     lm.train()
     start = time.perf_counter()
@@ -93,7 +103,7 @@ def train_lm(model: TrainingModel, segments: list[Segment], request: TrainReques
                     )
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(lm.parameters(), MAX_GRAD_NORM)
+                torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.step()
@@ -174,29 +184,6 @@ class _ChromaCache:
         frames = max(item.shape[0] for item in items)
         padded = [F.pad(item, (0, 0, 0, frames - item.shape[0])) for item in items]  # masked by the lengths
         return torch.stack(padded).to(x.wav.device)
-
-
-def _plan_memory(model: TrainingModel, batch_size: int) -> bool:
-    """On a GPU, turn on activation checkpointing when the batch's activations would not fit beside
-    the weights, gradients and AdamW's moments; return whether it is on."""
-    if not model.device.startswith("cuda"):
-        return False
-    lm = model.lm
-    parameters = sum(parameter.numel() for parameter in lm.parameters())
-    layers, dim = len(lm.transformer.layers), lm.dim
-    activations = batch_size * TOKENS_PER_ITEM * layers * dim * ACTIVATION_BYTES_PER_TOKEN_DIM
-    available = torch.cuda.get_device_properties(model.device).total_memory * GPU_HEADROOM
-    available -= torch.cuda.memory_allocated(model.device) - parameters * 4  # the rest of what is loaded
-    need = parameters * STATIC_BYTES_PER_PARAMETER + activations
-    on = need > available
-    if on:
-        lm.transformer.checkpointing = "torch"
-    log.info(
-        "memory plan: %.1f GB static + %.1f GB activations for batch %d of %.1f GB usable: activation checkpointing %s",
-        parameters * STATIC_BYTES_PER_PARAMETER / 1e9, activations / 1e9, batch_size, available / 1e9,
-        "on" if on else "off",
-    )  # fmt: skip
-    return on
 
 
 def _mixed_precision(device: str) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler]:

@@ -1,4 +1,6 @@
-"""The base model of a fine-tune: its LM in float32 with its training settings, its EnCodec, HT-Demucs.
+"""The base model of a fine-tune: its LM with its training settings, its EnCodec, HT-Demucs.
+
+The LM is float32 (its weights train), except a frozen one (LoRA) on a GPU: float16, as stored.
 
 Loaded through the serving loaders' cold-start hooks (the checkpoint memory-mapped, random
 initialisation skipped, T5 and HT-Demucs loaded once) but built with audiocraft's
@@ -89,15 +91,22 @@ class TrainingModel:
         return levels.convert(instrumental, demucs.samplerate, self.sample_rate, self.channels)[:, : wav.shape[-1]]
 
 
-def load_for_training(version: str, device: str, root: Path) -> TrainingModel:
-    """The released `version` under the weights root `root`, ready to fine-tune on `device`."""
+def base_checkpoint(version: str, root: Path) -> Path:
+    """The released `version`'s LM checkpoint under the weights root `root` (WeightsError when absent)."""
     store.check_present([version], root)
     layout.check_hub(root)
-    base = layout.model_dir(version, root) / layout.LM_FILE
+    return layout.model_dir(version, root) / layout.LM_FILE
+
+
+def load_for_training(version: str, device: str, root: Path, frozen: bool = False) -> TrainingModel:
+    """The released `version` under the weights root `root`, ready to fine-tune on `device`.
+    `frozen` (LoRA: only adapters train): on a GPU the LM stays float16, as stored."""
+    base = base_checkpoint(version, root)
     package = read_lm_checkpoint(base)
     config = omegaconf.OmegaConf.create(package["xp.cfg"])
     build = config.copy()
-    build.device, build.dtype = device, "float32"
+    build.device = device
+    build.dtype = "float16" if frozen and device.startswith("cuda") else "float32"
     for key in TRAINING_ONLY_KEYS:
         _delete(build, key)
     shared = SharedModules()

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen.errors import InputError
-from musicgen.input_rules import MAX_PROMPT_CHARACTERS, MAX_SEED, RANDOM_SEED, check_range, set_whole_numbers, shortened
+from musicgen.input_rules import (
+    MAX_LORA_RANK,
+    MAX_PROMPT_CHARACTERS,
+    MAX_SEED,
+    RANDOM_SEED,
+    check_range,
+    set_whole_numbers,
+    shortened,
+)
 from musicgen.train.source import check_source, is_remote
 from musicgen.versions import ENCODE_DECODE, GENERATING
 
@@ -32,9 +40,10 @@ class TrainRequest:
     cfg_p: float = 0.3  # probability of dropping a batch's conditions (classifier-free guidance)
     drop_vocals: bool = True  # HT-Demucs removes the vocals before training
     seed: int | None = None  # None or -1: random
+    lora_rank: int = 0  # 0: every LM weight trains; 1 to 128: low-rank adapters of that rank (musicgen.lora)
 
     def __post_init__(self) -> None:
-        set_whole_numbers(self, ("epochs", "batch_size", "warmup_steps", "seed"))  # JSON's 3.0 is 3
+        set_whole_numbers(self, ("epochs", "batch_size", "warmup_steps", "seed", "lora_rank"))  # JSON's 3.0 is 3
         caption = self.one_same_description
         if caption is not None and not caption.strip():
             object.__setattr__(self, "one_same_description", None)
@@ -42,6 +51,11 @@ class TrainRequest:
     @property
     def wants_random_seed(self) -> bool:
         return self.seed is None or self.seed == RANDOM_SEED
+
+    @property
+    def lora(self) -> bool:
+        """Whether it trains low-rank adapters (else the whole LM)."""
+        return self.lora_rank > 0
 
 
 def validate(request: TrainRequest) -> None:
@@ -60,6 +74,7 @@ def validate(request: TrainRequest) -> None:
     check_range("lr", request.lr, MIN_LR, MAX_LR)
     check_range("warmup_steps", request.warmup_steps, 0, MAX_WARMUP_STEPS)
     check_range("cfg_p", request.cfg_p, 0.0, 1.0)
+    check_range("lora_rank", request.lora_rank, 0, MAX_LORA_RANK)
     if not request.wants_random_seed:
         check_range("seed", request.seed, 0, MAX_SEED)
     caption = request.one_same_description

@@ -1,4 +1,5 @@
-"""One fine-tune end to end: validate, seed, load the base model, read the dataset into segments, train, export."""
+"""One fine-tune end to end: validate, plan its memory, seed, load the base model, read the dataset
+into segments, train, export (the whole LM, or with lora_rank > 0 the adapters alone)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ import audiocraft
 from musicgen.audio.fetch import FetchLimits
 from musicgen.errors import InputError
 from musicgen.generate import draw_seed, seed_everything
+from musicgen.lora.adapter import Geometry, write_adapter
+from musicgen.lora.training import ALPHA_PER_RANK, trained_pairs
 from musicgen.settings import Settings, best_device
 from musicgen.train.dataset import Dataset, Skipped
 from musicgen.train.export import write_fine_tuned
 from musicgen.train.loop import train_lm
-from musicgen.train.model import load_for_training
+from musicgen.train.memory import plan_memory
+from musicgen.train.model import base_checkpoint, load_for_training
 from musicgen.train.options import TrainRequest, validate
 from musicgen.train.segments import MIN_SEGMENT_SECONDS, make_segments
 from musicgen.train.source import local_dataset, recorded_name
-from musicgen.weights.layout import LM_FILE
+from musicgen.weights.layout import ADAPTER_FILE, LM_FILE
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ _handed_over: list[Path] = []
 class TrainResult:
     """A finished fine-tune: the checkpoint and how training went."""
 
-    checkpoint: Path  # audiocraft's LM export format: setup(weights=...) serves it
+    checkpoint: Path  # audiocraft's LM export format, or a LoRA adapter file: setup(weights=...) serves it
     seed: int
     losses: tuple[float, ...]  # every step's
     epoch_losses: tuple[float, ...]  # each epoch's mean
@@ -48,11 +52,15 @@ class TrainResult:
 
 def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None = None) -> TrainResult:
     """Fine-tune `request.model_version`'s LM (under the settings' weights root, on their device)
-    on the dataset and write `<output_dir>/state_dict.bin` (a fresh temporary folder when None).
-    Caller mistakes, a dataset with no usable audio included, are InputErrors raised before any
-    training."""
+    on the dataset and write `<output_dir>/state_dict.bin`, or with lora_rank > 0
+    `<output_dir>/adapter.safetensors` (a fresh temporary folder when None). Caller mistakes, a
+    dataset with no usable audio included, and a training that cannot fit the device's memory are
+    InputErrors raised before any training (and, but for the dataset's, before the model loads)."""
     start = time.perf_counter()
     validate(request)
+    device = best_device(settings.device)
+    base = base_checkpoint(request.model_version, settings.weights_root)
+    plan = plan_memory(base, request, device, settings.train_memory_gb)  # refused here, before anything loads
     while _handed_over:
         shutil.rmtree(_handed_over.pop(), ignore_errors=True)
     skipped = Skipped()
@@ -68,7 +76,7 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
             seed = draw_seed() if request.wants_random_seed else request.seed
             log.info("fine-tuning %s with seed %d", request.model_version, seed)
             seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
-            model = load_for_training(request.model_version, best_device(settings.device), settings.weights_root)
+            model = load_for_training(request.model_version, device, settings.weights_root, frozen=request.lora)
             files = source.files(scratch, request.one_same_description, skipped)
             segments, stats = make_segments(files, model, request.drop_vocals, skipped)
     finally:
@@ -86,7 +94,7 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
         stats.seconds,
         len(skipped),
     )
-    trained = train_lm(model, segments, request, seed)
+    trained = train_lm(model, segments, request, seed, plan)
     record = {
         "base": {"model_version": request.model_version, "checkpoint": model.base.name},
         "dataset": {
@@ -106,6 +114,7 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
             "cfg_p": request.cfg_p,
             "drop_vocals": request.drop_vocals,
             "seed": seed,
+            "lora_rank": request.lora_rank,
         },
         "steps": len(trained.losses),
         "loss_first_epoch": trained.epoch_losses[0],
@@ -116,7 +125,13 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
     if output_dir is None:
         output_dir = Path(tempfile.mkdtemp(prefix="musicgen-trained-"))
         _handed_over.append(output_dir)
-    checkpoint = write_fine_tuned(model.lm, model.config, request.cfg_p, record, Path(output_dir) / LM_FILE)
+    if request.lora:
+        geometry = Geometry.of_config(model.config)
+        pairs, alpha = trained_pairs(trained.adapters), ALPHA_PER_RANK * request.lora_rank
+        version, rank = request.model_version, request.lora_rank
+        checkpoint = write_adapter(pairs, version, rank, alpha, geometry, record, Path(output_dir) / ADAPTER_FILE)
+    else:
+        checkpoint = write_fine_tuned(model.lm, model.config, request.cfg_p, record, Path(output_dir) / LM_FILE)
     seconds = time.perf_counter() - start
     log.info(
         "fine-tuned %s in %.1f s (training %.1f s): %d steps, loss %.4f -> %.4f (first -> last epoch mean)",
