@@ -1,6 +1,6 @@
-"""One fine-tuning step's time and peak memory on a bench checkpoint.
+"""One fine-tuning step's time and peak memory on a bench checkpoint, every weight or LoRA.
 
-    python -m tooling.bench.train_step --size small --seconds 30 --batch 1 --steps 3 --threads 1
+    python -m tooling.bench.train_step --size small --seconds 30 --batch 1 --steps 3 --threads 1 [--lora-rank 8]
 
 Runs musicgen.train's own pipeline (fine_tune: data preparation, train_lm, export) on `size`'s
 random checkpoint (tooling.bench.checkpoints, served as its model_version) with a dataset of
@@ -8,7 +8,8 @@ random checkpoint (tooling.bench.checkpoints, served as its model_version) with 
 (the first one also warms up the allocator and kernels), the load and preparation time, the LM's
 parameters with the bytes its weights, gradients and AdamW state take in float32, and the process's
 peak resident memory (VmHWM: loading, data preparation and training included). One process per run,
-started fresh, so the peak is this run's.
+started fresh, so the peak is this run's. A training the memory plan refuses (musicgen.train.memory)
+is reported with the plan's message instead.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
+def measure(size: str, seconds: float, batch: int, steps: int, lora_rank: int = 0) -> dict:
     """Run the fine-tune in this process (its weights root and threads already configured)."""
     import torch
 
+    from musicgen.errors import InputError
     from musicgen.settings import read_settings
     from musicgen.train.options import TrainRequest
     from musicgen.train.run import fine_tune
@@ -67,12 +69,24 @@ def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
                 tar.add(path, arcname=path.name)
         request = TrainRequest(
             dataset_path=archive, model_version=SIZES[size].version, epochs=steps, batch_size=batch,
-            lr=1e-5, warmup_steps=0, drop_vocals=False, seed=0,
+            lr=1e-5, warmup_steps=0, drop_vocals=False, seed=0, lora_rank=lora_rank,
         )  # fmt: skip
-        result = fine_tune(request, read_settings().replace(device="cpu"), output_dir=Path(scratch) / "out")
-        state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["best_state"]
-        parameters = sum(tensor.numel() for tensor in state.values() if tensor.is_floating_point())
+        figures = {"size": size, "lora_rank": lora_rank, "seconds": seconds, "batch": batch, "steps": steps}
+        try:
+            result = fine_tune(request, read_settings().replace(device="cpu"), output_dir=Path(scratch) / "out")
+        except InputError as refused:
+            return {**figures, "refused": str(refused), "peak_rss_gb": round(peak_rss_bytes() / 1e9, 3)}
+        if lora_rank:
+            from musicgen.lora.adapter import read_adapter
+
+            adapter = read_adapter(result.checkpoint)
+            parameters = sum(t.numel() for pair in adapter.pairs.values() for t in pair)
+            figures["adapter_bytes"] = result.checkpoint.stat().st_size
+        else:
+            state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["best_state"]
+            parameters = sum(tensor.numel() for tensor in state.values() if tensor.is_floating_point())
     return {
+        **figures,
         "size": size,
         "seconds": seconds,
         "batch": batch,
@@ -81,8 +95,9 @@ def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
         "step_seconds": [round(value, 3) for value in result.step_seconds],
         "step_seconds_median_after_first": round(statistics.median(result.step_seconds[1:] or result.step_seconds), 3),
         "load_and_prepare_seconds": round(result.seconds - sum(result.step_seconds), 3),
-        "lm_parameters": parameters,
-        "weights_grads_adamw_gb": round(parameters * FLOAT32_TRAINING_BYTES / 1e9, 3),
+        "trained_parameters": parameters,
+        "trained_weights_grads_adamw_gb": round(parameters * FLOAT32_TRAINING_BYTES / 1e9, 3),
+        "activation_checkpointing": result.record["activation_checkpointing"],
         "peak_rss_gb": round(peak_rss_bytes() / 1e9, 3),
         "losses": [round(value, 4) for value in result.losses],
     }
@@ -90,11 +105,12 @@ def measure(size: str, seconds: float, batch: int, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tooling.bench.train_step", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=["tiny", "small"], default="small", help="bench checkpoint (CPU sizes)")
+    parser.add_argument("--size", choices=["tiny", "small", "melody"], default="small", help="bench checkpoint")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each training segment")
     parser.add_argument("--batch", type=int, default=1, help="segments per step")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps (the first also warms up)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (OMP_NUM_THREADS)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="0: every LM weight; else LoRA of this rank")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     root = ensure_checkpoints(args.size)  # built once, in a child process
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    figures = measure(args.size, args.seconds, args.batch, args.steps)
+    figures = measure(args.size, args.seconds, args.batch, args.steps, args.lora_rank)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:
