@@ -33,6 +33,7 @@ from musicgen.request import Request, continuation_bounds
 from musicgen.streaming.chunks import Stream
 from musicgen.tokens.adapters import Adapted
 from musicgen.tokens.batching import Draws
+from musicgen.tokens.progress import timed
 from musicgen.versions import ENCODE_DECODE
 
 EXTEND_STRIDE = 18  # seconds; past 30 s each new window re-uses the last 12 s as its prompt
@@ -98,9 +99,10 @@ def _audio(work: Generation, attributes, prompt: torch.Tensor | None, head=None)
     finally:
         if stream is not None:
             stream.close()  # stopped (a cancel, an error) before the prediction's folder goes
-    if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
-        return diffusion_audio(work.models, work.model, tokens)
-    return work.model.generate_audio(tokens)[0]
+    with timed("codec"):
+        if request.multi_band_diffusion:  # the prompt's tokens too, for a continuation
+            return diffusion_audio(work.models, work.model, tokens)
+        return work.model.generate_audio(tokens)[0]
 
 
 def diffusion_audio(models: LoadedModels, model: MusicGen, tokens: torch.Tensor) -> torch.Tensor:
@@ -233,10 +235,11 @@ def encode_decode(work: Generation) -> torch.Tensor:
     rate = codec.sample_rate
 
     def roundtrip(chunk: torch.Tensor) -> torch.Tensor:
-        codes, scale = codec.encode(chunk)
-        assert scale is None, "MusicGen's EnCodec does not renormalize"
-        decoded = models.mbd.tokens_to_wav(codes) if request.multi_band_diffusion else codec.decode(codes)
-        return decoded[..., : chunk.shape[-1]]
+        with timed("codec"):
+            codes, scale = codec.encode(chunk)
+            assert scale is None, "MusicGen's EnCodec does not renormalize"
+            decoded = models.mbd.tokens_to_wav(codes) if request.multi_band_diffusion else codec.decode(codes)
+            return decoded[..., : chunk.shape[-1]]
 
     out = None
     for index in range(wav.shape[0]):  # one channel at a time: the codec's activations grow with the batch

@@ -102,6 +102,8 @@ class LoadedModels:
     _sizes: dict[str, int] = field(default_factory=dict)  # bytes each loaded LM holds
     _cards: dict[str, int] = field(default_factory=dict)  # each servable LM's codebook size
     _recent: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # least recent first
+    loads: collections.Counter = field(default_factory=collections.Counter)  # model_version -> loads so far
+    evictions: collections.Counter = field(default_factory=collections.Counter)  # and evictions (the metrics)
     max_batch: int = 1  # the MUSICGEN_MAX_BATCH setting, resolved for the device
     stall_seconds: float = Settings.stall_seconds  # the MUSICGEN_STALL_SECONDS setting
     adapter_rank: int = Settings.lora_slot_rank  # the MUSICGEN_LORA_SLOT_RANK setting
@@ -196,6 +198,7 @@ class LoadedModels:
             # its weights, and its loop's static buffers (the CUDA graph's cache, the batch's slots)
             self._sizes[version] = self.memory_report()[f"lm:{version}"] + static_bytes(loop, self.batcher)
             self._recent[version] = None
+            self.loads[version] += 1
         seconds = time.perf_counter() - start
         sizes = ", ".join(f"{version} {format_bytes(self._sizes[version])}" for version in versions)
         log.info("loaded %s on %s in %.1f s (%s)", ", ".join(versions), self.device, seconds, sizes)
@@ -209,6 +212,7 @@ class LoadedModels:
             self.batcher.forget(served.loop)  # its slots go once its running windows are done
         del served
         self._recent.pop(version, None)
+        self.evictions[version] += 1
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

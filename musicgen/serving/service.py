@@ -25,6 +25,7 @@ from musicgen.request import Request, validate, validate_input_audio
 from musicgen.settings import Settings
 from musicgen.streaming.chunks import Stream
 from musicgen.tokens.loops import ADAPTER_REFUSED, NEGATIVE_REFUSED
+from musicgen.tokens.progress import timed
 from musicgen.versions import ENCODE_DECODE
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,14 @@ class MusicGenService:
             # encode-decode keeps the input's channels (and loudness weighs them by position)
             layout = input_audio.channel_names if request.mode == ENCODE_DECODE else None
             input_audio = None  # its samples (up to read.MAX_DECODED_BYTES) go before the output's steps
-            wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
-            metadata = _metadata(request, seed, self._applied(request, adapter))
-            # readable, and unique per content: two callers' files never share a name (an upload
-            # URL), while the same inputs and seed, the same bytes, keep theirs
-            digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().data).hexdigest()[:12]  # no copy
-            stem = f"musicgen-{request.model_version}-{seed}-{digest}"
-            path = encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
+            with timed("encode"):
+                wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
+                metadata = _metadata(request, seed, self._applied(request, adapter))
+                # readable, and unique per content: two callers' files never share a name (an upload
+                # URL), while the same inputs and seed, the same bytes, keep theirs
+                digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().data).hexdigest()[:12]  # no copy
+                stem = f"musicgen-{request.model_version}-{seed}-{digest}"
+                path = encode.write_output(wav, sample_rate, folder, stem, request.output_format, metadata)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

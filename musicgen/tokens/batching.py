@@ -34,6 +34,7 @@ import torch
 from musicgen import cancellation
 from musicgen.cancellation import uninterrupted
 from musicgen.tokens.loop import WindowState
+from musicgen.tokens.progress import STEPS, record
 from musicgen.tokens.sampling import Sampling, guided, next_token
 from musicgen.tokens.slots import ROWS_PER_SLOT, SlotStep
 from musicgen.tokens.turn import POLL_SECONDS, Turn, Watch
@@ -64,6 +65,7 @@ class Job:
         self.context = contextvars.copy_context()  # the prediction's: Cog routes its log lines by it
         self.logits: torch.Tensor | None = None  # the next token's logits [2, K, card]
         self.slot: int | None = None
+        self.admitted: float | None = None  # when it took its slot (time.perf_counter())
         self.cancelled = False
         self.neighbours = 0  # the most other windows seen in the same step
         # (tokens, error), put once by the stepping thread. A C queue, not a threading.Event: a
@@ -137,6 +139,7 @@ class ModelBatch:
                 job.finish(error=RuntimeError("cancelled before it joined"))
                 continue
             job.slot = self.jobs.index(None)
+            job.admitted = time.perf_counter()
             self.jobs[job.slot] = job
             state = job.state
             self.step.load(job.slot, state.cache, state.prefix + state.offset, state.cross, state.adapted)
@@ -188,6 +191,18 @@ class Batcher:
                 batch.forgotten = True
                 self._drop_idle()
 
+    def occupancy(self, loop) -> tuple[int, int]:
+        """(slots holding a window, slots) of `loop`'s batch; (0, 0) once its batch is gone."""
+        batch = self._batches.get(loop)
+        return (0, 0) if batch is None else (sum(job is not None for job in batch.jobs), batch.step.slots)
+
+    def stalled(self) -> str | None:
+        """Why the batched path is stuck (windows to step and no step for the watch's limit), or None."""
+        busy = any(batch.busy for batch in list(self._batches.values()))
+        if busy and time.monotonic() - max(self.watch.stepped, STEPS.last) > self.watch.limit:
+            return f"no batched step for {self.watch.limit:g} s ({self.describe()})"
+        return None
+
     def step_of(self, loop) -> SlotStep | None:
         """`loop`'s batched step (its slots), or None once its batch is gone."""
         batch = self._batches.get(loop)
@@ -199,6 +214,7 @@ class Batcher:
         when the window does not fit a slot or the model's batch is gone (its model was evicted):
         the caller then runs it alone."""
         job = Job(state, sampling, draws.generator, on_step)
+        queued = time.perf_counter()
         try:
             with uninterrupted(), self._changed:  # (a Condition: cancel-safe only inside uninterrupted())
                 batch = self._batches.get(loop)
@@ -212,6 +228,9 @@ class Batcher:
             job.cancelled = True  # removed from its slot (or the queue) at the next step
             raise
         draws.reseed()
+        admitted = job.admitted or queued
+        record("queue", admitted - queued)  # waiting for a slot
+        record("decode", time.perf_counter() - admitted)
         return codes, job.neighbours
 
     def describe(self) -> str:

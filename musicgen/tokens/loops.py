@@ -26,7 +26,7 @@ from musicgen.tokens.adapters import Adapted
 from musicgen.tokens.batching import Batcher, Draws
 from musicgen.tokens.cache import CrossAttentionCache, KVCache
 from musicgen.tokens.loop import Step, Window, steps_in_window
-from musicgen.tokens.progress import Progress
+from musicgen.tokens.progress import Progress, timed
 from musicgen.tokens.sampling import Sampling
 from musicgen.tokens.tap import PieceTap
 from musicgen.tokens.transformer import CachedTransformer
@@ -86,7 +86,8 @@ class AudiocraftLoop:
         progress = progress or Progress(total_steps(model, 0 if prompt is None else prompt.shape[-1]))
         model.set_custom_progress_callback(lambda generated, total: progress.advance())
         try:
-            return model._generate_tokens(attributes, prompt, progress=True)
+            with timed("decode"):  # its conditions and prefill included: audiocraft's loop does all at once
+                return model._generate_tokens(attributes, prompt, progress=True)
         finally:
             progress.close()
 
@@ -222,11 +223,13 @@ class FastLoop:
         """One window: in the batch when batching and it fits a slot, else step by step here."""
         batched = self.batcher is not None and draws is not None
         cache = self._prefill_cache if batched else None
-        state = self.window.start(prompt, attributes, plan.max_gen_len, negative, cache=cache, adapted=adapted)
+        with timed("prefill"):
+            state = self.window.start(prompt, attributes, plan.max_gen_len, negative, cache=cache, adapted=adapted)
         if tap is not None:
             tap.window(state, round(plan.time_offset * self.model.frame_rate))
         if not batched:
-            return self.window.finish(state, sampling, on_step)
+            with timed("decode"):
+                return self.window.finish(state, sampling, on_step)
         batched = self.batcher.run(self, state, sampling, draws, on_step)
         if batched is None:
             # a text or prefix longer than the slots hold, an adapter of a higher rank than the
@@ -234,7 +237,8 @@ class FastLoop:
             # prefill moved into a cache for the whole window
             whole = self.cache(state.cache.batch, state.positions, state.cache.positions)
             state.cache = state.cache.copy_into(whole, state.prefix + state.offset)
-            return self.window.finish(state, sampling, on_step, draws.generator)
+            with timed("decode"):
+                return self.window.finish(state, sampling, on_step, draws.generator)
         codes, neighbours = batched
         progress.neighbours = max(progress.neighbours, neighbours)
         return codes

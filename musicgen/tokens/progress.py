@@ -1,18 +1,25 @@
-"""Progress of a generation that knows its step count.
+"""Progress of a generation that knows its step count, and what each of its phases took.
 
 Cog streams a prediction's logs while it runs. A generation still running after QUIET_SECONDS logs
 a line about every 10 % of its steps or every 5 s (steps done / total, elapsed, estimated time
 left); a shorter one logs none. Every generation ends with one line: steps, time and steps/s. On a
 terminal (stderr is a TTY, as for `python -m musicgen predict` run by hand) a tqdm bar instead of
 the periodic lines.
+
+Measures: a prediction's seconds per phase (PHASES) and its LM steps, for the metrics
+(musicgen.serving.metrics). The prediction sets MEASURES; each layer adds its part with timed(),
+in the prediction's thread or (batched steps) in its context.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -36,6 +43,41 @@ class Heartbeat:
 
 
 STEPS = Heartbeat()  # every Progress.advance() beats it: the stall watchdog reads it (tokens.batching.Watch)
+
+# waiting (for a worker, the turn, a slot), conditions and the prefill, the LM's steps, EnCodec or
+# MultiBand Diffusion, normalizing and writing the file
+PHASES = ("queue", "prefill", "decode", "codec", "encode")
+
+
+@dataclass
+class Measures:
+    """What one prediction took: seconds per phase, and the LM steps it ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+MEASURES: contextvars.ContextVar[Measures | None] = contextvars.ContextVar("musicgen_measures", default=None)
+
+
+def record(phase: str, seconds: float) -> None:
+    """Add `seconds` to the current prediction's `phase` (nothing outside a prediction)."""
+    measures = MEASURES.get()
+    if measures is not None:
+        measures.add(phase, seconds)
+
+
+@contextlib.contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """The block's wall time, added to the current prediction's `phase`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        record(phase, time.perf_counter() - start)
 
 
 class Progress:
@@ -66,6 +108,9 @@ class Progress:
         cancellation.check()
         self.done += 1
         STEPS.beat()
+        measures = MEASURES.get()
+        if measures is not None:
+            measures.steps += 1
         if self.bar is not None:
             self.bar.update(1)
             return

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from musicgen import cancellation
 from musicgen.errors import ServerStalled
-from musicgen.tokens.progress import STEPS
+from musicgen.tokens.progress import STEPS, record
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,14 @@ class Turn:
         who = f"{threading.current_thread().name} ({label})"
         if not self._lock.acquire(blocking=False):
             self._waiting[me] = who
+            waited = time.perf_counter()
             try:  # a cancel lands between these polls (or right after the acquire: run() releases)
                 while not self._lock.acquire(timeout=POLL_SECONDS):
                     cancellation.check()
                     self.watch.check(max(self.watch.handed_over, STEPS.last), self.describe)
             finally:
                 self._waiting.pop(me, None)
+                record("queue", time.perf_counter() - waited)
         self._holder = (me, label, who)
         self.watch.handed_over = time.monotonic()
 
