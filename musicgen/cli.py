@@ -165,7 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    # replaces this process with the server
+    # runs the server as this process's child until it exits (musicgen.serving.supervisor)
     serve(args.host, args.port, args.upload_url, train=args.train, weights=weights_source(args), stream=args.stream)
     return 0
 

@@ -25,6 +25,12 @@ class ServerStalled(RuntimeError):
     what held the path; the operator sees the same in the log."""
 
 
+class ServerShuttingDown(RuntimeError):
+    """The server is draining (it was asked to stop): a new prediction is refused at once, and one
+    that cannot finish within MUSICGEN_DRAIN_SECONDS is stopped. The message says so and to send
+    the request again (another replica takes it)."""
+
+
 class PredictionCancelled(BaseException):
     """Raised in a running prediction's thread when its caller cancels it. A BaseException, like
     asyncio's CancelledError and Cog's CancelationException, so `except Exception` never stops it."""

@@ -29,6 +29,7 @@ ROOT_ENV = "MUSICGEN_WEIGHTS"
 FINE_TUNED_ENV = "COG_WEIGHTS"  # Cog's: what its runtime hands setup() as `weights`
 SLOTS_ENV = "COG_MAX_CONCURRENCY"  # Cog's runtime's prediction slots
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"  # read by oneDNN (torch's CPU kernels) once
+METRICS_ENV = "MUSICGEN_METRICS_PORT"  # the worker's probes and metrics (musicgen.serving.probes)
 TOKEN_LOOPS = ("musicgen", "audiocraft")  # our loop (musicgen.tokens), or audiocraft's own
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes"), ("0", "false", "no")
 # Predictions of one model decoding together when MUSICGEN_MAX_BATCH is unset. On a GPU a step
@@ -50,6 +51,13 @@ def _positive_integer(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError
     return int(text)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or ":" in host:
+        raise ValueError
+    return host or "0.0.0.0", int(port)
 
 
 def _adapter_rank(text: str) -> int:
@@ -139,6 +147,11 @@ SETTINGS = (
             "With batching on CUDA: the highest adapter rank the captured step's slots hold; a window with a higher rank decodes on its own (0: none)."),
     Setting("MUSICGEN_TRAIN_MEMORY_GB", "train_memory_gb", _positive_number, "the GPU's memory, or the CPU memory available when training starts",
             "a positive number of GB (10^9 bytes)", "The memory a fine-tune plans with; one that needs more is refused before the model loads."),
+    Setting(METRICS_ENV, "metrics_address", _address, "unset: off (`serve` opens one on 127.0.0.1 for its drain)",
+            "a port (all interfaces) or `host:port`",
+            "The worker's port for `/livez`, `/readyz` and Prometheus' `/metrics` (docs/operations.md)."),
+    Setting("MUSICGEN_DRAIN_SECONDS", "drain_seconds", _positive_number, "`25`", "a positive number of seconds",
+            "On SIGTERM (`serve`): how long running predictions may take to finish; the rest end as failed, saying the server is shutting down."),
     Setting(ONEDNN_CACHE_ENV, "onednn_cache_entries", _positive_integer, "`64`", "a positive integer",
             "oneDNN's compiled-kernel cache on CPU (its own default, 1024, grows the worker's memory)."),
     Setting("HF_ENDPOINT", "hub_endpoint", _url, "`https://huggingface.co`", "an http(s) URL",
@@ -171,6 +184,8 @@ class Settings:
     lora_cache_mb: float = 1024.0
     lora_slot_rank: int = 16  # per slot on large: 50 MB of float16 buffers
     train_memory_gb: float | None = None  # None: the device's (musicgen.train.memory)
+    metrics_address: tuple[str, int] | None = None  # (host, port) of the probes and metrics; None: off
+    drain_seconds: float = 25.0  # Kubernetes' default grace period (30 s) less a margin for the exit
     # oneDNN's primitive cache on CPU (a convolution compiled for each input shape, with its
     # buffers): EnCodec, the resampler and MultiBand Diffusion meet a new length with almost every
     # request, and oneDNN keeps the last 1024 by default: 100 MB more RSS after a soak of 200 mixed

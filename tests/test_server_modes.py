@@ -19,6 +19,8 @@ def test_predict_mode_sets_both_stubs_like_the_image():
     env = server_environment(5001, REFS, base={"PATH": "/usr/bin"})
     assert env["COG_PREDICT_TYPE_STUB"] == "predict.py:Predictor" and env["COG_TRAIN_TYPE_STUB"] == "train.py:train"
     assert env["COG_MAX_CONCURRENCY"] == "2" and "COG_WEIGHTS" not in env
+    assert env["TOKIO_WORKER_THREADS"] == "1"  # coglet's slot race (tests/test_operations.py)
+    assert server_environment(5001, REFS, base={"TOKIO_WORKER_THREADS": "4"})["TOKIO_WORKER_THREADS"] == "4"
     assert server_command("127.0.0.1") == [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
 
 

@@ -85,12 +85,21 @@ class ServerProcess:
         raise ServerError(f"server not {statuses} after {timeout} s:\n{self.log_tail()}")
 
     def worker_pid(self) -> int:
-        """The runtime's worker process (the one that loads the models): the server's child (started
-        from one of its threads: each thread lists its own children)."""
-        tasks = Path(f"/proc/{self.process.pid}/task")
-        children = {pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()}
+        """The runtime's worker process (the one that loads the models): `serve` (the supervisor)
+        starts the Cog server, which starts its worker; each is the other's one child (started from
+        one of its threads: each thread lists its own children)."""
+        return self._only_child(self.server_pid(), "the Cog server")
+
+    def server_pid(self) -> int:
+        """The Cog server's process (coglet's HTTP side), `serve`'s one child."""
+        return self._only_child(self.process.pid, "the supervisor")
+
+    @staticmethod
+    def _only_child(pid: int, what: str) -> int:
+        tasks = Path(f"/proc/{pid}/task")
+        children = {child for task in tasks.iterdir() for child in (task / "children").read_text().split()}
         if len(children) != 1:
-            raise ServerError(f"the server has {len(children)} child processes, expected its one worker")
+            raise ServerError(f"{what} has {len(children)} child processes, expected one")
         return int(children.pop())
 
     def worker_rss(self) -> int:

@@ -4,10 +4,11 @@ The image built by `cog build` runs `python -m cog.server.http` in the model fol
 COG_PREDICT_TYPE_STUB and COG_TRAIN_TYPE_STUB set from cog.yaml and `.cog/openapi_schema.json` beside
 it. `cog train` and Replicate start the same image with `--x-mode train` for trainings (POST
 /trainings runs train.py's `train()`), and give a trained version's predictor its weights in
-COG_WEIGHTS (predict.py's `setup(weights=...)`). `serve` does the same outside Docker: it replaces
-itself with the server process, which reads the committed `.cog/openapi_schema.json` (what `cog
-build` writes; tests/test_schema_generator.py keeps it in step with predict.py and train.py), so
-inputs are validated exactly as in the container. It writes nothing into the checkout.
+COG_WEIGHTS (predict.py's `setup(weights=...)`). `serve` does the same outside Docker: it starts
+the server process, which reads the committed `.cog/openapi_schema.json` (what `cog build` writes;
+tests/test_schema_generator.py keeps it in step with predict.py and train.py), so inputs are
+validated exactly as in the container, and stays its parent to turn SIGTERM into a drain
+(musicgen.serving.supervisor). It writes nothing into the checkout.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from musicgen.errors import SettingsError
 from musicgen.serving.cog_yaml import COG_YAML, STREAMING_DIR, CogRefs, cog_refs, ref_from
+from musicgen.serving.supervisor import supervise
 from musicgen.settings import (
     FINE_TUNED_ENV,
     REPOSITORY,
@@ -39,6 +41,7 @@ DEFAULT_PORT = 5000
 SLOTS_PER_BATCH_PLACE = 2
 # train() is a plain (sync) function: coglet refuses COG_MAX_CONCURRENCY > 1 for it at setup.
 TRAIN_SLOTS = "1"
+RUNTIME_THREADS_ENV = "TOKIO_WORKER_THREADS"  # read by tokio, the runtime's async executor (server_environment)
 
 
 def server_environment(
@@ -54,6 +57,12 @@ def server_environment(
     `refs`: cog.yaml's targets (a string is a predict ref alone): COG_PREDICT_TYPE_STUB and
     COG_TRAIN_TYPE_STUB, as the image sets both. Predict mode gets COG_MAX_CONCURRENCY (default_slots)
     unless `base` sets it; train mode (`train`) exactly 1. `weights` (a path or URL) becomes COG_WEIGHTS.
+
+    The runtime's HTTP side runs on one thread (TOKIO_WORKER_THREADS=1 unless `base` sets it):
+    coglet 0.23.1 takes a slot with a `try_lock` on its pool, so two requests that arrive at the
+    same moment on two of tokio's threads (one per core by default) can get `409 At capacity` with
+    slots free (measured: 3 of 320 requests in bursts of 8, none on one thread). The worker's
+    Python process, where predictions run, is not affected.
 
     coglet starts its worker as `python` found on PATH, not as sys.executable: this interpreter's
     folder goes first, or the worker cannot import coglet and the server stays STARTING forever.
@@ -72,6 +81,7 @@ def server_environment(
         env.setdefault(SLOTS_ENV, str(default_slots(env)))  # an operator's own value wins
     if weights is not None:
         env[FINE_TUNED_ENV] = weights
+    env.setdefault(RUNTIME_THREADS_ENV, "1")  # an operator's own value wins
     return env
 
 
@@ -105,7 +115,8 @@ def serve(
     weights: str | None = None,
     stream: bool = False,
 ) -> None:
-    """Exec the Cog server in the repository folder, on the committed schema. Does not return.
+    """Run the Cog server in the repository folder, on the committed schema, as this process's
+    child (musicgen.serving.supervisor: SIGTERM drains first); exits with its status. Does not return.
 
     train: serve cog.yaml's `train:` target (POST /trainings) instead of predict.py; one server
         runs one mode, as in the container.
@@ -134,4 +145,4 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     env = server_environment(port, refs, train=train, weights=weights)
-    os.execve(sys.executable, server_command(host, upload_url, train), env)
+    supervise(server_command(host, upload_url, train), env, drains=not train)
