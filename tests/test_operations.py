@@ -1,7 +1,7 @@
 """Operating replicas (docs/operations.md) through the real server on the demo weights: the worker's
-probes answer with status codes (/livez, /readyz), /metrics counts what happened, SIGTERM drains
-without losing an async prediction; and the Kubernetes manifests validate offline and probe what
-the worker serves."""
+probes answer with status codes (/livez, /readyz; a failed setup's: tests/test_server.py), /metrics
+counts what happened, SIGTERM drains without losing an async prediction; and the Kubernetes
+manifests validate offline and probe what the worker serves."""
 
 from __future__ import annotations
 
@@ -128,25 +128,6 @@ def test_readiness_and_the_batch_gauge_follow_the_load(operated):
     assert seen_full and seen_gauge
     assert probe(port, "/readyz").status_code == 200
     assert samples(port)['musicgen_batch_slots_in_use{model_version="melody"}'] == 0
-
-
-def test_liveness_and_readiness_fail_on_a_server_whose_setup_failed(tmp_path):
-    """Setup fails (no weights): /health-check says SETUP_FAILED with a 200; our probes do not."""
-    port = free_port()
-    empty = tmp_path / "no-weights"
-    empty.mkdir()
-    server = Server(empty, tmp_path / "server.log", {"MUSICGEN_METRICS_PORT": str(port)})
-    try:
-        assert server.wait_for({"SETUP_FAILED", "READY"}, START_TIMEOUT)["status"] == "SETUP_FAILED"
-        assert requests.get(f"{server.url}/health-check", timeout=HTTP_TIMEOUT).status_code == 200  # the runtime's
-        for path in ("/livez", "/readyz"):
-            try:
-                answer = probe(port, path)
-            except requests.ConnectionError:
-                continue  # the worker is gone: refused, a failure too
-            assert answer.status_code == 503 and answer.json()["reason"].startswith("setup failed: WeightsError")
-    finally:
-        server.stop()
 
 
 def test_sigterm_drains_a_sync_and_two_async_predictions_without_losing_one(demo_weights, tmp_path):
@@ -309,7 +290,7 @@ def test_a_burst_of_simultaneous_requests_gets_no_409_with_slots_free(operated):
     threads = [(task / "comm").read_text().strip() for task in Path(f"/proc/{operated.server_pid()}/task").iterdir()]
     assert threads.count("tokio-rt-worker") == 1, threads
     codes: list[int] = []
-    for _ in range(8):
+    for _ in range(6):
         barrier = threading.Barrier(2 * SLOTS)
 
         def send(barrier: threading.Barrier = barrier) -> None:
@@ -323,7 +304,7 @@ def test_a_burst_of_simultaneous_requests_gets_no_409_with_slots_free(operated):
         for sender in senders:
             sender.join(PREDICT_TIMEOUT)
         time.sleep(0.2)  # the runtime frees a slot just after its answer
-    assert codes == [200] * 16 * SLOTS
+    assert codes == [200] * 12 * SLOTS
 
 
 def test_liveness_fails_once_the_worker_is_killed(operated):

@@ -28,6 +28,7 @@ from helpers import (
 
 from musicgen.serving.launch import server_command, server_environment
 from tooling.schema import openapi
+from tooling.server_process import free_port
 
 pytestmark = pytest.mark.slow  # the real server, started once per session
 
@@ -235,9 +236,12 @@ def test_burst_of_sequential_requests(server):
 
 
 def test_missing_weights_are_reported_by_the_health_check(tmp_path):
+    """Setup fails (no weights): /health-check says SETUP_FAILED (with a 200, the runtime's way);
+    the worker's own probes (docs/operations.md, "Probes") answer 503 naming the error."""
     empty = tmp_path / "no-weights"
     empty.mkdir()
-    server = Server(empty, tmp_path / "server.log")
+    probes = free_port()
+    server = Server(empty, tmp_path / "server.log", {"MUSICGEN_METRICS_PORT": str(probes)})
     try:
         health = server.wait_for({"SETUP_FAILED", "READY"}, START_TIMEOUT)
         assert health["status"] == "SETUP_FAILED"
@@ -246,5 +250,12 @@ def test_missing_weights_are_reported_by_the_health_check(tmp_path):
         assert "Traceback" not in logs, logs
         response = requests.post(f"{server.url}/predictions", json={"input": {}}, timeout=HTTP_TIMEOUT)
         assert response.status_code == 503
+        assert requests.get(f"{server.url}/health-check", timeout=HTTP_TIMEOUT).status_code == 200
+        for path in ("/livez", "/readyz"):
+            try:
+                answer = requests.get(f"http://127.0.0.1:{probes}{path}", timeout=HTTP_TIMEOUT)
+            except requests.ConnectionError:
+                continue  # the worker is gone: refused, a failure too
+            assert answer.status_code == 503 and answer.json()["reason"].startswith("setup failed: WeightsError")
     finally:
         server.stop()
