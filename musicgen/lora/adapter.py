@@ -145,7 +145,8 @@ def write_adapter(
 
 def read_adapter(path: Path) -> Adapter:
     """The adapter in `path`, every tensor and entry checked; AdapterRefused says what is wrong."""
-    digest = _sha256(path)
+    with open(path, "rb") as whole:
+        digest = hashlib.file_digest(whole, "sha256").hexdigest()
     try:
         with safe_open(str(path), framework="pt") as file:
             try:
@@ -216,11 +217,3 @@ def _tensor(file, name: str, shape: tuple[int, int]) -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise AdapterRefused(f"its tensor {name} holds NaN or infinite values")
     return tensor.to(STORED_DTYPE)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -69,7 +69,8 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
         # a URL first (before the model loads: a failed download costs no loading)
         (scratch / "download").mkdir()
         dataset = local_dataset(request.dataset_path, scratch / "download", FetchLimits.for_datasets(settings))
-        dataset_sha256 = _sha256(dataset)
+        with open(dataset, "rb") as whole:
+            dataset_sha256 = hashlib.file_digest(whole, "sha256").hexdigest()
         # listed once, its bounds checked: an archive bomb is refused before anything is extracted
         # and before the model loads; a single file is named as the record names it
         with Dataset(dataset, recorded_name(request.dataset_path)) as source:
@@ -140,11 +141,3 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
     )  # fmt: skip
     losses, epochs, steps = tuple(trained.losses), tuple(trained.epoch_losses), tuple(trained.step_seconds)
     return TrainResult(checkpoint, seed, losses, epochs, steps, seconds, record)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

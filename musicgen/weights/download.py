@@ -256,11 +256,8 @@ def _verify(path: Path, artifact: Artifact, root: Path) -> tuple[str | None, str
 
 
 def sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
     with open(path, "rb") as file:
-        while chunk := file.read(CHUNK * 8):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 class _Part:
