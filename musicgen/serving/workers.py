@@ -131,12 +131,11 @@ class PredictionRunner:
     def _ended(self, job: _Job, request: Request, future) -> None:
         with self._jobs_lock:
             self._jobs.discard(job)
-        if future.cancelled():
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or (isinstance(error, PredictionCancelled) and not job.shut_down):
             status = "canceled"
-        elif isinstance(future.exception(), PredictionCancelled):
-            status = "failed" if job.shut_down else "canceled"
         else:
-            status = "failed" if future.exception() is not None else "succeeded"
+            status = "succeeded" if error is None else "failed"  # a drain's stop is a failure
         metrics.observe(request.model_version, status, time.perf_counter() - job.submitted, job.measures)
 
     def stream(self, request: Request) -> Iterator[Path]:

@@ -108,9 +108,6 @@ class Progress:
         cancellation.check()
         self.done += 1
         STEPS.beat()
-        measures = MEASURES.get()
-        if measures is not None:
-            measures.steps += 1
         if self.bar is not None:
             self.bar.update(1)
             return
@@ -131,6 +128,10 @@ class Progress:
             self.last_time, self.last_done = now, self.done
 
     def close(self) -> None:
+        """The closing line; the steps done are added to the current prediction's measures."""
+        measures = MEASURES.get()
+        if measures is not None:
+            measures.steps += self.done
         if self.bar is not None:
             self.bar.close()
         elapsed = self.clock() - self.start
