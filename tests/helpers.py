@@ -338,16 +338,23 @@ def start_proxy(upstream: str, serves: str, folder) -> tuple[str, subprocess.Pop
     with open(folder / "nginx.log", "w") as log:
         process = subprocess.Popen(["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=log)
     url = f"http://{listen}"
+    proxy_passing(url, process, folder / "nginx.log")
+    return url, process
+
+
+def proxy_passing(url: str, process: subprocess.Popen, log: Path) -> None:
+    """Wait (30 s at most) until the nginx `process` at `url` passes /health-check with a 200; if it
+    exits or does not, kill it and fail the test with its `log`."""
     deadline = time.monotonic() + 30
     while True:
         try:
             if requests.get(f"{url}/health-check", timeout=2).status_code == 200:
-                return url, process
+                return
         except requests.ConnectionError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail((folder / "nginx.log").read_text())
+            pytest.fail(log.read_text())
         time.sleep(0.1)
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from helpers import HTTP_TIMEOUT, PREDICT_TIMEOUT, START_TIMEOUT, FileServer, Server, started_server
+from helpers import (
+    HTTP_TIMEOUT,
+    PREDICT_TIMEOUT,
+    START_TIMEOUT,
+    FileServer,
+    Server,
+    proxy_passing,
+    started_server,
+)
 
 from musicgen.serving.runtime_patches import PREDICTION_FOLDERS
 from musicgen.settings import REPOSITORY
@@ -265,14 +273,8 @@ def test_the_sidecar_fronts_the_server_with_the_deployments_own_script(operated,
         process = subprocess.Popen(front["command"] + front["args"], env={"PATH": os.environ["PATH"], **env},
                                    stdout=log, stderr=log)  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = requests.get(f"http://{listen}/health-check", timeout=HTTP_TIMEOUT)
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "nginx.log").read_text()
-                time.sleep(0.1)
+        proxy_passing(f"http://{listen}", process, tmp_path / "nginx.log")
+        health = requests.get(f"http://{listen}/health-check", timeout=HTTP_TIMEOUT)
         assert health.status_code == 200 and health.json()["status"] == "READY"
         assert requests.post(f"http://{listen}/shutdown", timeout=HTTP_TIMEOUT).status_code == 404
         assert requests.get(f"http://{listen}/listen/", timeout=HTTP_TIMEOUT).status_code == 200
