@@ -113,6 +113,16 @@ def test_the_command_line_writes_each_part_as_it_comes_then_the_whole_piece(tmp_
 # The schemas
 
 
+def test_a_cancel_of_a_finished_published_prediction_is_not_taken_for_a_stream():
+    """The runtime patch (observe_stream_cancels) hands every finished future's result to
+    cancel_stream: a published predict()'s Path, None or text is no stream and is answered False,
+    not with a TypeError (a weak dict cannot hold them)."""
+    from musicgen.serving.workers import cancel_stream
+
+    for result in (Path("/tmp/out.wav"), None, "text", 3, iter([]), (item for item in ())):
+        assert cancel_stream(result) is False, result
+
+
 def test_the_streaming_model_takes_exactly_the_published_inputs_and_is_marked_for_streaming():
     published = json.loads(openapi.SCHEMA_FILE.read_text())
     streaming = json.loads((STREAMING_DIR / ".cog" / "openapi_schema.json").read_text())

@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +160,10 @@ STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cancel_stream(generator) -> bool:
-    """Stop the prediction behind a generator stream() returned; whether it was one."""
+    """Stop the prediction behind a generator stream() returned; whether it was one (anything
+    else, such as a finished predict()'s Path or None, is not, and cannot key a weak dict)."""
+    if not isinstance(generator, types.GeneratorType):
+        return False
     stop = STREAMS.get(generator)
     if stop is not None:
         stop()
