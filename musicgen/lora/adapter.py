@@ -77,10 +77,6 @@ class Adapter:
     def scaling(self) -> float:
         return self.alpha / self.rank
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self.pairs.values() for t in pair)
-
     def on(self, device, dtype: torch.dtype) -> LowRank:
         """Its pairs on the step's device, in its dtype."""
         pairs = {key: (down.to(device, dtype), up.to(device, dtype)) for key, (down, up) in self.pairs.items()}

@@ -32,9 +32,6 @@ class AdapterCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, digest: str) -> bool:
-        return digest in self._entries
-
     def get(self, digest: str, make: Callable[[], LowRank]) -> LowRank:
         """The adapter of `digest`, made by make() when it is not here."""
         with uninterrupted(), self._lock:
@@ -46,6 +43,6 @@ class AdapterCache:
         with uninterrupted(), self._lock:
             self._entries[digest] = entry
             self._entries.move_to_end(digest)
-            while len(self._entries) > 1 and sum(e.nbytes for e in self._entries.values()) > self.limit:
+            while len(self._entries) > 1 and self.nbytes > self.limit:
                 self._entries.popitem(last=False)
         return entry

@@ -150,7 +150,3 @@ class Stream:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-    @property
-    def chunks(self) -> int:
-        return 0 if self._writer is None else self._writer.chunks

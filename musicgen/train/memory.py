@@ -29,7 +29,6 @@ import omegaconf
 import torch
 
 from musicgen.errors import InputError
-from musicgen.input_rules import MAX_LORA_RANK
 from musicgen.lora.adapter import Geometry
 from musicgen.lora.training import trainable_parameters
 from musicgen.models.checkpoints import read_lm_checkpoint
@@ -156,7 +155,7 @@ def _what_to_change(state: dict, geometry: Geometry, request: TrainRequest, devi
     elif request.lora_rank > 1:
         tries.append(("lora_rank=1 and batch_size=1", 1, 1))
     for words, rank, batch in tries:
-        plan = _plan(state, geometry, min(rank, MAX_LORA_RANK), batch, device, available, source)
+        plan = _plan(state, geometry, rank, batch, device, available, source)
         if plan.need <= available:
             return f"Set {words}: it needs about {plan.need / GB:.1f} GB."
     return "No lora_rank or batch_size fits it: use a device with more memory, or a smaller model_version."
