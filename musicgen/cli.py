@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import soundfile
-
 from musicgen.boot import FORMAT, boot
 from musicgen.errors import CapacityError, InputError, SettingsError, TrainingError, WeightsError
 from musicgen.input_rules import is_url
@@ -124,6 +122,8 @@ def write_stream(items, requested: str | None) -> Path:
 
 
 def _seconds(path: Path) -> str:
+    import soundfile  # here, not at the top: `serve` stays running as the server's parent without it
+
     try:
         return f"{soundfile.info(str(path)).duration:.2f} s"
     except RuntimeError:  # a format this libsndfile cannot read

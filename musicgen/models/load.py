@@ -288,13 +288,12 @@ def load_models(
         path = store.fine_tuned_checkpoint(fine_tuned, root)
         if is_adapter_file(path):
             version = models.adapters.serve(path)
-            models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))
             log.info("serving the adapter %s (rank %d) on %s", path, models.adapters.weights.rank, version)
         else:
             version = check_fine_tuned(path, models.preloaded, list(models.checkpoints), models.codec_for)
             log.info("serving the fine-tuned checkpoint %s as %s (the base %s is not loaded)", path, version, version)
             models.checkpoints[version] = path
-            models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))
+        models.preloaded = tuple(dict.fromkeys((*models.preloaded, version)))  # loaded at setup
     models.load(list(models.preloaded))
     on_demand = [version for version in models.checkpoints if version not in models.preloaded]
     log.info(

@@ -102,7 +102,7 @@ class MusicGenService:
             input_audio = None  # its samples (up to read.MAX_DECODED_BYTES) go before the output's steps
             with timed("encode"):
                 wav = levels.normalize(wav, sample_rate, request.normalization_strategy, layout)
-                metadata = _metadata(request, seed, self._applied(request, adapter))
+                metadata = _metadata(request, seed, applied)
                 # readable, and unique per content: two callers' files never share a name (an upload
                 # URL), while the same inputs and seed, the same bytes, keep theirs
                 digest = hashlib.sha256(wav.detach().cpu().contiguous().numpy().data).hexdigest()[:12]  # no copy

@@ -78,12 +78,12 @@ def train_lm(
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, request.warmup_steps, total))
     autocast, scaler = _mixed_precision(device)
+    trained_what = f"rank-{request.lora_rank} adapters" if request.lora else "every LM weight"
     log.info(
         "training %s on %s: %d segments, %d epochs of %d steps (batch %d), lr %g, warm-up %d, cfg_p %g, seed %d; %s",
         model.version, device, len(segments), request.epochs, steps_per_epoch, request.batch_size, request.lr,
         request.warmup_steps, request.cfg_p, seed,
-        f"rank-{request.lora_rank} adapters ({sum(p.numel() for p in trained) / 1e6:.1f} M parameters)"
-        if request.lora else f"every LM weight ({sum(p.numel() for p in trained) / 1e6:.1f} M parameters)",
+        f"{trained_what} ({sum(p.numel() for p in trained) / 1e6:.1f} M parameters)",
     )  # fmt: skip
     lm.train()
     start = time.perf_counter()

@@ -98,10 +98,10 @@ def base_checkpoint(version: str, root: Path) -> Path:
     return layout.model_dir(version, root) / layout.LM_FILE
 
 
-def load_for_training(version: str, device: str, root: Path, frozen: bool = False) -> TrainingModel:
-    """The released `version` under the weights root `root`, ready to fine-tune on `device`.
-    `frozen` (LoRA: only adapters train): on a GPU the LM stays float16, as stored."""
-    base = base_checkpoint(version, root)
+def load_for_training(version: str, device: str, root: Path, base: Path, frozen: bool = False) -> TrainingModel:
+    """The released `version` under the weights root `root` (its LM checkpoint `base`, from
+    base_checkpoint()), ready to fine-tune on `device`. `frozen` (LoRA: only adapters train): on a
+    GPU the LM stays float16, as stored."""
     package = read_lm_checkpoint(base)
     config = omegaconf.OmegaConf.create(package["xp.cfg"])
     build = config.copy()

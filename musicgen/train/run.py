@@ -77,7 +77,7 @@ def fine_tune(request: TrainRequest, settings: Settings, output_dir: Path | None
             seed = draw_seed() if request.wants_random_seed else request.seed
             log.info("fine-tuning %s with seed %d", request.model_version, seed)
             seed_everything(seed)  # HT-Demucs' random shifts and T5's word dropout draw from these too
-            model = load_for_training(request.model_version, device, settings.weights_root, frozen=request.lora)
+            model = load_for_training(request.model_version, device, settings.weights_root, base, frozen=request.lora)
             files = source.files(scratch, request.one_same_description, skipped)
             segments, stats = make_segments(files, model, request.drop_vocals, skipped)
     finally:
