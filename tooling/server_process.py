@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from musicgen.serving.supervisor import free_port
 from musicgen.settings import REPOSITORY
 from tooling.loopback import LOOPBACK
 
@@ -25,12 +25,6 @@ HTTP_TIMEOUT = 10  # s for a request that does not wait for a prediction
 
 class ServerError(RuntimeError):
     """The server exited, or did not reach the wanted status in time. The message ends with its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 class ServerProcess:

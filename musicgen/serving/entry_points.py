@@ -10,10 +10,11 @@ import types
 import typing
 from pathlib import Path
 
+from musicgen.serving.cog_yaml import STREAMING_DIR
 from musicgen.settings import REPOSITORY
 
 PREDICT_FILE = REPOSITORY / "predict.py"
-STREAMING_FILE = REPOSITORY / "streaming" / "predict.py"
+STREAMING_FILE = STREAMING_DIR / "predict.py"
 TRAIN_FILE = REPOSITORY / "train.py"
 
 

@@ -52,7 +52,7 @@ def supervise(command: list[str], env: dict[str, str], drains: bool) -> None:
         settings = Settings()  # the worker's setup() refuses the bad setting, naming it
     address = settings.metrics_address
     if drains and address is None:
-        address = ("127.0.0.1", _free_port())
+        address = ("127.0.0.1", free_port())
         env = {**env, METRICS_ENV: f"127.0.0.1:{address[1]}"}
     server = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
     stopping = threading.Event()
@@ -86,7 +86,8 @@ def _drain_then_stop(server: subprocess.Popen, address: tuple[str, int], drain_s
     server.terminate()  # SIGTERM: the runtime waits for its synchronous requests, then exits
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

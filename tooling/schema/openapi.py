@@ -38,15 +38,17 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from musicgen import atomic_files
-from musicgen.serving.cog_yaml import CogRefs, cog_refs, split_ref
+from musicgen.serving.cog_yaml import STREAMING_DIR, CogRefs, cog_refs, split_ref
 from musicgen.settings import REPOSITORY
 from tooling.schema.gojson import Ordered, go_json, go_json_indent
 from tooling.schema.inputs import NONE, PREDICT, PRIMITIVES, TRAIN, InputField, read_target, title_case
 
 SCHEMA_FILE = REPOSITORY / ".cog" / "openapi_schema.json"  # where coglet looks (cwd-relative)
-STREAMING = REPOSITORY / "streaming"  # the streaming model's folder: its cog.yaml, its .cog/
 # (cog.yaml, the schema file written for it): the published model, then the streaming one
-MODELS = ((REPOSITORY / "cog.yaml", SCHEMA_FILE), (STREAMING / "cog.yaml", STREAMING / ".cog" / "openapi_schema.json"))
+MODELS = (
+    (REPOSITORY / "cog.yaml", SCHEMA_FILE),
+    (STREAMING_DIR / "cog.yaml", STREAMING_DIR / ".cog" / "openapi_schema.json"),
+)
 OPENAPI_VERSION = "3.0.2"
 COMMAND = "python -m tooling.schema.openapi"
 # What each mode calls its parts (cog's buildOpenAPISpec, pkg/schema/openapi_spec.go).
