@@ -46,6 +46,15 @@ def settings(demo_weights):
     return Settings(weights_root=demo_weights)
 
 
+@pytest.fixture(scope="session")
+def adapter(settings, tmp_path_factory) -> Path:
+    """A rank-4 LoRA adapter of the demo `large` (seed 3), trained once per session
+    (helpers.train_adapter): its folder's adapter.safetensors."""
+    from helpers import train_adapter
+
+    return train_adapter(settings, tmp_path_factory.mktemp("adapter"), rank=4, seed=3)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared 2-core machine spinning workers make tiny models crawl."""

@@ -351,12 +351,11 @@ def test_a_prediction_is_the_same_alone_and_among_others(batch_server, target_al
 
 
 @pytest.fixture(scope="module")
-def adapters(settings, tmp_path_factory) -> tuple[str, str]:
-    """Two LoRA adapters of large (ranks 4 and 8, other seeds), trained here, as data URIs."""
-    folder = tmp_path_factory.mktemp("adapters")
-    first = train_adapter(settings, folder / "first", rank=4, seed=3)
-    second = train_adapter(settings, folder / "second", rank=8, seed=5)
-    return data_uri(first, "application/octet-stream"), data_uri(second, "application/octet-stream")
+def adapters(settings, adapter, tmp_path_factory) -> tuple[str, str]:
+    """Two LoRA adapters of large: the session's (rank 4) and one of rank 8 trained here (another
+    seed), as data URIs."""
+    second = train_adapter(settings, tmp_path_factory.mktemp("adapters"), rank=8, seed=5)
+    return data_uri(adapter, "application/octet-stream"), data_uri(second, "application/octet-stream")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import train_adapter, write_scale
+from helpers import write_scale
 
 from musicgen.errors import InputError
 from musicgen.lora.adapter import Geometry, read_adapter, write_adapter
@@ -29,11 +29,6 @@ from musicgen.weights import layout
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PIECE = {"model_version": "large", "prompt": "calm", "duration": 2, "seed": 1}
-
-
-@pytest.fixture(scope="module")
-def adapter(settings, tmp_path_factory) -> Path:
-    return train_adapter(settings, tmp_path_factory.mktemp("adapter"), rank=4, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from helpers import (
     ffmpeg,
     header_declaring,
     run_cli,
-    train_adapter,
     write_scale,
 )
 
@@ -326,11 +325,6 @@ def test_a_5_1_file_round_trips_with_the_default_loudness(server, tmp_path):
     wav = torch.from_numpy(samples.T.astype(np.float32))
     weights = bs1770_weights(("FL", "FR", "FC", "LFE", "BL", "BR"))
     assert integrated_loudness(wav, rate, weights).item() == pytest.approx(-14, abs=0.2)
-
-
-@pytest.fixture(scope="module")
-def adapter(settings, tmp_path_factory) -> Path:
-    return train_adapter(settings, tmp_path_factory.mktemp("adapter"), rank=4)
 
 
 def test_a_bad_adapter_is_refused_naming_lora_weights_and_the_server_stays_ready(server, adapter, tmp_path):
