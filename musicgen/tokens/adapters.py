@@ -130,22 +130,23 @@ class SlotAdapters:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.down.values(), *self.up.values()))
 
-    def takes(self, adapted: Adapted | None) -> bool:
-        return adapted is None or adapted.low_rank.rank <= self.rank
+    def takes(self, adapted: Adapted) -> bool:
+        return adapted.low_rank.rank <= self.rank
 
     def set(self, slot: int, adapted: Adapted | None) -> None:
         """`slot`'s rows adapted by `adapted` from the next step (None: the base numbers)."""
         self.active[slot] = adapted is not None
         self.scale[slot] = 0.0 if adapted is None else adapted.scale
+        if adapted is None:
+            return  # an inactive slot's rows are its base numbers whatever its buffers hold (torch.where)
         for key, down in self.down.items():
             up = self.up[key]
-            down[slot].zero_()
+            down[slot].zero_()  # a lower rank than the buffers': the rest stays zero
             up[slot].zero_()
-            if adapted is not None:
-                mine_down, mine_up = adapted.low_rank.pairs[key]
-                rank = mine_down.shape[0]
-                down[slot, :rank].copy_(mine_down)
-                up[slot, :, :rank].copy_(mine_up)
+            mine_down, mine_up = adapted.low_rank.pairs[key]
+            rank = mine_down.shape[0]
+            down[slot, :rank].copy_(mine_down)
+            up[slot, :, :rank].copy_(mine_up)
 
     def layers(self, layers: list[BoundLayer]) -> list[BoundLayer]:
         """`layers` reading these buffers: the same shapes at every step, whatever the slots hold."""

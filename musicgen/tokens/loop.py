@@ -25,7 +25,7 @@ Step = Callable[[torch.Tensor, int, KVCache, CrossAttentionCache | None], torch.
 
 
 class Engine(Protocol):
-    """Where a window's cache comes from and which step function runs it (decoders.FastLoop)."""
+    """Where a window's cache comes from and which step function runs it (loops.FastLoop)."""
 
     def cache(self, batch: int, length: int, like: torch.Tensor) -> KVCache: ...
 

@@ -42,7 +42,7 @@ class Heartbeat:
         self.last = time.monotonic()
 
 
-STEPS = Heartbeat()  # every Progress.advance() beats it: the stall watchdog reads it (tokens.batching.Watch)
+STEPS = Heartbeat()  # every Progress.advance() beats it: the stall watchdog reads it (tokens.turn.Watch)
 
 # waiting (for a worker, the turn, a slot), conditions and the prefill, the LM's steps, EnCodec or
 # MultiBand Diffusion, normalizing and writing the file
