@@ -33,6 +33,7 @@ from tooling.loopback import LoopbackServer as LoopbackServer  # re-exported for
 from tooling.loopback import QuietFileHandler, QuietHandler
 from tooling.server_process import HTTP_TIMEOUT as HTTP_TIMEOUT  # re-exported for the tests
 from tooling.server_process import ServerError, ServerProcess, free_port
+from tooling.signals import scale
 
 # ---------------------------------------------------------------------------------------------
 # The Predictor and the command line
@@ -92,9 +93,7 @@ def write_scale(
 ) -> Path:
     """A 16-bit WAV of a scale of sines from `base` Hz (two notes per second), the same in every
     channel but channel c at gain 1 - c * channel_gain_step (0: identical channels)."""
-    t = np.arange(round(seconds * rate)) / rate
-    steps = np.floor(t * 2) * (1 if rising else -1)
-    tone = 0.4 * np.sin(2 * np.pi * np.cumsum(base * 2 ** (steps / 12)) / rate)
+    tone = scale(seconds, rate, base, rising)
     samples = np.stack([tone * (1 - channel_gain_step * c) for c in range(channels)], axis=1)
     soundfile.write(path, samples, rate, subtype="PCM_16")
     return path

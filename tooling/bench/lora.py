@@ -32,9 +32,9 @@ from pathlib import Path
 import omegaconf
 import torch
 
+from tooling.bench.batched_step import POSITION
 from tooling.bench.checkpoints import SIZES, ensure_checkpoints
 
-POSITION = 200  # the cache position the steps run at (about 4 s into a window)
 TRAINING_RUNS = (("small", 0), ("small", None), ("melody", 0), ("melody", None))  # None: --rank
 
 

@@ -26,12 +26,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import requests
 import soundfile
 
 from tooling.loopback import LoopbackServer, QuietHandler
 from tooling.server_process import HTTP_TIMEOUT, ServerProcess
+from tooling.signals import scale
 
 START_TIMEOUT = 600  # s: the demo weights load in seconds, on a busy 2-core machine in more
 SETTLE_TIMEOUT = 120  # s for the last cancelled predictions to end and the server to say READY
@@ -41,8 +41,7 @@ LATEST_CANCEL = 0.6  # s after the start: the cancel lands anywhere from the que
 
 def melody_uri(seconds: float = 3.0, rate: int = 16000) -> str:
     """A rising scale as a WAV data: URI (the melody, the continuation's prompt, the round trip)."""
-    t = np.arange(int(seconds * rate)) / rate
-    tone = 0.4 * np.sin(2 * np.pi * np.cumsum(220 * 2 ** (np.floor(t * 2) / 12)) / rate)
+    tone = scale(seconds, rate)
     buffer = io.BytesIO()
     soundfile.write(buffer, tone, rate, format="WAV", subtype="PCM_16")
     return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()

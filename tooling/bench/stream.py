@@ -28,6 +28,7 @@ import numpy as np
 import soundfile
 
 from musicgen import atomic_files
+from tooling.signals import scale
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -111,9 +112,8 @@ def mode_agreement(service, melody: Path) -> dict:
 
 def melody_file(folder: Path) -> Path:
     rate = 32000
-    t = np.arange(6 * rate) / rate
     path = folder / "melody.wav"
-    soundfile.write(path, 0.4 * np.sin(2 * np.pi * np.cumsum(220 * 2 ** (np.floor(t * 2) / 12)) / rate), rate)
+    soundfile.write(path, scale(6, rate), rate)
     return path
 
 
