@@ -58,12 +58,9 @@ function elsewhere(r) {
     if (r.uri.split('/')[1] === serves) {
         return false;
     }
-    r.headersOut['Content-Type'] = 'application/json';
-    r.return(404, JSON.stringify({
-        detail: 'this server runs ' + serves + ', not ' + r.uri.split('/')[1] + ': use /' + serves
-            + (serves === 'trainings' ? ' (predictions are served by the same image started without --x-mode train)'
-                                      : ' (trainings are served by the same image started with --x-mode train)'),
-    }) + '\n');
+    answer(r, 404, 'this server runs ' + serves + ', not ' + r.uri.split('/')[1] + ': use /' + serves
+        + (serves === 'trainings' ? ' (predictions are served by the same image started without --x-mode train)'
+                                  : ' (trainings are served by the same image started with --x-mode train)'));
     return true;
 }
 
