@@ -48,7 +48,7 @@ def predict_with_defaults(predictor, **inputs) -> Path:
 
 def run_cli(*args: str, cwd: Path, weights: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m musicgen *args` in `cwd` on the weights root `weights`, one torch thread, output captured."""
-    env = {**os.environ, "MUSICGEN_WEIGHTS": str(weights), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
+    env = {**os.environ, "MUSICGEN_WEIGHTS": str(weights)}  # one thread, the checkout importable: conftest.py
     return subprocess.run(
         [sys.executable, "-m", "musicgen", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

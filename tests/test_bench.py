@@ -131,7 +131,7 @@ def test_agreement_of_the_loops_on_the_cpu(demo_weights: Path, tmp_path: Path) -
     greedy tokens, and their logits follow audiocraft's loop to float32 rounding."""
     output = tmp_path / "agreement.json"
     command = [sys.executable, "-m", "tooling.bench.agreement", "--size", "tiny", "--duration", "2"]
-    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights), OMP_NUM_THREADS="1")
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights))
     result = subprocess.run(command + ["--json", str(output)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     report = json.loads(output.read_text())
@@ -161,7 +161,7 @@ def test_the_batched_step_bench_on_the_cpu(demo_weights: Path, tmp_path: Path) -
         "--repeats",
         "1",
     ]
-    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights), OMP_NUM_THREADS="1")
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(demo_weights))
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     lines = result.stdout.splitlines()

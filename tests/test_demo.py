@@ -32,7 +32,7 @@ def run_python(code: str, root: Path, timeout: float = 300) -> subprocess.Comple
     """Run `code` in a fresh interpreter whose weights root is `root`."""
     # One thread: on a shared 2-core machine torch's spinning worker threads make tiny models 10-100x
     # slower whenever another process holds a core.
-    env = dict(os.environ, MUSICGEN_WEIGHTS=str(root), PYTHONPATH=str(REPOSITORY), OMP_NUM_THREADS="1")
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(root))  # one thread, the checkout importable: conftest.py
     for name in ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "TRANSFORMERS_CACHE"):
         env.pop(name, None)
     result = subprocess.run(
