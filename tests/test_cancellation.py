@@ -27,6 +27,17 @@ def run_in_thread(work) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
+def cancelled_once_inside(work) -> dict:
+    """Run `work(outcome)` in a thread, cancel it once it has set outcome["inside"], wait for it to
+    end: its outcome."""
+    thread, outcome = run_in_thread(work)
+    assert outcome["inside"].wait(5)
+    cancellation.cancel(thread.ident)
+    thread.join(5)
+    cancellation.clear(thread.ident)
+    return outcome
+
+
 def busy(outcome: dict, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     outcome["inside"].set()
@@ -52,11 +63,7 @@ def test_a_cancel_during_uninterrupted_work_lands_when_it_ends():
             busy(outcome, 0.5)
             outcome["finished"] = True
 
-    thread, outcome = run_in_thread(work)
-    assert outcome["inside"].wait(5)
-    cancellation.cancel(thread.ident)
-    thread.join(5)
-    cancellation.clear(thread.ident)
+    outcome = cancelled_once_inside(work)
     assert outcome.get("finished") and isinstance(outcome.get("error"), PredictionCancelled)
 
 
@@ -299,11 +306,7 @@ def test_a_second_cancel_is_not_raised_in_the_first_ones_clean_up():
             outcome["cleaned"] = True
             raise
 
-    thread, outcome = run_in_thread(work)
-    assert outcome["inside"].wait(5)
-    cancellation.cancel(thread.ident)
-    thread.join(5)
-    cancellation.clear(thread.ident)
+    outcome = cancelled_once_inside(work)
     assert outcome.get("cleaned") and isinstance(outcome.get("error"), PredictionCancelled)
 
 
@@ -374,10 +377,6 @@ def test_a_cancel_lost_where_python_ignores_exceptions_stops_the_next_step():
             progress.advance()
             outcome["steps after"] = outcome.get("steps after", 0) + 1
 
-    thread, outcome = run_in_thread(work)
-    assert outcome["inside"].wait(5)
-    cancellation.cancel(thread.ident)
-    thread.join(5)
-    cancellation.clear(thread.ident)
+    outcome = cancelled_once_inside(work)
     assert outcome.get("swallowed") and "steps after" not in outcome
     assert isinstance(outcome.get("error"), PredictionCancelled)
