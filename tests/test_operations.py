@@ -309,6 +309,54 @@ def test_a_burst_of_simultaneous_requests_gets_no_409_with_slots_free(operated):
     assert codes == [200] * 12 * SLOTS
 
 
+def test_liveness_fails_while_the_batched_path_is_stuck_and_recovers_after(settings):
+    """In process, MUSICGEN_MAX_BATCH=2 and MUSICGEN_STALL_SECONDS=1: a prediction decodes in the
+    batch, then the stepping thread is held (the batch's lock taken, as a wedged step would hold
+    it). /livez answers 503 naming the stuck path (the waiting prediction fails with the stall);
+    once the step is free again, 200."""
+    import asyncio
+
+    from musicgen.request import Request
+    from musicgen.serving.probes import Probes
+    from musicgen.serving.workers import PredictionRunner
+
+    runner = PredictionRunner.load(settings.replace(model_versions=("melody",), max_batch=2, stall_seconds=1.0))
+    port = free_port()
+    probes = Probes(("127.0.0.1", port)).start()
+    probes.serving(runner)
+    batcher, loop = runner.service.models.batcher, runner.service.models.get("melody").loop
+    outcome: dict = {}
+
+    def predict() -> None:
+        try:
+            asyncio.run(runner.predict(Request(prompt="stuck", duration=30, seed=1)))
+        except Exception as error:  # noqa: BLE001 (what it ended with is the test's)
+            outcome["error"] = error
+
+    try:
+        assert probe(port, "/livez").status_code == 200
+        thread = threading.Thread(target=predict)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while batcher.occupancy(loop)[0] == 0:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        with batcher._changed:  # the stepping thread waits for it before each step
+            thread.join(30)
+            live = probe(port, "/livez")
+        assert live.status_code == 503 and live.json()["reason"].startswith(
+            "the batched path is stuck: no batched step"
+        )
+        assert "made no progress" in str(outcome["error"])  # the watchdog failed the waiting prediction
+        deadline = time.monotonic() + 10
+        while probe(port, "/livez").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert batcher.occupancy(loop)[0] == 0
+    finally:
+        probes.stop()
+
+
 def test_liveness_fails_once_the_worker_is_killed(operated):
     """kill -9 of the worker: its port refuses, which a probe reads as a failure (this test is the
     module's last: its server is then gone)."""

@@ -44,6 +44,7 @@ class Probes:
         self.runner = None  # the PredictionRunner, once setup succeeded
         self.failure: str | None = None  # why setup failed
         self._server: ThreadingHTTPServer | None = None
+        self._collector: ServiceCollector | None = None
 
     def start(self) -> Probes:
         """Listen on `address` in a daemon thread (a port already taken is logged, not fatal)."""
@@ -60,7 +61,16 @@ class Probes:
     def serving(self, runner) -> None:
         """Setup succeeded: `runner` takes predictions (its metrics are collected from now on)."""
         self.runner = runner
-        REGISTRY.register(ServiceCollector(runner))
+        self._collector = ServiceCollector(runner)
+        REGISTRY.register(self._collector)
+
+    def stop(self) -> None:
+        """Close the port and stop collecting the runner's metrics (the worker's exit does both)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._collector is not None:
+            REGISTRY.unregister(self._collector)
 
     def setup_failed(self, error: BaseException) -> None:
         self.failure = f"setup failed: {type(error).__name__}: {error}"
